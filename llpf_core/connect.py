@@ -1,0 +1,505 @@
+"""``run_search``: the LLPF tick loop for M2M, M2O, to_vs and cross-sphere searches.
+
+Each tick follows llpf-algorithm.md 1.4 (M2M) or section 2 (M2O, to_vs):
+move a little toward the destination, correct each layer's variance (M2M), set the angle-conformal
+learning rates (M2O), train briefly, correct again (M2M), then evaluate and log. A cross-sphere run is
+two stages in one run folder: a bridge (to_vs or M2O) onto the end mode's sphere, then M2M.
+"""
+import hashlib
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .checks import run_summary
+from .config import Phase, SearchConfig, TrainSpec, validate
+from .data import load_dataset
+from .device import resolve_device
+from .errors import UserError
+from .evaluate import Evaluator, fixed_subset
+from .flow import match_layers, norm_layer_names
+from .geometry import angle_conformal_lr, correct_variance_, cosine, geodesic, move_, variance
+from .modefile import Mode, ModeMeta, load_mode, versions
+from .registry import build_model
+from .runfolder import Run, RunWriter, load_run, read_run_json
+from .train import BatchStream, train_until
+
+ORIGIN = "origin"
+
+
+@dataclass
+class TickEvent:
+    """What one finished tick produced; the rows are exactly those written to the run folder."""
+    run: str
+    tick: int
+    total_ticks: int  # planned ticks (an upper bound when a stage can end early)
+    stage: str
+    phase: str
+    metrics: dict
+    layers: list[dict] = field(default_factory=list)
+    continuity: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class _Stage:
+    kind: str  # m2m | m2o | to_vs
+    ticks: int  # at most
+    phases: list[Phase]
+    train: TrainSpec
+    to_sphere: bool  # ends as soon as every moved layer is on the end mode's sphere
+
+
+def _stages(cfg: SearchConfig, has_end: bool) -> list[_Stage]:
+    if cfg.algorithm == "cross_sphere":
+        b = cfg.bridge
+        bridge = _Stage(b.algorithm, b.ticks, [Phase(0, ["*"], b.step_a, b.step_f)], b.train, True)
+        return [bridge, _Stage("m2m", cfg.ticks, cfg.phases, cfg.train, False)]
+    to_sphere = cfg.algorithm == "to_vs" or (cfg.algorithm == "m2o" and has_end)
+    return [_Stage(cfg.algorithm, cfg.ticks, cfg.phases, cfg.train, to_sphere)]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _endpoint(mode: Mode | None) -> dict | None:
+    if mode is None:
+        return None
+    return {"path": str(mode.path) if mode.path else None,
+            "sha256": _sha256(mode.path) if mode.path else None,
+            "meta": {k: v for k, v in asdict(mode.meta).items() if k != "extra"}}
+
+
+def _as_mode(x: Mode | str | Path | None, what: str) -> Mode | None:
+    if x is None or (isinstance(x, str) and x == ORIGIN):
+        return None
+    return x if isinstance(x, Mode) else load_mode(x, f"{what} mode file")
+
+
+def check_compatible(start: Mode, end: Mode | None, cfg: SearchConfig) -> None:
+    """Refuse pairs that cannot be connected, before any work starts."""
+    needs_end = cfg.algorithm in ("m2m", "to_vs", "cross_sphere")
+    if needs_end and end is None:
+        raise UserError(f"algorithm {cfg.algorithm} needs an end mode, not 'origin'")
+    if end is None:
+        return
+    a, b = start.meta, end.meta
+    if a.model != b.model or a.model_kwargs != b.model_kwargs:
+        raise UserError(f"the modes have different architectures: {a.model} {a.model_kwargs} vs "
+                        f"{b.model} {b.model_kwargs}; connect two modes of the same model")
+    if a.dataset != b.dataset:
+        raise UserError(f"the modes were trained on different datasets ({a.dataset} vs {b.dataset})")
+    if start.path and end.path and _sha256(start.path) == _sha256(end.path):
+        raise UserError("start and end are the same mode; pick two independently trained modes")
+
+
+def run_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
+               config: SearchConfig | None, out_dir: str | Path, *,
+               on_tick: Callable[[TickEvent], None] | None = None,
+               stop_event: threading.Event | None = None, resume: bool = False,
+               data_root: str | Path | None = None) -> Run:
+    """Run (or resume) a path search, blocking until it finishes or ``stop_event`` is set.
+
+    ``end`` is a mode, or ``"origin"``/None for M2O. With ``resume=True`` and an existing run folder,
+    the run continues from its checkpoint with the config stored in run.json (``start``, ``end`` and
+    ``config`` may then be None). Returns the run folder, read back.
+    """
+    out_dir = Path(out_dir)
+    exists = (out_dir / "run.json").exists()
+    if exists and not resume:
+        raise UserError(f"run folder {out_dir} already exists; pass --resume to continue it or choose "
+                        f"another --out")
+    writer = RunWriter(out_dir)
+    if exists:
+        info = read_run_json(out_dir)
+        if info["status"] == "finished":
+            return load_run(out_dir)
+        cfg = SearchConfig.from_dict(info["config"])
+        start_mode = load_mode(info["start"]["path"], "start mode file")
+        end_mode = load_mode(info["end"]["path"], "end mode file") if info["end"] else None
+        for given, stored, what in ((start, info["start"], "start"), (end, info["end"], "end")):
+            given_mode = _as_mode(given, what) if given is not None else None
+            if given_mode is not None and given_mode.path and stored and \
+                    _sha256(given_mode.path) != stored["sha256"]:
+                raise UserError(f"--resume: the {what} mode differs from the one this run started with "
+                                f"({stored['path']})")
+        writer.reopen()
+    else:
+        if config is None:
+            raise UserError("run_search needs a config for a new run")
+        cfg = config
+        start_mode, end_mode = _as_mode(start, "start"), _as_mode(end, "end")
+        if start_mode is None:
+            raise UserError("the start mode cannot be 'origin'")
+    validate(cfg)
+    check_compatible(start_mode, end_mode, cfg)
+    search = _Search(writer, cfg, start_mode, end_mode, data_root, on_tick, stop_event)
+    if not exists:
+        writer.create({"name": out_dir.name, "algorithm": cfg.algorithm,
+                       "start": _endpoint(start_mode), "end": _endpoint(end_mode),
+                       "config": cfg.to_dict(), "versions": versions()})
+    try:
+        search.run()
+    except BaseException as e:
+        message = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        if isinstance(e, KeyboardInterrupt):
+            writer.update(status="stopped", error=None)
+        else:
+            writer.update(status="failed", error=message)
+        raise
+    finally:
+        writer.close()
+    return load_run(out_dir)
+
+
+class _Search:
+    """The state of one search while it runs. ``run`` reads like llpf-algorithm.md 1.4."""
+
+    def __init__(self, writer: RunWriter, cfg: SearchConfig, start: Mode, end: Mode | None,
+                 data_root, on_tick, stop_event):
+        self.writer, self.cfg, self.on_tick = writer, cfg, on_tick
+        self.stop_event = stop_event or threading.Event()
+        self.device = resolve_device(cfg.device)
+        self.meta = start.meta
+        self.model = build_model(start.meta.model, **start.meta.model_kwargs).to(self.device)
+        self.model.load_state_dict(start.model.state_dict())
+        self.params = dict(self.model.named_parameters())
+        self.names = list(self.params)
+        self.norm_names = norm_layer_names(self.model)
+        self.start_state = {k: v.detach().clone() for k, v in self.params.items()}
+        self.end_state = None if end is None else {k: v.to(self.device) for k, v in end.model.state_dict().items()}
+        self.end = None if end is None else {n: self.end_state[n] for n in self.names}
+        for i, p in enumerate(cfg.phases):  # every pattern must match a layer: a user error otherwise
+            match_layers(p.layers, self.names, f"phases.{i}.layers")
+
+        self.train_data = load_dataset(start.meta.dataset, "train", data_root).to(self.device)
+        self.test_data = load_dataset(start.meta.dataset, "test", data_root).to(self.device)
+        scratch = build_model(start.meta.model, **start.meta.model_kwargs).to(self.device)
+        self.evaluator = Evaluator(scratch, self.train_data, self.test_data, cfg.eval_samples, cfg.seed,
+                                   cfg.bn_recal_batches, cfg.train.batch_size)
+        self.continuity_idx = fixed_subset(len(self.train_data), cfg.continuity.samples, cfg.seed + 4,
+                                           self.device)
+        self.stages = _stages(cfg, end is not None)
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
+        self.total_ticks = sum(s.ticks for s in self.stages)
+
+        # Set per stage and phase by _begin_stage / _begin_phase, or restored from a checkpoint.
+        self.tick = 0
+        self.stage_index, self.stage_start, self.phase_index = 0, 0, -1
+        self.target_var: dict[str, torch.Tensor] = {}
+        self.units: list[list[str]] = []
+        self.c_len = torch.zeros(0, device=self.device)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.stream: BatchStream | None = None
+        self.dist0 = 1.0
+        self.layer_dist0 = torch.ones(len(self.names), device=self.device)
+        self.wall_offset = 0.0
+        self.last_saved = -1
+        self.last_row: dict = {}
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        checkpoint = self.writer.load_checkpoint()
+        self.t0 = time.perf_counter()
+        if checkpoint is None:
+            self._begin()
+        else:
+            self._restore(*checkpoint)
+        self.writer.update(status="running", error=None)
+        while not self._finished():
+            stage = self.stages[self.stage_index]
+            local = self.tick - self.stage_start
+            phase_index = max(i for i, p in enumerate(stage.phases) if p.start_tick <= local)
+            if phase_index != self.phase_index:
+                self._begin_phase(phase_index)
+            prev = {k: v.detach().clone() for k, v in self.model.state_dict().items()} \
+                if self._continuity_due(self.tick + 1) else None
+            training = self._step(stage, stage.phases[phase_index])
+            self.tick += 1
+            self._log(training, prev)
+            if self.stop_event.is_set():
+                self._save_point()
+                self._checkpoint()
+                self.writer.update(status="stopped")
+                return
+            limit = self.cfg.stop_when_loss_exceeds
+            if limit is not None and training.loss_rolling > limit:
+                self._save_point()
+                self._checkpoint()
+                self.writer.update(status="finished", stopped_early=f"rolling train loss "
+                                   f"{training.loss_rolling:.4g} exceeded {limit:g} at tick {self.tick}")
+                self._summarise()
+                return
+            if self.tick % self.cfg.checkpoint_every == 0:
+                self._checkpoint()
+        self._save_point()
+        self._checkpoint()
+        self.writer.update(status="finished")
+        self._summarise()
+
+    def _finished(self) -> bool:
+        """Advance through stage boundaries; True once the last stage is done."""
+        while self.stage_index < len(self.stages):
+            stage = self.stages[self.stage_index]
+            done = self.tick - self.stage_start >= stage.ticks or (stage.to_sphere and self._on_sphere())
+            if not done:
+                return False
+            if self.stage_index + 1 == len(self.stages):
+                return True
+            self._save_point()
+            self.stage_index += 1
+            self.stage_start = self.tick
+            self._begin_stage()
+        return True
+
+    def _step(self, stage: _Stage, phase: Phase):
+        """One tick: move, correct, (M2O: set learning rates), train, correct."""
+        cfg = self.cfg
+        with torch.no_grad():
+            for unit, c_len in zip(self.units, self.c_len):
+                if stage.kind == "m2o" and stage.to_sphere and self._reached(unit):
+                    continue  # decision 6: a layer stops shrinking once it is on the end's sphere
+                xs = [self.params[n].data for n in unit]
+                move_(xs, self._destination(stage.kind, unit), phase.step_a, phase.step_f, c_len,
+                      cfg.clamp_step)
+            if stage.kind == "m2m":
+                self._correct_variance()
+            if stage.kind == "m2o":
+                for group, name in zip(self.optimizer.param_groups, self.names):
+                    if "weight" in name and name not in self.norm_names:
+                        group["lr"] = angle_conformal_lr(stage.train.lr, variance(self.params[name]),
+                                                         self.start_var[name], cfg.lr_policy).item()
+        training = train_until(self.model, self.optimizer, self.stream, stage.train, cfg.dtype)
+        if stage.kind == "m2m":
+            with torch.no_grad():
+                self._correct_variance()
+        return training
+
+    # --- stage and phase set-up -----------------------------------------------------------------
+
+    def _begin(self) -> None:
+        """A new run: tick 0 is the start mode itself; then the baseline and a first checkpoint."""
+        self._begin_stage()
+        with torch.no_grad():
+            dists = self._layer_distances()
+        self.layer_dist0 = torch.where(dists > 0, dists, torch.ones_like(dists))
+        self.dist0 = max(dists.square().sum().sqrt().item(), 1e-30)
+        self._log(None, None)
+        if self.end is not None and self.cfg.algorithm in ("m2m", "cross_sphere") and self.cfg.baseline_points:
+            n = self.cfg.baseline_points
+            rows = self.evaluator.line(self.model.state_dict(), self.end_state, [i / (n - 1) for i in range(n)])
+            self.writer.write_baseline(rows)
+        self._checkpoint()
+
+    def _begin_stage(self) -> None:
+        stage = self.stages[self.stage_index]
+        self.phase_index = -1
+        # Targets of variance correction and angle-conformal rates: the stage's start point (A2).
+        self.start_var = {n: variance(p) for n, p in self.params.items()}
+        self.target_var = self.start_var
+        if stage.to_sphere:  # variance_rel is relative to the sphere being approached
+            self.target_var = {n: variance(v) for n, v in self.end.items()}
+        params = [self.params[n] for n in self.names]
+        if stage.kind == "m2o":  # one group per parameter, as angle-conformal rates need
+            self.optimizer = torch.optim.SGD([{"params": [p]} for p in params], lr=stage.train.lr)
+        else:
+            self.optimizer = torch.optim.SGD(params, lr=stage.train.lr)
+        self.stream = BatchStream(self.train_data, stage.train.batch_size, self.generator)
+
+    def _begin_phase(self, index: int, c_len: torch.Tensor | None = None) -> None:
+        """Choose the moved layers and fix this phase's step_c lengths at its start (A6).
+
+        On resume, ``c_len`` comes from the checkpoint: it was measured at the phase's real start.
+        """
+        self.phase_index = index
+        stage = self.stages[self.stage_index]
+        phase = stage.phases[index]
+        moved = match_layers(phase.layers, self.names, f"phases.{index}.layers")
+        if stage.kind == "m2o":
+            moved = [n for n in moved if n not in self.norm_names]
+        self.moved = set(moved)
+        self.units = self._units(moved)
+        if c_len is not None:
+            self.c_len = c_len
+        elif phase.step_c and stage.kind == "m2m":
+            self.c_len = torch.stack([phase.step_c * geodesic(
+                torch.cat([self.params[n].detach().flatten() for n in u]),
+                torch.cat([self.end[n].flatten() for n in u])) for u in self.units])
+        else:
+            self.c_len = torch.zeros(len(self.units), device=self.device)
+        if c_len is None and self.tick > 0:
+            self._save_point()  # phase boundaries are always saved
+
+    def _units(self, moved: list[str]) -> list[list[str]]:
+        """Moved layers as move units; with merge_bias, X.weight and X.bias form one unit."""
+        moved_set, units, done = set(moved), [], set()
+        for n in moved:
+            if n in done:
+                continue
+            if self.cfg.merge_bias and n.endswith(".weight") and n[:-6] + "bias" in moved_set:
+                units.append([n, n[:-6] + "bias"])
+                done.update(units[-1])
+            elif self.cfg.merge_bias and n.endswith(".bias") and n[:-4] + "weight" in moved_set:
+                continue  # joined its weight above
+            else:
+                units.append([n])
+                done.add(n)
+        return units
+
+    # --- destinations, spheres, variance ----------------------------------------------------------
+
+    def _destination(self, kind: str, unit: list[str]) -> list[torch.Tensor] | None:
+        if kind == "m2m":
+            return [self.end[n] for n in unit]
+        if kind == "to_vs":  # radial projection onto the reference sphere, recomputed every tick
+            return [self.params[n].data * (self.end[n].norm() / self.params[n].data.norm().clamp_min(1e-30))
+                    for n in unit]
+        return None  # m2o: the origin
+
+    def _reached(self, unit: list[str]) -> bool:
+        return all((variance(self.params[n]) <= self.target_var[n]).item() for n in unit)
+
+    def _on_sphere(self) -> bool:
+        """Every moved layer has reached the end mode's sphere (decision 6)."""
+        stage = self.stages[self.stage_index]
+        names = [n for n in match_layers(stage.phases[0].layers, self.names)
+                 if stage.kind != "m2o" or n not in self.norm_names]
+        with torch.no_grad():
+            if stage.kind == "m2o":
+                return all(self._reached([n]) for n in names)
+            tol = self.cfg.bridge.tolerance
+            return all(abs(self.params[n].norm().item() / max(self.end[n].norm().item(), 1e-30) - 1) <= tol
+                       for n in names)
+
+    def _correct_variance(self) -> None:
+        names = self.names if self.cfg.variance_scope == "all" else [n for n in self.names if n in self.moved]
+        correct_variance_([self.params[n].data for n in names], [self.target_var[n] for n in names],
+                          self.cfg.variance_eps)
+
+    # --- logging ---------------------------------------------------------------------------------
+
+    def _layer_distances(self) -> torch.Tensor:
+        """Per-layer distance to the run's destination (to_vs: to the reference sphere)."""
+        kind = self.stages[-1].kind
+        out = []
+        for n in self.names:
+            x = self.params[n].detach().float()
+            if kind == "to_vs":
+                out.append((x.norm() - self.end[n].float().norm()).abs())
+            elif self.end is None:
+                out.append(x.norm())
+            else:
+                out.append((x - self.end[n].float()).norm())
+        return torch.stack(out)
+
+    def _continuity_due(self, tick: int) -> bool:
+        c = self.cfg.continuity
+        return c.points >= 2 and tick % c.every == 0
+
+    def _eval_due(self, tick: int) -> bool:
+        stage_end = self.stage_start + self.stages[self.stage_index].ticks
+        return tick == 0 or tick % self.cfg.eval_every == 0 or tick == stage_end
+
+    def _log(self, training, prev) -> None:
+        tick = self.tick
+        stage = self.stages[self.stage_index]
+        phase = f"{stage.kind}:{max(self.phase_index, 0)}"
+        with torch.no_grad():
+            dists = self._layer_distances()
+        tracked = torch.tensor([self.stages[-1].kind != "m2o" or n not in self.norm_names
+                                for n in self.names], device=self.device)
+        distance = (dists.square() * tracked).sum().sqrt().item()
+        row = {"tick": tick, "stage": stage.kind, "phase": phase,
+               "iterations": training.iterations if training else 0,
+               "train_loss_rolling": training.loss_rolling if training else None,
+               "train_acc_rolling": training.acc_rolling if training else None,
+               "distance": distance, "distance_rel": distance / self.dist0 if tick else 1.0,
+               "wall_s": round(self.wall_offset + time.perf_counter() - self.t0, 4)}
+        layers, continuity = [], []
+        state = self.model.state_dict()
+        if self._eval_due(tick):
+            row.update(self.evaluator.evaluate(state))
+            layers = self._layer_rows(tick, dists)
+        if prev is not None:
+            alphas = [i / self.cfg.continuity.points for i in range(1, self.cfg.continuity.points)]
+            continuity = [{"tick": tick, **r} for r in
+                          self.evaluator.line(prev, state, alphas, self.continuity_idx)]
+            row["continuity_max_loss"] = max(r["loss"] for r in continuity)
+        self.last_row = row
+        self.writer.append("metrics", [row])
+        self.writer.append("layers", layers)
+        self.writer.append("continuity", continuity)
+        if tick == 0 or tick % self.cfg.save_every == 0:
+            self._save_point(row)
+        if self.on_tick:
+            self.on_tick(TickEvent(self.writer.path.name, tick, self.total_ticks, stage.kind, phase,
+                                   row, layers, continuity))
+
+    def _layer_rows(self, tick: int, dists: torch.Tensor) -> list[dict]:
+        rows = []
+        rel = (dists / self.layer_dist0).tolist()
+        for i, n in enumerate(self.names):
+            x = self.params[n].detach()
+            var = variance(x)
+            target = self.target_var[n]
+            rows.append({"tick": tick, "layer": n, "distance": dists[i].item(), "distance_rel": rel[i],
+                         "variance": var.item(),
+                         "variance_rel": (var / target).item() if target > 0 else None,
+                         "norm": x.float().norm().item(),
+                         "cosine_to_start": cosine(x, self.start_state[n]).item()})
+        return rows
+
+    def _save_point(self, row: dict | None = None) -> None:
+        if self.tick == self.last_saved:
+            return
+        self.last_saved = self.tick
+        row = row or (self.last_row if self.last_row.get("tick") == self.tick else None)
+        meta = ModeMeta(model=self.meta.model, model_kwargs=self.meta.model_kwargs, dataset=self.meta.dataset,
+                        seed=self.cfg.seed, train_config={}, format="point/1",
+                        metrics={k: row[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")
+                                 if row and row.get(k) is not None},
+                        extra={"llpf.tick": self.tick, "llpf.run": self.writer.path.name})
+        self.writer.save_point(self.tick, self.model.state_dict(), meta.to_metadata())
+
+    # --- checkpoint and resume -------------------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        tensors = {f"state/{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"start_var/{k}": v for k, v in self.start_var.items()})
+        tensors.update({f"target_var/{k}": v for k, v in self.target_var.items()})
+        stream = self.stream.state_dict()
+        tensors.update({"stream/perm": stream["perm"], "stream/rng": stream["rng"],
+                        "torch_rng": torch.get_rng_state(), "c_len": self.c_len,
+                        "layer_dist0": self.layer_dist0})
+        info = {"tick": self.tick, "stage_index": self.stage_index, "stage_start": self.stage_start,
+                "phase_index": self.phase_index, "stream_pos": stream["pos"], "dist0": self.dist0,
+                "wall_s": self.wall_offset + time.perf_counter() - self.t0,
+                "rolling_window": []}  # each tick starts a fresh window, so it is empty between ticks
+        self.writer.save_checkpoint(tensors, info)
+
+    def _restore(self, tensors: dict[str, torch.Tensor], info: dict) -> None:
+        self.tick, self.stage_index, self.stage_start = info["tick"], info["stage_index"], info["stage_start"]
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("state/")})
+        self._begin_stage()
+        self.stream.load_state_dict({"perm": tensors["stream/perm"], "pos": info["stream_pos"],
+                                     "rng": tensors["stream/rng"]})
+        self.start_var = {k[10:]: v.to(self.device) for k, v in tensors.items() if k.startswith("start_var/")}
+        self.target_var = {k[11:]: v.to(self.device) for k, v in tensors.items() if k.startswith("target_var/")}
+        torch.set_rng_state(tensors["torch_rng"])
+        if info["phase_index"] >= 0:
+            self._begin_phase(info["phase_index"], tensors["c_len"].to(self.device))
+        self.dist0, self.layer_dist0 = info["dist0"], tensors["layer_dist0"].to(self.device)
+        self.wall_offset = info["wall_s"]
+        self.writer.truncate_after(self.tick)
+
+    def _summarise(self) -> None:
+        summary = run_summary(load_run(self.writer.path))
+        self.writer.update(summary={k: v for k, v in summary.items() if k not in ("name", "status", "algorithm")})

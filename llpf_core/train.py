@@ -1,0 +1,192 @@
+"""SGD on tensor data: the batch stream, the per-tick ``train_until`` loop, and mode training."""
+import json
+import math
+from collections import deque
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainSpec
+from .data import ImageData, load_dataset
+from .device import autocast, resolve_device
+from .errors import UserError
+from .evaluate import Evaluator
+from .modefile import Mode, ModeMeta, save_mode
+from .registry import build_model
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "assets" / "recipes"
+
+
+class TrainingDiverged(UserError):
+    """A non-finite training loss: the learning rate is too high for this point."""
+
+
+class BatchStream:
+    """Endless shuffled batches, epoch after epoch, drawn with one generator on the data's device.
+
+    Its state (permutation, position, generator) is part of a search checkpoint, so a resumed run
+    sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, data: ImageData, batch_size: int, generator: torch.Generator, augment: bool = True):
+        self.data, self.batch_size, self.generator, self.augment = data, batch_size, generator, augment
+        self.perm = torch.empty(0, dtype=torch.long, device=data.device)
+        self.pos = 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pos >= len(self.perm):
+            self.perm = torch.randperm(len(self.data), generator=self.generator, device=self.data.device)
+            self.pos = 0
+        idx = self.perm[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return self.data.batch(idx, augment=self.augment, generator=self.generator)
+
+    def state_dict(self) -> dict:
+        return {"perm": self.perm, "pos": self.pos, "rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.perm = state["perm"].to(self.data.device)
+        self.pos = int(state["pos"])
+        self.generator.set_state(state["rng"])
+
+
+def should_stop(iteration: int, rolling_loss: float, spec: TrainSpec) -> bool:
+    """The per-tick stop rule: ``max_iters`` reached, or the rolling loss (window = ``min_iters``
+    batches) at or below ``loss_threshold`` after at least ``min_iters`` iterations."""
+    return iteration >= spec.max_iters or (iteration >= spec.min_iters and rolling_loss <= spec.loss_threshold)
+
+
+@dataclass
+class TickTraining:
+    loss_rolling: float  # mean of the last min_iters batch losses
+    acc_rolling: float  # accuracy over all iterations of the tick
+    iterations: int
+
+
+def train_until(model: nn.Module, optimizer: torch.optim.Optimizer, stream: BatchStream,
+                spec: TrainSpec, dtype: str = "float32") -> TickTraining:
+    """Train all parameters until ``should_stop`` (llpf-algorithm.md 1.2 step 7)."""
+    model.train()
+    window: deque[float] = deque(maxlen=spec.min_iters)
+    correct = torch.zeros((), device=stream.data.device)
+    seen = 0
+    iteration = 0
+    while True:
+        iteration += 1
+        x, y = stream.next()
+        with autocast(x.device, dtype):
+            out = model(x)
+            loss = F.cross_entropy(out.float(), y)
+        value = loss.item()
+        if not math.isfinite(value):
+            lr = optimizer.param_groups[0]["lr"]
+            raise TrainingDiverged(f"training diverged: the loss became {value} (iteration {iteration}, "
+                                   f"lr {lr:g}); lower the learning rate (train.lr)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        window.append(value)
+        correct += (out.argmax(1) == y).sum()
+        seen += len(y)
+        if should_stop(iteration, sum(window) / len(window), spec):
+            return TickTraining(sum(window) / len(window), correct.item() / seen, iteration)
+
+
+# --- mode training -----------------------------------------------------------------------------
+
+@dataclass
+class TrainRecipe:
+    """How to train a mode from scratch (llpf-algorithm.md section 7)."""
+    epochs: int = 30
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    schedule: str = "constant"  # constant | cosine | onecycle (per iteration)
+    augment: bool = True
+
+
+def list_recipes() -> list[dict]:
+    out = []
+    for path in sorted(RECIPE_DIR.glob("*.json")):
+        data = json.loads(path.read_text())
+        out.append({"name": path.stem, **{k: data[k] for k in ("description", "model", "dataset")},
+                    "default": bool(data.get("default"))})
+    return out
+
+
+def load_recipe(name: str) -> TrainRecipe:
+    path = RECIPE_DIR / f"{name}.json"
+    if not path.is_file():
+        raise UserError(f"unknown recipe {name!r}; choose one of: {', '.join(r['name'] for r in list_recipes())}")
+    data = json.loads(path.read_text())
+    return TrainRecipe(**{f.name: data[f.name] for f in fields(TrainRecipe) if f.name in data})
+
+
+def default_recipe(model: str, dataset: str) -> str | None:
+    matches = [r for r in list_recipes() if r["model"] == model and r["default"]]
+    exact = [r for r in matches if r["dataset"] == dataset]
+    return (exact or matches or [{"name": None}])[0]["name"]
+
+
+def _scheduler(optimizer, recipe: TrainRecipe, steps: int):
+    if recipe.schedule == "constant":
+        return None
+    if recipe.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    if recipe.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=steps)
+    raise UserError(f"unknown schedule {recipe.schedule!r}; use constant, cosine or onecycle")
+
+
+def train_mode(model_name: str, dataset: str, seed: int, out: str | Path, recipe: TrainRecipe,
+               device: str = "auto", data_root: str | Path | None = None,
+               on_epoch: Callable[[int, int, float], None] | None = None, recipe_name: str = "") -> Mode:
+    """Train one mode from a seeded initialisation and save it with its final metrics.
+
+    ``on_epoch(epoch, epochs, mean_loss)`` reports progress.
+    """
+    for name in ("epochs", "batch_size"):
+        if getattr(recipe, name) <= 0:
+            raise UserError(f"{name.replace('_', '-')} must be positive, got {getattr(recipe, name)}")
+    if recipe.lr <= 0 or recipe.weight_decay < 0 or recipe.momentum < 0:
+        raise UserError("lr must be positive; weight decay and momentum must be >= 0")
+    dev = resolve_device(device)
+    train = load_dataset(dataset, "train", data_root).to(dev)
+    test = load_dataset(dataset, "test", data_root).to(dev)
+    kwargs = train.model_kwargs()
+    torch.manual_seed(seed)
+    model = build_model(model_name, **kwargs).to(dev)
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
+    scheduler = _scheduler(optimizer, recipe, recipe.epochs * steps_per_epoch)
+    stream = BatchStream(train, recipe.batch_size, torch.Generator(dev).manual_seed(seed),
+                         augment=recipe.augment)
+    model.train()
+    for epoch in range(recipe.epochs):
+        total = torch.zeros((), device=dev)
+        for _ in range(steps_per_epoch):
+            x, y = stream.next()
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler:
+                scheduler.step()
+            total += loss.detach()
+        mean_loss = total.item() / steps_per_epoch
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(f"training diverged in epoch {epoch + 1} (loss {mean_loss}); lower --lr")
+        if on_epoch:
+            on_epoch(epoch + 1, recipe.epochs, mean_loss)
+    scratch = build_model(model_name, **kwargs).to(dev)
+    metrics = Evaluator(scratch, train, test, 0, seed, 10, recipe.batch_size).evaluate(model.state_dict())
+    meta = ModeMeta(model=model_name, model_kwargs=kwargs, dataset=dataset, seed=seed,
+                    train_config={"recipe": recipe_name, **asdict(recipe)}, metrics=metrics)
+    save_mode(out, model, meta)
+    return Mode(model=model.cpu(), meta=meta, path=Path(out))
