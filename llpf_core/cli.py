@@ -87,17 +87,24 @@ def cmd_train(args) -> int:
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainRecipe)
                  if getattr(args, f.name, None) is not None}
     recipe = replace(recipe, **overrides)
-    bar = tqdm(total=recipe.epochs, desc=f"train {args.model} seed {args.seed}", unit="epoch",
-               disable=args.quiet, file=sys.stderr)
+    bar = None
+
+    def on_start():  # called once every input is checked: a user error before it prints one line only
+        nonlocal bar
+        bar = tqdm(total=recipe.epochs, desc=f"train {args.model} seed {args.seed}", unit="epoch",
+                   disable=args.quiet, file=sys.stderr)
 
     def on_epoch(epoch, epochs, loss):
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
 
     t0 = time.perf_counter()
-    mode = train_mode(args.model, args.dataset, args.seed, args.out, recipe, args.device, args.data_root,
-                      on_epoch, recipe_name or "")
-    bar.close()
+    try:
+        mode = train_mode(args.model, args.dataset, args.seed, args.out, recipe, args.device, args.data_root,
+                          on_epoch, recipe_name or "", on_start=on_start, download=args.download)
+    finally:
+        if bar is not None:
+            bar.close()
     m = mode.meta.metrics
     print(f"saved {args.out}: train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f}, test loss "
           f"{m['test_loss']:.4f} acc {m['test_acc']:.4f} ({time.perf_counter() - t0:.1f} s)")
@@ -105,7 +112,7 @@ def cmd_train(args) -> int:
 
 
 def _resolve_config(args, start: Mode):
-    algorithm = args.algorithm or "m2m"
+    algorithm = args.algorithm or ("m2o" if args.end == ORIGIN else "m2m")
     name = args.preset or default_preset(start.meta.model, start.meta.dataset, algorithm)
     if name is None:
         raise UserError(f"no preset for model {start.meta.model!r}; pass --preset NAME (see `presets`)")
@@ -115,7 +122,7 @@ def _resolve_config(args, start: Mode):
     if info.dataset != start.meta.dataset:
         warn(f"preset {name} was tuned for {info.dataset}, the modes were trained on {start.meta.dataset}")
     cfg = load_preset(name)
-    cfg = replace(cfg, algorithm=algorithm if args.algorithm else cfg.algorithm)
+    cfg = replace(cfg, algorithm=algorithm)
     for key in ("ticks", "seed", "device"):
         if getattr(args, key) is not None:
             cfg = replace(cfg, **{key: getattr(args, key)})
@@ -139,7 +146,9 @@ def cmd_connect(args) -> int:
 
     def on_tick(event):
         nonlocal bar
-        if bar is None:
+        if bar is None:  # the first tick: every check has passed
+            if not args.quiet:
+                print(f"{'resuming' if resuming else 'connecting'} {out} (preset {preset})", file=sys.stderr)
             bar = tqdm(total=event.total_ticks, initial=event.tick, desc=out.name, unit="tick",
                        disable=args.quiet, file=sys.stderr)
         bar.update(event.tick - bar.n)
@@ -147,8 +156,6 @@ def cmd_connect(args) -> int:
         bar.set_postfix(phase=event.phase, loss=_fmt(m.get("train_loss_rolling")),
                         dist=f"{m['distance_rel']:.3f}")
 
-    if not args.quiet:
-        print(f"{'resuming' if resuming else 'connecting'} {out} (preset {preset})", file=sys.stderr)
     with _ctrl_c_stops(stop):
         try:
             run = run_search(start, end, cfg, out, on_tick=on_tick, stop_event=stop, resume=args.resume,
@@ -280,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float)
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--weight-decay", dest="weight_decay", type=float)
+    p.add_argument("--download", action="store_true",
+                   help="download mnist/cifar10/cifar100 into the data root if missing (needs internet)")
     _add_device_option(p)
     _add_data_root_option(p)
     _add_quiet_option(p)
@@ -335,3 +344,6 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

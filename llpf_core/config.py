@@ -51,7 +51,7 @@ class BridgeSpec:
     ticks: int = 1000  # at most; the stage ends as soon as every moved layer is on the sphere
     step_a: float = 1e-3
     step_f: float = 0.0
-    tolerance: float = 0.01  # to_vs: on the sphere once every layer's norm is within 1% of the end's
+    tolerance: float = 0.02  # to_vs: on the sphere once every layer's norm is within 2% of the end's
     train: TrainSpec = field(default_factory=lambda: TrainSpec(loss_threshold=0.02, min_iters=5,
                                                                max_iters=100))
 
@@ -204,6 +204,7 @@ def validate(cfg: SearchConfig) -> None:
     need(cfg.bridge.algorithm in ("to_vs", "m2o"),
          f"bridge.algorithm must be to_vs or m2o, got {cfg.bridge.algorithm!r}")
     need(cfg.bridge.ticks > 0, f"bridge.ticks must be positive, got {cfg.bridge.ticks}")
+    need(cfg.bridge.tolerance > 0, f"bridge.tolerance must be positive, got {cfg.bridge.tolerance}")
     need(cfg.bridge.step_a >= 0 and cfg.bridge.step_f >= 0 and cfg.bridge.step_a + cfg.bridge.step_f > 0,
          "bridge.step_a and bridge.step_f must be >= 0 and not both zero")
 

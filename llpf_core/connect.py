@@ -50,13 +50,14 @@ class _Stage:
     phases: list[Phase]
     train: TrainSpec
     to_sphere: bool  # ends as soon as every moved layer is on the end mode's sphere
+    variance_to_end: bool = False  # M2M after a bridge: correct toward the end mode's variances
 
 
 def _stages(cfg: SearchConfig, has_end: bool) -> list[_Stage]:
     if cfg.algorithm == "cross_sphere":
         b = cfg.bridge
         bridge = _Stage(b.algorithm, b.ticks, [Phase(0, ["*"], b.step_a, b.step_f)], b.train, True)
-        return [bridge, _Stage("m2m", cfg.ticks, cfg.phases, cfg.train, False)]
+        return [bridge, _Stage("m2m", cfg.ticks, cfg.phases, cfg.train, False, variance_to_end=True)]
     to_sphere = cfg.algorithm == "to_vs" or (cfg.algorithm == "m2o" and has_end)
     return [_Stage(cfg.algorithm, cfg.ticks, cfg.phases, cfg.train, to_sphere)]
 
@@ -305,7 +306,9 @@ class _Search:
         # Targets of variance correction and angle-conformal rates: the stage's start point (A2).
         self.start_var = {n: variance(p) for n, p in self.params.items()}
         self.target_var = self.start_var
-        if stage.to_sphere:  # variance_rel is relative to the sphere being approached
+        # The bridge's targets are the end's sphere (variance_rel shows the approach). After the bridge,
+        # the start point is on that sphere only up to bridge.tolerance, so M2M targets it exactly.
+        if stage.to_sphere or stage.variance_to_end:
             self.target_var = {n: variance(v) for n, v in self.end.items()}
         params = [self.params[n] for n in self.names]
         if stage.kind == "m2o":  # one group per parameter, as angle-conformal rates need

@@ -178,7 +178,7 @@ def _mnist_family(name: str, split: str, root: Path, download: bool) -> ImageDat
     cls, mean, std = ((FashionMNIST, FASHION_MNIST_MEAN, FASHION_MNIST_STD) if name == "fashion-mnist"
                       else (MNIST, MNIST_MEAN, MNIST_STD))
     raw = root / cls.__name__ / "raw"
-    if name == "fashion-mnist" and not download:
+    if name == "fashion-mnist":
         _unpack_debian_fashion_mnist(raw)
     try:
         ds = cls(str(root), train=split == "train", download=download)
@@ -186,7 +186,7 @@ def _mnist_family(name: str, split: str, root: Path, download: bool) -> ImageDat
         hint = (f"install the Debian package dataset-fashion-mnist ({DEBIAN_FASHION_MNIST}) or "
                 if name == "fashion-mnist" else "")
         raise UserError(f"{name} not found in {raw}: {hint}put the four idx files there, "
-                        f"or pass --download on a machine with internet") from None
+                        f"or run `train ... --download` on a machine with internet") from None
     except OSError as e:
         raise UserError(f"could not download {name} into {root}: {e}") from None
     return ImageData(name, split, ds.data.unsqueeze(1), ds.targets, 1 / 255, mean, std, 10,
@@ -221,7 +221,7 @@ def _cifar(name: str, split: str, root: Path, download: bool) -> ImageData:
         ds = cls(str(root), train=split == "train", download=download)
     except RuntimeError:
         raise UserError(f"{name} not found in {root / cls.base_folder}: put the extracted python "
-                        f"version there, or pass --download on a machine with internet") from None
+                        f"version there, or run `train ... --download` on a machine with internet") from None
     except OSError as e:
         raise UserError(f"could not download {name} into {root}: {e}") from None
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32) uint8

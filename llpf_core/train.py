@@ -145,10 +145,12 @@ def _scheduler(optimizer, recipe: TrainRecipe, steps: int):
 
 def train_mode(model_name: str, dataset: str, seed: int, out: str | Path, recipe: TrainRecipe,
                device: str = "auto", data_root: str | Path | None = None,
-               on_epoch: Callable[[int, int, float], None] | None = None, recipe_name: str = "") -> Mode:
+               on_epoch: Callable[[int, int, float], None] | None = None, recipe_name: str = "",
+               on_start: Callable[[], None] | None = None, download: bool = False) -> Mode:
     """Train one mode from a seeded initialisation and save it with its final metrics.
 
-    ``on_epoch(epoch, epochs, mean_loss)`` reports progress.
+    ``on_start()`` is called once every input is checked and the data is loaded, just before the
+    first epoch; ``on_epoch(epoch, epochs, mean_loss)`` reports progress.
     """
     for name in ("epochs", "batch_size"):
         if getattr(recipe, name) <= 0:
@@ -156,8 +158,8 @@ def train_mode(model_name: str, dataset: str, seed: int, out: str | Path, recipe
     if recipe.lr <= 0 or recipe.weight_decay < 0 or recipe.momentum < 0:
         raise UserError("lr must be positive; weight decay and momentum must be >= 0")
     dev = resolve_device(device)
-    train = load_dataset(dataset, "train", data_root).to(dev)
-    test = load_dataset(dataset, "test", data_root).to(dev)
+    train = load_dataset(dataset, "train", data_root, download).to(dev)
+    test = load_dataset(dataset, "test", data_root, download).to(dev)
     kwargs = train.model_kwargs()
     torch.manual_seed(seed)
     model = build_model(model_name, **kwargs).to(dev)
@@ -168,6 +170,8 @@ def train_mode(model_name: str, dataset: str, seed: int, out: str | Path, recipe
     stream = BatchStream(train, recipe.batch_size, torch.Generator(dev).manual_seed(seed),
                          augment=recipe.augment)
     model.train()
+    if on_start:
+        on_start()
     for epoch in range(recipe.epochs):
         total = torch.zeros((), device=dev)
         for _ in range(steps_per_epoch):

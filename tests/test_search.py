@@ -1,0 +1,200 @@
+"""End-to-end searches on the embedded digits data: quality, M2O's exclusions, resume after SIGKILL."""
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llpf_core import (Phase, SearchConfig, TrainSpec, build_model, load_dataset, load_preset, load_run, run_search,
+                       save_mode)
+from llpf_core.checks import run_summary
+from llpf_core.modefile import ModeMeta, load_mode
+from llpf_core.train import load_recipe, train_mode
+from tests.conftest import REPO
+
+
+def assert_low_loss_path(run):
+    s = run_summary(run)
+    assert run.status == "finished"
+    assert s["path_max_train_loss"] <= s["barrier"] / 5, s
+    assert s["path_max_train_loss"] <= 0.05, s
+    assert s["final_distance_rel"] <= 0.02, s
+    return s
+
+
+def test_demo_preset_connects_the_modes(digits_modes, tmp_path):
+    run = run_search(*digits_modes, load_preset("mlp-digits-m2m"), tmp_path / "run")
+    s = assert_low_loss_path(run)
+    m = run.metrics
+    assert list(m["tick"]) == list(range(301))
+    assert s["barrier"] > 0.2  # the two modes really are separated by a barrier
+    assert m["continuity_max_loss"].iloc[1:].notna().all()
+    assert (m["continuity_max_loss"].iloc[1:] <= 0.05).all()
+    assert len(run.baseline) == 11 and run.baseline["alpha"].tolist()[0] == 0
+    points = [t for t, _ in run.points()]
+    assert points[0] == 0 and points[-1] == 300 and 150 in points
+    end = run.point(300)
+    assert end.meta.format == "point/1" and end.meta.extra["llpf.tick"] == "300"
+    layers = run.layers
+    assert set(layers["layer"]) == set(dict(digits_modes[0].model.named_parameters()))
+    assert len(run.continuity) == 300 * 9
+
+
+@pytest.mark.slow
+def test_fresh_seed_pair_connects_too(tmp_path):
+    """Seeds no other test uses: the result is not tuned to one pair."""
+    recipe = load_recipe("mlp-digits")
+    a, b = (train_mode("mlp", "digits", s, tmp_path / f"{s}.safetensors", recipe, "cpu") for s in (71, 72))
+    assert_low_loss_path(run_search(a, b, load_preset("mlp-digits-m2m"), tmp_path / "run"))
+
+
+def test_m2o_never_moves_norm_layers(tmp_path):
+    """M2O shrinks every layer but BatchNorm and LayerNorm ones (llpf-algorithm.md section 2)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.LayerNorm(32),
+                                torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    cnn = build_model("cnn", num_classes=10, in_channels=1, image_size=8)
+    # A throwaway registry entry for the LayerNorm model.
+    from llpf_core.registry import _MODELS
+    _MODELS.setdefault("test_ln_mlp", lambda **kw: _with_shape(
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.LayerNorm(32),
+                            torch.nn.ReLU(), torch.nn.Linear(32, 10))))
+    for name, net, norm_prefixes in (("test_ln_mlp", model, ["2."]), ("cnn", cnn, ["0.1.", "2.1.", "4.1."])):
+        kwargs = {} if name == "test_ln_mlp" else {"num_classes": 10, "in_channels": 1, "image_size": 8}
+        with torch.no_grad():  # non-trivial norm parameters, so that a shrink would show
+            for n, p in net.named_parameters():
+                if any(n.startswith(q) for q in norm_prefixes):
+                    p.uniform_(0.5, 1.5)
+        path = tmp_path / f"{name}.safetensors"
+        save_mode(path, net, ModeMeta(model=name, model_kwargs=kwargs, dataset="digits"))
+        cfg = SearchConfig(algorithm="m2o", ticks=5, phases=[Phase(step_a=0.1)],
+                           train=TrainSpec(lr=1e-12, min_iters=1, max_iters=1), save_every=5,
+                           continuity=dataclasses.replace(SearchConfig().continuity, points=0))
+        run = run_search(path, "origin", cfg, tmp_path / f"run-{name}")
+        start, end = load_file(path), load_file(run.points()[-1][1])
+        for n, v in start.items():
+            if n.endswith(("running_mean", "running_var", "num_batches_tracked")):
+                continue  # buffers follow training's statistics, not the move
+            if any(n.startswith(q) for q in norm_prefixes):
+                assert torch.allclose(end[n], v, atol=1e-9), n
+            else:
+                assert torch.allclose(end[n], v * 0.9 ** 5, atol=1e-6), n
+
+
+def _with_shape(model):
+    model.input_shape = (1, 8, 8)
+    return model
+
+
+def _connect_args(modes, out):
+    return [sys.executable, "-m", "llpf_core", "connect", str(modes[0].path), str(modes[1].path),
+            "--out", str(out), "--quiet", "--set", "ticks=150", "--set", "checkpoint_every=10",
+            "--set", "save_every=25", "--seed", "7"]
+
+
+def _comparable(metrics: pd.DataFrame) -> pd.DataFrame:
+    return metrics.drop(columns=["wall_s"])
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(digits_modes, tmp_path):
+    reference = tmp_path / "reference"
+    subprocess.run(_connect_args(digits_modes, reference), cwd=REPO, check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_connect_args(digits_modes, killed), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill after the checkpoint of tick >= 40, with rows written past it
+        metrics = killed / "metrics.csv"
+        if (killed / "checkpoint.json").exists() and metrics.exists() and \
+                len(metrics.read_text().splitlines()) > 45:
+            break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert load_run(killed).status == "running"  # killed: nobody marked it
+    rows_before = len(load_run(killed).metrics)
+    assert 40 < rows_before < 151
+
+    resumed = subprocess.run(_connect_args(digits_modes, killed) + ["--resume"], cwd=REPO,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_run(reference), load_run(killed)
+    assert b.status == "finished"
+    pd.testing.assert_frame_equal(_comparable(a.metrics), _comparable(b.metrics), rtol=1e-5, atol=1e-7)
+    pd.testing.assert_frame_equal(a.layers, b.layers, rtol=1e-5, atol=1e-7)
+    pd.testing.assert_frame_equal(a.continuity, b.continuity, rtol=1e-5, atol=1e-7)
+    assert [t for t, _ in a.points()] == [t for t, _ in b.points()]
+    for (tick, pa), (_, pb) in zip(a.points(), b.points()):
+        ta, tb = load_file(pa), load_file(pb)
+        for k in ta:
+            assert torch.allclose(ta[k], tb[k], rtol=1e-5, atol=1e-6), (tick, k)
+
+
+def test_stop_event_checkpoints_and_resume_finishes(digits_modes, tmp_path):
+    import threading
+    stop = threading.Event()
+    cfg = dataclasses.replace(load_preset("mlp-digits-m2m"), ticks=60, checkpoint_every=1000)
+    seen = []
+
+    def on_tick(event):
+        seen.append(event.tick)
+        if event.tick == 20:
+            stop.set()
+
+    run = run_search(*digits_modes, cfg, tmp_path / "run", on_tick=on_tick, stop_event=stop)
+    assert run.status == "stopped" and seen[-1] == 20
+    assert 20 in [t for t, _ in run.points()]
+    run = run_search(None, None, None, tmp_path / "run", resume=True)
+    assert run.status == "finished"
+    assert list(run.metrics["tick"]) == list(range(61))
+    assert load_mode(run.points()[-1][1], "point").meta.extra["llpf.tick"] == "60"
+
+
+def test_cross_sphere_joins_modes_on_different_spheres(digits_modes, tmp_path):
+    """B' is mode B with layer 0 halved and layer 1's weight doubled: the same function (ReLU is
+    positively homogeneous) on other variance spheres. to_vs reaches them, then M2M joins B'."""
+    a, b = digits_modes
+    state = {k: v.clone() for k, v in b.model.state_dict().items()}
+    for k in ("layers.0.weight", "layers.0.bias"):
+        state[k] *= 0.5
+    state["layers.1.weight"] *= 2.0
+    b_path = tmp_path / "b-rescaled.safetensors"
+    save_mode(b_path, state, b.meta)
+    b = load_mode(b_path)
+    x, y = load_dataset("digits").batch(torch.arange(100))
+    assert torch.allclose(b.model(x), digits_modes[1].model(x), atol=1e-4)
+    norms_b = {n: p.norm().item() for n, p in b.model.named_parameters()}
+
+    cfg = dataclasses.replace(load_preset("mlp-digits-m2m"), algorithm="cross_sphere")
+    run = run_search(a, b, cfg, tmp_path / "run")
+    m = run.metrics
+    stages = m["stage"].tolist()
+    switch = stages.index("m2m")
+    assert set(stages[:switch]) == {"to_vs"} and set(stages[switch:]) == {"m2m"}
+    assert switch - 1 < cfg.bridge.ticks  # the bridge ended because it reached B's sphere
+    on_sphere = run.point(switch - 1).model.state_dict()
+    for n, norm_b in norms_b.items():
+        assert abs(on_sphere[n].norm().item() / norm_b - 1) <= cfg.bridge.tolerance, n
+    assert list(m["tick"]) == list(range(len(m))) and len(m) == switch + cfg.ticks
+    s = run_summary(run)
+    assert s["path_max_train_loss"] <= min(0.05, s["barrier"] / 5), s
+    assert s["final_distance_rel"] <= 0.02, s
+
+
+def test_m2o_shrinks_while_keeping_the_loss_low(digits_modes, tmp_path):
+    run = run_search(digits_modes[0], "origin", load_preset("mlp-digits-m2o"), tmp_path / "run")
+    m, layers = run.metrics, run.layers
+    assert run.status == "finished" and run.info["end"] is None
+    first, last = layers[layers.tick == 0], layers[layers.tick == 300]
+    ratio = last["norm"].to_numpy() / first["norm"].to_numpy()
+    assert (ratio < 0.95).all(), ratio  # every layer shrank, though training pulls the norms back up
+    assert m["distance_rel"].iloc[-1] < 0.7  # whole-model norm, relative to the start
+    assert m["train_loss"].max() < 0.05
+    assert (m["test_acc"] > 0.95).all()
