@@ -70,6 +70,10 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _sha256_or_none(path: str | None) -> str | None:
+    return _sha256(Path(path)) if path and Path(path).is_file() else None
+
+
 def _endpoint(mode: Mode | None) -> dict | None:
     if mode is None:
         return None
@@ -123,6 +127,11 @@ def run_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
         if info["status"] == "finished":
             return load_run(out_dir)
         cfg = SearchConfig.from_dict(info["config"])
+        for what in ("start", "end"):
+            stored = info[what]
+            if stored and stored["sha256"] and _sha256_or_none(stored["path"]) != stored["sha256"]:
+                raise UserError(f"--resume: the {what} mode file {stored['path']} is missing or has changed "
+                                f"since the run started; restore it to continue")
         start_mode = load_mode(info["start"]["path"], "start mode file")
         end_mode = load_mode(info["end"]["path"], "end mode file") if info["end"] else None
         for given, stored, what in ((start, info["start"], "start"), (end, info["end"], "end")):
@@ -145,7 +154,7 @@ def run_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
     if not exists:
         writer.create({"name": out_dir.name, "algorithm": cfg.algorithm,
                        "start": _endpoint(start_mode), "end": _endpoint(end_mode),
-                       "config": cfg.to_dict(), "versions": versions()})
+                       "config": cfg.to_dict(), "device_used": str(search.device), "versions": versions()})
     try:
         search.run()
     except BaseException as e:
@@ -177,8 +186,10 @@ class _Search:
         self.start_state = {k: v.detach().clone() for k, v in self.params.items()}
         self.end_state = None if end is None else {k: v.to(self.device) for k, v in end.model.state_dict().items()}
         self.end = None if end is None else {n: self.end_state[n] for n in self.names}
+        self.end_norm = {} if end is None else {n: v.float().norm().item() for n, v in self.end.items()}
+        self.state_names = list(self.model.state_dict())
         for i, p in enumerate(cfg.phases):  # every pattern must match a layer: a user error otherwise
-            match_layers(p.layers, self.names, f"phases.{i}.layers")
+            self._moved_names(p.layers, f"phases.{i}.layers")
 
         self.train_data = load_dataset(start.meta.dataset, "train", data_root).to(self.device)
         self.test_data = load_dataset(start.meta.dataset, "test", data_root).to(self.device)
@@ -190,6 +201,9 @@ class _Search:
         self.stages = _stages(cfg, end is not None)
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
         self.total_ticks = sum(s.ticks for s in self.stages)
+        # The whole-model distance leaves out what never moves: norm layers in M2O.
+        self.tracked = torch.tensor([self.stages[-1].kind != "m2o" or n not in self.norm_names
+                                     for n in self.names], device=self.device)
 
         # Set per stage and phase by _begin_stage / _begin_phase, or restored from a checkpoint.
         self.tick = 0
@@ -211,6 +225,7 @@ class _Search:
         checkpoint = self.writer.load_checkpoint()
         self.t0 = time.perf_counter()
         if checkpoint is None:
+            self.writer.truncate_after(-1)  # a run killed before its first checkpoint starts over
             self._begin()
         else:
             self._restore(*checkpoint)
@@ -225,14 +240,17 @@ class _Search:
                 if self._continuity_due(self.tick + 1) else None
             training = self._step(stage, stage.phases[phase_index])
             self.tick += 1
-            self._log(training, prev)
+            limit = self.cfg.stop_when_loss_exceeds
+            exceeded = limit is not None and training.loss_rolling > limit
+            last = (self.stop_event.is_set() or exceeded or self.tick - self.stage_start >= stage.ticks
+                    or (stage.to_sphere and self._on_sphere()))
+            self._log(training, prev, force_eval=last)
             if self.stop_event.is_set():
                 self._save_point()
                 self._checkpoint()
                 self.writer.update(status="stopped")
                 return
-            limit = self.cfg.stop_when_loss_exceeds
-            if limit is not None and training.loss_rolling > limit:
+            if exceeded:
                 self._save_point()
                 self._checkpoint()
                 self.writer.update(status="finished", stopped_early=f"rolling train loss "
@@ -275,7 +293,7 @@ class _Search:
                 self._correct_variance()
             if stage.kind == "m2o":
                 for group, name in zip(self.optimizer.param_groups, self.names):
-                    if "weight" in name and name not in self.norm_names:
+                    if "weight" in name and name not in self.norm_names and self.start_var[name] > 0:
                         group["lr"] = angle_conformal_lr(stage.train.lr, variance(self.params[name]),
                                                          self.start_var[name], cfg.lr_policy).item()
         training = train_until(self.model, self.optimizer, self.stream, stage.train, cfg.dtype)
@@ -288,11 +306,12 @@ class _Search:
 
     def _begin(self) -> None:
         """A new run: tick 0 is the start mode itself; then the baseline and a first checkpoint."""
+        torch.manual_seed(self.cfg.seed)  # dropout and other global randomness (decision 7)
         self._begin_stage()
         with torch.no_grad():
             dists = self._layer_distances()
         self.layer_dist0 = torch.where(dists > 0, dists, torch.ones_like(dists))
-        self.dist0 = max(dists.square().sum().sqrt().item(), 1e-30)
+        self.dist0 = max((dists.square() * self.tracked).sum().sqrt().item(), 1e-30)
         self._log(None, None)
         if self.end is not None and self.cfg.algorithm in ("m2m", "cross_sphere") and self.cfg.baseline_points:
             n = self.cfg.baseline_points
@@ -325,7 +344,7 @@ class _Search:
         self.phase_index = index
         stage = self.stages[self.stage_index]
         phase = stage.phases[index]
-        moved = match_layers(phase.layers, self.names, f"phases.{index}.layers")
+        moved = self._moved_names(phase.layers, f"phases.{index}.layers")
         if stage.kind == "m2o":
             moved = [n for n in moved if n not in self.norm_names]
         self.moved = set(moved)
@@ -340,6 +359,12 @@ class _Search:
             self.c_len = torch.zeros(len(self.units), device=self.device)
         if c_len is None and self.tick > 0:
             self._save_point()  # phase boundaries are always saved
+
+    def _moved_names(self, patterns: list[str], where: str) -> list[str]:
+        """Parameters matched by ``patterns``. Patterns may also name buffers (a follow_data_flow
+        group lists a BatchNorm's running statistics), but buffers are never moved."""
+        params = set(self.names)
+        return [n for n in match_layers(patterns, self.state_names, where) if n in params]
 
     def _units(self, moved: list[str]) -> list[list[str]]:
         """Moved layers as move units; with merge_bias, X.weight and X.bias form one unit."""
@@ -373,14 +398,14 @@ class _Search:
     def _on_sphere(self) -> bool:
         """Every moved layer has reached the end mode's sphere (decision 6)."""
         stage = self.stages[self.stage_index]
-        names = [n for n in match_layers(stage.phases[0].layers, self.names)
-                 if stage.kind != "m2o" or n not in self.norm_names]
+        names = {n for p in stage.phases for n in self._moved_names(p.layers, "layers")
+                 if stage.kind != "m2o" or n not in self.norm_names}
         with torch.no_grad():
             if stage.kind == "m2o":
                 return all(self._reached([n]) for n in names)
             tol = self.cfg.bridge.tolerance
-            return all(abs(self.params[n].norm().item() / max(self.end[n].norm().item(), 1e-30) - 1) <= tol
-                       for n in names)
+            return all(abs(self.params[n].norm().item() / self.end_norm[n] - 1) <= tol
+                       for n in names if self.end_norm[n] > 0)
 
     def _correct_variance(self) -> None:
         names = self.names if self.cfg.variance_scope == "all" else [n for n in self.names if n in self.moved]
@@ -396,8 +421,8 @@ class _Search:
         for n in self.names:
             x = self.params[n].detach().float()
             if kind == "to_vs":
-                out.append((x.norm() - self.end[n].float().norm()).abs())
-            elif self.end is None:
+                out.append((x.norm() - self.end_norm[n]).abs())
+            elif kind == "m2o":
                 out.append(x.norm())
             else:
                 out.append((x - self.end[n].float()).norm())
@@ -407,28 +432,22 @@ class _Search:
         c = self.cfg.continuity
         return c.points >= 2 and tick % c.every == 0
 
-    def _eval_due(self, tick: int) -> bool:
-        stage_end = self.stage_start + self.stages[self.stage_index].ticks
-        return tick == 0 or tick % self.cfg.eval_every == 0 or tick == stage_end
-
-    def _log(self, training, prev) -> None:
+    def _log(self, training, prev, force_eval: bool = False) -> None:
         tick = self.tick
         stage = self.stages[self.stage_index]
         phase = f"{stage.kind}:{max(self.phase_index, 0)}"
         with torch.no_grad():
             dists = self._layer_distances()
-        tracked = torch.tensor([self.stages[-1].kind != "m2o" or n not in self.norm_names
-                                for n in self.names], device=self.device)
-        distance = (dists.square() * tracked).sum().sqrt().item()
+        distance = (dists.square() * self.tracked).sum().sqrt().item()
         row = {"tick": tick, "stage": stage.kind, "phase": phase,
                "iterations": training.iterations if training else 0,
                "train_loss_rolling": training.loss_rolling if training else None,
                "train_acc_rolling": training.acc_rolling if training else None,
-               "distance": distance, "distance_rel": distance / self.dist0 if tick else 1.0,
+               "distance": distance, "distance_rel": distance / self.dist0,
                "wall_s": round(self.wall_offset + time.perf_counter() - self.t0, 4)}
         layers, continuity = [], []
         state = self.model.state_dict()
-        if self._eval_due(tick):
+        if force_eval or tick % self.cfg.eval_every == 0:
             row.update(self.evaluator.evaluate(state))
             layers = self._layer_rows(tick, dists)
         if prev is not None:
@@ -481,6 +500,7 @@ class _Search:
         stream = self.stream.state_dict()
         tensors.update({"stream/perm": stream["perm"], "stream/rng": stream["rng"],
                         "torch_rng": torch.get_rng_state(), "c_len": self.c_len,
+                        **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
                         "layer_dist0": self.layer_dist0})
         info = {"tick": self.tick, "stage_index": self.stage_index, "stage_start": self.stage_start,
                 "phase_index": self.phase_index, "stream_pos": stream["pos"], "dist0": self.dist0,
@@ -497,11 +517,15 @@ class _Search:
         self.start_var = {k[10:]: v.to(self.device) for k, v in tensors.items() if k.startswith("start_var/")}
         self.target_var = {k[11:]: v.to(self.device) for k, v in tensors.items() if k.startswith("target_var/")}
         torch.set_rng_state(tensors["torch_rng"])
+        if "cuda_rng" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
         if info["phase_index"] >= 0:
             self._begin_phase(info["phase_index"], tensors["c_len"].to(self.device))
         self.dist0, self.layer_dist0 = info["dist0"], tensors["layer_dist0"].to(self.device)
         self.wall_offset = info["wall_s"]
         self.writer.truncate_after(self.tick)
+        if (self.writer.path / "points" / f"{self.tick:06d}.safetensors").exists():
+            self.last_saved = self.tick
 
     def _summarise(self) -> None:
         summary = run_summary(load_run(self.writer.path))

@@ -77,8 +77,12 @@ class RunWriter:
             lines = path.read_text().splitlines(keepends=True)
             if not lines:
                 continue
-            kept = [lines[0]] + [ln for ln in lines[1:] if ln.strip() and _row_tick(ln) <= tick]
+            # A torn last line (no newline: killed mid-write) is dropped with the rows after the tick.
+            kept = [lines[0]] + [ln for ln in lines[1:] if ln.endswith("\n") and _row_tick(ln) <= tick]
             write_atomic(path, "".join(kept).encode())
+        for point in (self.path / "points").glob("[0-9]*.safetensors"):
+            if int(point.stem) > tick:
+                point.unlink()
 
     def write_baseline(self, rows: list[dict]) -> None:
         frame = pd.DataFrame(rows, columns=BASELINE_COLUMNS)
@@ -91,6 +95,8 @@ class RunWriter:
     def save_checkpoint(self, tensors: dict[str, torch.Tensor], info: dict) -> None:
         """The safetensors file is the truth (its metadata holds ``info``); checkpoint.json mirrors it
         for people, so a kill between the two writes cannot pair a state with the wrong tick."""
+        for f in self._files.values():  # rows up to this tick are on disk before the checkpoint is
+            os.fsync(f.fileno())
         save_tensors(self.path / "checkpoint.safetensors", tensors, {"llpf.checkpoint": json.dumps(info)})
         write_json(self.path / "checkpoint.json", info)
 

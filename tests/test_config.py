@@ -4,8 +4,18 @@ import json
 
 import pytest
 
-from llpf_core import (SearchConfig, UserError, apply_overrides, build_model, follow_data_flow, list_models,
-                       list_presets, load_preset, match_layers, validate)
+from llpf_core import (
+    SearchConfig,
+    UserError,
+    apply_overrides,
+    build_model,
+    follow_data_flow,
+    list_models,
+    list_presets,
+    load_preset,
+    match_layers,
+    validate,
+)
 from llpf_core.config import default_preset
 
 

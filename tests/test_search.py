@@ -11,8 +11,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llpf_core import (Phase, SearchConfig, TrainSpec, build_model, load_dataset, load_preset, load_run, run_search,
-                       save_mode)
+from llpf_core import (
+    Phase,
+    SearchConfig,
+    TrainSpec,
+    build_model,
+    load_dataset,
+    load_preset,
+    load_run,
+    run_search,
+    save_mode,
+)
 from llpf_core.checks import run_summary
 from llpf_core.modefile import ModeMeta, load_mode
 from llpf_core.train import load_recipe, train_mode
