@@ -67,6 +67,7 @@ class SearchConfig:
     merge_bias: bool = False  # move X.weight and X.bias as one vector
     clamp_step: bool = True  # decision 1: never step past the destination
     variance_scope: str = "all"  # decision 2: all (reference) | moved (this phase's layers only)
+    variance_target: str = "start"  # A2: start (reference) | blend (decision 8: start's -> end's)
     variance_eps: float = 1e-4
     lr_policy: str = "var"  # M2O angle-conformal learning rate: var | std
     train: TrainSpec = field(default_factory=TrainSpec)
@@ -173,6 +174,8 @@ def validate(cfg: SearchConfig) -> None:
          f"device must be cpu, cuda, cuda:N or auto, got {cfg.device!r}")
     need(cfg.dtype in ("float32", "bfloat16"), f"dtype must be float32 or bfloat16, got {cfg.dtype!r}")
     need(cfg.variance_scope in ("all", "moved"), f"variance_scope must be all or moved, got {cfg.variance_scope!r}")
+    need(cfg.variance_target in ("start", "blend"),
+         f"variance_target must be start or blend, got {cfg.variance_target!r}")
     need(cfg.lr_policy in ("var", "std"), f"lr_policy must be var or std, got {cfg.lr_policy!r}")
     need(cfg.variance_eps >= 0, f"variance_eps must be >= 0, got {cfg.variance_eps}")
     need(len(cfg.phases) > 0, "phases must list at least one phase")

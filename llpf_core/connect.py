@@ -187,6 +187,7 @@ class _Search:
         self.end_state = None if end is None else {k: v.to(self.device) for k, v in end.model.state_dict().items()}
         self.end = None if end is None else {n: self.end_state[n] for n in self.names}
         self.end_norm = {} if end is None else {n: v.float().norm().item() for n, v in self.end.items()}
+        self.end_var = {} if end is None else {n: variance(v) for n, v in self.end.items()}
         self.state_names = list(self.model.state_dict())
         for i, p in enumerate(cfg.phases):  # every pattern must match a layer: a user error otherwise
             self._moved_names(p.layers, f"phases.{i}.layers")
@@ -328,7 +329,7 @@ class _Search:
         # The bridge's targets are the end's sphere (variance_rel shows the approach). After the bridge,
         # the start point is on that sphere only up to bridge.tolerance, so M2M targets it exactly.
         if stage.to_sphere or stage.variance_to_end:
-            self.target_var = {n: variance(v) for n, v in self.end.items()}
+            self.target_var = self.end_var
         params = [self.params[n] for n in self.names]
         if stage.kind == "m2o":  # one group per parameter, as angle-conformal rates need
             self.optimizer = torch.optim.SGD([{"params": [p]} for p in params], lr=stage.train.lr)
@@ -409,8 +410,14 @@ class _Search:
 
     def _correct_variance(self) -> None:
         names = self.names if self.cfg.variance_scope == "all" else [n for n in self.names if n in self.moved]
-        correct_variance_([self.params[n].data for n in names], [self.target_var[n] for n in names],
-                          self.cfg.variance_eps)
+        targets = [self.target_var[n] for n in names]
+        if self.cfg.variance_target == "blend" and not self.stages[self.stage_index].variance_to_end:
+            # Decision 8: blend from the start's variance to the end's as the layer closes in on the
+            # end, so a path between modes on slightly different spheres can end on the end mode.
+            progress = (1 - self._layer_distances() / self.layer_dist0).clamp(0, 1)
+            index = {n: i for i, n in enumerate(self.names)}
+            targets = [torch.lerp(self.target_var[n], self.end_var[n], progress[index[n]]) for n in names]
+        correct_variance_([self.params[n].data for n in names], targets, self.cfg.variance_eps)
 
     # --- logging ---------------------------------------------------------------------------------
 

@@ -207,3 +207,21 @@ def test_m2o_shrinks_while_keeping_the_loss_low(digits_modes, tmp_path):
     assert m["distance_rel"].iloc[-1] < 0.7  # whole-model norm, relative to the start
     assert m["train_loss"].max() < 0.05
     assert (m["test_acc"] > 0.95).all()
+
+
+@pytest.mark.parametrize("target", ["start", "blend"])
+def test_variance_target(digits_modes, tmp_path, target):
+    """start (the reference): every point sits on the start mode's variance sphere. blend: the target
+    moves to the end mode's sphere as the path closes in, so the path ends on the end mode."""
+    cfg = dataclasses.replace(load_preset("mlp-digits-m2m"), variance_target=target, ticks=150,
+                              variance_eps=0.0)
+    run = run_search(*digits_modes, cfg, tmp_path / "run")
+    layers = run.layers
+    start_var = layers[layers.tick == 0].set_index("layer")["variance"]
+    end_var = {n: p.detach().var().item() for n, p in digits_modes[1].model.named_parameters()}
+    last = layers[layers.tick == 150].set_index("layer")["variance"]
+    if target == "start":
+        assert ((layers["variance_rel"] - 1).abs() < 1e-4).all()
+    else:
+        for n, v in last.items():
+            assert abs(v / end_var[n] - 1) < abs(start_var[n] / end_var[n] - 1) / 2, n
