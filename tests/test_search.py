@@ -15,6 +15,7 @@ from llpf_core import (
     Phase,
     SearchConfig,
     TrainSpec,
+    apply_overrides,
     build_model,
     load_dataset,
     load_preset,
@@ -225,3 +226,43 @@ def test_variance_target(digits_modes, tmp_path, target):
     else:
         for n, v in last.items():
             assert abs(v / end_var[n] - 1) < abs(start_var[n] / end_var[n] - 1) / 2, n
+
+
+def test_divergence_marks_the_run_failed_and_keeps_saved_points(digits_modes, tmp_path):
+    from llpf_core import UserError
+    cfg = apply_overrides(load_preset("mlp-digits-m2m"), ["train.lr=1e6", "ticks=50", "save_every=1"])
+    with pytest.raises(UserError, match="diverged"):
+        run_search(*digits_modes, cfg, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    assert run.status == "failed" and "diverged" in run.error and "train.lr" in run.error
+    assert run.points()  # every point saved before the divergence still loads
+    for _, path in run.points():
+        load_mode(path, "point")
+
+
+def test_stop_when_loss_exceeds_ends_the_run_early(digits_modes, tmp_path):
+    cfg = apply_overrides(load_preset("mlp-digits-m2m"), ["stop_when_loss_exceeds=0.0001", "ticks=50"])
+    run = run_search(*digits_modes, cfg, tmp_path / "run")
+    assert run.status == "finished" and "exceeded" in run.info["stopped_early"]
+    assert len(run.metrics) < 51
+    assert not pd.isna(run.metrics["train_loss"].iloc[-1])  # the last tick is evaluated
+
+
+def test_ctrl_c_stops_with_a_checkpoint_and_resume_finishes(digits_modes, tmp_path):
+    out = tmp_path / "run"
+    args = _connect_args(digits_modes, out)
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "metrics.csv").exists() and
+                                          len((out / "metrics.csv").read_text().splitlines()) > 20):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "--resume" in stdout
+    run = load_run(out)
+    assert run.status == "stopped"
+    stopped_at = int(run.metrics["tick"].iloc[-1])
+    assert stopped_at < 150 and stopped_at in [t for t, _ in run.points()]
+    subprocess.run(args + ["--resume"], cwd=REPO, check=True, capture_output=True)
+    run = load_run(out)
+    assert run.status == "finished" and list(run.metrics["tick"]) == list(range(151))
