@@ -260,12 +260,13 @@ def cmd_demo(args) -> int:
 
 def cmd_presets(args) -> int:
     for p in list_presets():
-        print(f"{p.name:<28} {p.algorithm:<6} {p.model}/{p.dataset}{' (default)' if p.default else '':<10}  "
-              f"{p.description}")
+        target = f"{p.model}/{p.dataset}{' *' if p.default else ''}"
+        print(f"{p.name:<28} {p.algorithm:<6} {target:<24} {p.description}")
     print("\ntraining recipes (train --recipe NAME):")
     for r in list_recipes():
-        print(f"{r['name']:<28} {r['model']}/{r['dataset']}{' (default)' if r['default'] else '':<10}  "
-              f"{r['description']}")
+        target = f"{r['model']}/{r['dataset']}{' *' if r['default'] else ''}"
+        print(f"{r['name']:<28} {target:<31} {r['description']}")
+    print("\n* the default for that model and dataset")
     return 0
 
 
