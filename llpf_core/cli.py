@@ -259,13 +259,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    for p in list_presets():
+    presets, recipes = list_presets(), list_recipes()
+    width = max(len(x) for x in [p.name for p in presets] + [r["name"] for r in recipes])
+    for p in presets:
         target = f"{p.model}/{p.dataset}{' *' if p.default else ''}"
-        print(f"{p.name:<28} {p.algorithm:<6} {target:<24} {p.description}")
+        print(f"{p.name:<{width}}  {p.algorithm:<5} {target:<26} {p.description}")
     print("\ntraining recipes (train --recipe NAME):")
-    for r in list_recipes():
+    for r in recipes:
         target = f"{r['model']}/{r['dataset']}{' *' if r['default'] else ''}"
-        print(f"{r['name']:<28} {target:<31} {r['description']}")
+        print(f"{r['name']:<{width}}  {target:<32} {r['description']}")
     print("\n* the default for that model and dataset")
     return 0
 

@@ -180,6 +180,8 @@ class _Search:
         self.meta = start.meta
         self.model = build_model(start.meta.model, **start.meta.model_kwargs).to(self.device)
         self.model.load_state_dict(start.model.state_dict())
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.params = dict(self.model.named_parameters())
         self.names = list(self.params)
         self.norm_names = norm_layer_names(self.model)
@@ -335,7 +337,8 @@ class _Search:
             self.optimizer = torch.optim.SGD([{"params": [p]} for p in params], lr=stage.train.lr)
         else:
             self.optimizer = torch.optim.SGD(params, lr=stage.train.lr)
-        self.stream = BatchStream(self.train_data, stage.train.batch_size, self.generator)
+        self.stream = BatchStream(self.train_data, stage.train.batch_size, self.generator,
+                                  channels_last=self.cfg.channels_last)
 
     def _begin_phase(self, index: int, c_len: torch.Tensor | None = None) -> None:
         """Choose the moved layers and fix this phase's step_c lengths at its start (A6).

@@ -128,7 +128,7 @@ class ImageData(Dataset):
         return (x - self._mean) / self._std, self.labels[idx]
 
 
-_DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100")
+_DATASETS = ("digits", "fashion-mnist", "fashion-mnist-rgb32", "mnist", "cifar10", "cifar100", "synthetic")
 
 
 def list_datasets() -> list[str]:
@@ -153,6 +153,10 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
 def _load(name: str, split: str, root: str, download: bool) -> ImageData:
     if name == "digits":
         return _digits(split)
+    if name == "synthetic":
+        return _synthetic(split)
+    if name == "fashion-mnist-rgb32":
+        return _as_rgb32(_mnist_family("fashion-mnist", split, Path(root), download))
     if name in ("mnist", "fashion-mnist"):
         return _mnist_family(name, split, Path(root), download)
     return _cifar(name, split, Path(root), download)
@@ -170,6 +174,24 @@ def _digits(split: str) -> ImageData:
     images = torch.tensor(images, dtype=torch.float32).unsqueeze(1)  # (N, 1, 8, 8), values 0..16
     return ImageData("digits", split, images, torch.tensor(labels), 1 / 16, DIGITS_MEAN, DIGITS_STD,
                      10, None)
+
+
+def _synthetic(split: str) -> ImageData:
+    """Random CIFAR-shaped images (32x32x3, 10 classes) for shape and speed checks of big models.
+    Fixed seeds: 512 training and 256 test images."""
+    g = torch.Generator().manual_seed(0 if split == "train" else 1)
+    n = 512 if split == "train" else 256
+    images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    return ImageData("synthetic", split, images, labels, 1 / 255, (0.5,) * 3, (0.29,) * 3, 10,
+                     CIFAR_AUGMENTATION)
+
+
+def _as_rgb32(data: ImageData) -> ImageData:
+    """28x28 grey images padded to 32x32 and copied into 3 channels, for CIFAR-shaped models."""
+    images = F.pad(data.images, (2, 2, 2, 2)).expand(-1, 3, -1, -1).contiguous()
+    return ImageData(f"{data.name}-rgb32", data.split, images, data.labels, data.scale, data.mean * 3,
+                     data.std * 3, data.num_classes, data.augmentation)
 
 
 def _mnist_family(name: str, split: str, root: Path, download: bool) -> ImageData:

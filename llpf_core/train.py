@@ -32,8 +32,10 @@ class BatchStream:
     sees exactly the batches an uninterrupted one would.
     """
 
-    def __init__(self, data: ImageData, batch_size: int, generator: torch.Generator, augment: bool = True):
+    def __init__(self, data: ImageData, batch_size: int, generator: torch.Generator, augment: bool = True,
+                 channels_last: bool = False):
         self.data, self.batch_size, self.generator, self.augment = data, batch_size, generator, augment
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.perm = torch.empty(0, dtype=torch.long, device=data.device)
         self.pos = 0
 
@@ -43,7 +45,8 @@ class BatchStream:
             self.pos = 0
         idx = self.perm[self.pos:self.pos + self.batch_size]
         self.pos += self.batch_size
-        return self.data.batch(idx, augment=self.augment, generator=self.generator)
+        x, y = self.data.batch(idx, augment=self.augment, generator=self.generator)
+        return x.contiguous(memory_format=self.memory_format), y
 
     def state_dict(self) -> dict:
         return {"perm": self.perm, "pos": self.pos, "rng": self.generator.get_state()}
@@ -106,7 +109,10 @@ class TrainRecipe:
     momentum: float = 0.9
     weight_decay: float = 0.0
     batch_size: int = 64
-    schedule: str = "constant"  # constant | cosine | onecycle (per iteration)
+    schedule: str = "constant"  # constant | cosine | onecycle, stepped per iteration
+    warmup_epochs: int = 0  # cosine: linear warm-up from min_lr first
+    min_lr: float = 0.0  # cosine: the floor
+    optimizer: str = "sgd"  # sgd | adamw (momentum is ignored by adamw)
     augment: bool = True
 
 
@@ -133,11 +139,20 @@ def default_recipe(model: str, dataset: str) -> str | None:
     return (exact or matches or [{"name": None}])[0]["name"]
 
 
-def _scheduler(optimizer, recipe: TrainRecipe, steps: int):
+def _scheduler(optimizer, recipe: TrainRecipe, steps_per_epoch: int):
+    steps = recipe.epochs * steps_per_epoch
     if recipe.schedule == "constant":
         return None
     if recipe.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        warmup = recipe.warmup_epochs * steps_per_epoch
+        floor = recipe.min_lr / recipe.lr
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return floor + (1 - floor) * step / warmup
+            progress = (step - warmup) / max(1, steps - warmup)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if recipe.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, total_steps=steps)
     raise UserError(f"unknown schedule {recipe.schedule!r}; use constant, cosine or onecycle")
@@ -163,10 +178,22 @@ def train_mode(model_name: str, dataset: str, seed: int, out: str | Path, recipe
     kwargs = train.model_kwargs()
     torch.manual_seed(seed)
     model = build_model(model_name, **kwargs).to(dev)
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay)
+    try:  # a model built for bigger images fails here with a shape error, not mid-epoch
+        with torch.no_grad():
+            model.eval()(train.batch(torch.arange(2, device=dev))[0])
+    except RuntimeError as e:
+        raise UserError(f"model {model_name!r} cannot take {dataset}'s {train.in_channels}x{train.image_size}x"
+                        f"{train.image_size} images ({str(e).splitlines()[0]}); use a 32x32 dataset such as "
+                        f"cifar10 or fashion-mnist-rgb32") from None
+    if recipe.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    elif recipe.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                    weight_decay=recipe.weight_decay)
+    else:
+        raise UserError(f"unknown optimizer {recipe.optimizer!r}; use sgd or adamw")
     steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
-    scheduler = _scheduler(optimizer, recipe, recipe.epochs * steps_per_epoch)
+    scheduler = _scheduler(optimizer, recipe, steps_per_epoch)
     stream = BatchStream(train, recipe.batch_size, torch.Generator(dev).manual_seed(seed),
                          augment=recipe.augment)
     model.train()

@@ -90,6 +90,13 @@ def test_every_preset_loads_and_matches_its_model():
     assert (paper.train.min_iters, paper.train.max_iters, paper.train.lr, paper.train.batch_size) == (5, 5, 1e-3, 64)
 
 
+def test_every_architecture_has_a_default_m2m_preset():
+    for model in list_models():
+        name = default_preset(model, "cifar10", "m2m")
+        assert name is not None, model
+        assert load_preset(name).algorithm == "m2m"
+
+
 def test_default_presets():
     assert default_preset("mlp", "digits", "m2m") == "mlp-digits-m2m"
     assert default_preset("mlp", "digits", "cross_sphere") == "mlp-digits-m2m"
