@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import pathlib
+import pickle
 import random
 import subprocess
 import sys
@@ -144,8 +145,8 @@ def errors(ws):
     (bad / "empty.safetensors").write_bytes(b"")
     state = load_file(ws.a)
     write_pickle(bad / "pickle.safetensors", bad / "UNPICKLED", state)
-    # The same payload, to show that loading it the unsafe way does create its marker.
-    write_pickle(bad / "control.pt", ws.root / "CONTROL_UNPICKLED", state)
+    # The same payload as a bare pickle, to show that unpickling it does create its marker.
+    (bad / "control.pkl").write_bytes(pickle.dumps(UnpickleMarker(ws.root / "CONTROL_UNPICKLED")))
     save_file(state, bad / "plain.safetensors", metadata={"format": "pt"})  # real weights, no llpf.* keys
     empty_root = ws.root / "empty-data-root"
     empty_root.mkdir()
@@ -219,10 +220,10 @@ def test_failing_commands_create_and_change_nothing(errors):
 
 
 def test_pickle_is_never_unpickled(errors, ws):
-    # The payload works: loading the same kind of file the unsafe way runs it.
+    # The payload works: unpickling it runs it.
     control_marker = ws.root / "CONTROL_UNPICKLED"
     assert not control_marker.exists()
-    torch.load(errors.bad / "control.pt", weights_only=False)
+    pickle.loads((errors.bad / "control.pkl").read_bytes())
     assert control_marker.exists()
     control_marker.unlink()
     # The CLI refused the file without running it, and left it as it was.
