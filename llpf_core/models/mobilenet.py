@@ -6,7 +6,6 @@ a re-implementation of its design (the MobileNetV2 paper's table with CIFAR stri
 Unlike the paper, a bottleneck is residual only when its input and output widths agree and its stride is 1,
 and the stem and the first bottlenecks keep stride 1, downsampling only at the 32->64 and 96->160 blocks.
 """
-import math
 
 import torch.nn.functional as F
 from torch import nn
@@ -55,13 +54,9 @@ class MobileNetV2(nn.Module):
         self.conv1 = nn.Conv2d(320, 1280, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(1280)
         self.fc = nn.Linear(1280, num_classes)
-        for m in self.modules():  # upstream init: He-normal convs (fan-out), BN weight 1 and bias 0
+        for m in self.modules():  # upstream init: He-normal convs (fan-out); BatchNorm keeps 1 and 0
             if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x):
         x = F.relu6(self.bn0(self.conv0(x)))

@@ -9,7 +9,6 @@ registered before the stages but runs last.
 ``shufflenet_v2`` is kuangliu/pytorch-cifar's ``ShuffleNetV2(net_size=1)`` (MIT licence), the real V2:
 1,263,854 parameters and 338 state-dict entries for 10 classes (zoo-reference.md for both).
 """
-import math
 
 import torch
 import torch.nn.functional as F
@@ -73,13 +72,9 @@ class ShuffleNetV1(nn.Module):
         self.stage2 = self._stage(24, c2, groups, repeat=3, stride=1, first_group=False)
         self.stage3 = self._stage(c2, c3, groups, repeat=7)
         self.stage4 = self._stage(c3, c4, groups, repeat=3)
-        for m in self.modules():  # upstream init: He-normal convs (fan-out), BN weight 1 and bias 0
+        for m in self.modules():  # upstream init: He-normal convs (fan-out); BatchNorm keeps 1 and 0
             if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     @staticmethod
     def _stage(c_in: int, c_out: int, groups: int, repeat: int, stride: int = 2,
