@@ -27,7 +27,7 @@ from . import (
     run_search,
 )
 from .checks import independence, recheck, run_summary
-from .device import warn
+from .device import out_of_memory, warn
 from .modefile import Mode
 from .safefile import write_atomic
 from .train import TrainRecipe, default_recipe, list_recipes, load_recipe, train_mode
@@ -350,3 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        oom = out_of_memory(e, "lower the batch size (train --batch-size, connect --set train.batch_size=...)")
+        if oom is None:
+            raise
+        print(f"error: {oom}", file=sys.stderr)
+        return 2

@@ -17,7 +17,7 @@ import torch
 from .checks import run_summary
 from .config import Phase, SearchConfig, TrainSpec, validate
 from .data import load_dataset
-from .device import resolve_device
+from .device import out_of_memory, resolve_device
 from .errors import UserError
 from .evaluate import Evaluator, fixed_subset
 from .flow import match_layers, norm_layer_names
@@ -158,11 +158,15 @@ def run_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
     try:
         search.run()
     except BaseException as e:
-        message = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        oom = out_of_memory(e, f"lower train.batch_size, eval_samples or continuity.samples (--set), then "
+                               f"continue with --resume (device {search.device})")
         if isinstance(e, KeyboardInterrupt):
             writer.update(status="stopped", error=None)
         else:
+            message = str(oom or e) if isinstance(oom or e, UserError) else f"{type(e).__name__}: {e}"
             writer.update(status="failed", error=message)
+        if oom:
+            raise oom from None
         raise
     finally:
         writer.close()

@@ -28,3 +28,11 @@ def autocast(device: torch.device, dtype: str):
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
+
+
+def out_of_memory(e: BaseException, hint: str) -> UserError | None:
+    """A one-line ``UserError`` for an out-of-memory failure (CUDA or host), else None."""
+    if isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and
+                                                 "can't allocate memory" in str(e)):
+        return UserError(f"out of memory: {hint}")
+    return None

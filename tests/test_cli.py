@@ -66,3 +66,17 @@ def test_presets_lists_every_preset_and_recipe(capsys):
     for name in ("mlp-digits-m2m", "mlp-digits-m2o", "lenet5-fashion-mnist-m2m", "lenet5-mnist-m2m-paper",
                  "lenet5-mnist-m2o-paper", "mlp-digits", "lenet5-mnist-paper"):
         assert name in out
+
+
+def test_out_of_memory_in_train_is_one_line(monkeypatch, tmp_path, capsys):
+    import torch
+
+    import llpf_core.cli
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(llpf_core.cli, "train_mode", no_memory)
+    assert main(["train", "--model", "mlp", "--seed", "1", "--out", str(tmp_path / "m.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory: lower the batch size") and err.count("\n") == 1

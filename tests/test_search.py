@@ -266,3 +266,18 @@ def test_ctrl_c_stops_with_a_checkpoint_and_resume_finishes(digits_modes, tmp_pa
     subprocess.run(args + ["--resume"], cwd=REPO, check=True, capture_output=True)
     run = load_run(out)
     assert run.status == "finished" and list(run.metrics["tick"]) == list(range(151))
+
+
+def test_out_of_memory_is_a_one_line_error_and_marks_the_run_failed(digits_modes, tmp_path, monkeypatch):
+    import llpf_core.connect
+    from llpf_core import UserError
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(llpf_core.connect, "train_until", no_memory)
+    with pytest.raises(UserError, match="out of memory: lower train.batch_size"):
+        run_search(*digits_modes, load_preset("mlp-digits-m2m"), tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    assert run.status == "failed" and run.error.startswith("out of memory")
+    assert [t for t, _ in run.points()] == [0]  # what was written before stays
