@@ -21,7 +21,7 @@ from .device import out_of_memory, resolve_device
 from .errors import UserError
 from .evaluate import Evaluator, fixed_subset
 from .flow import match_layers, norm_layer_names
-from .geometry import angle_conformal_lr, correct_variance_, cosine, geodesic, move_, variance
+from .geometry import angle_conformal_lr, correct_variance_, cosine, distance, geodesic, move_, variance
 from .modefile import Mode, ModeMeta, load_mode, versions
 from .registry import build_model
 from .runfolder import Run, RunWriter, load_run, read_run_json
@@ -188,6 +188,7 @@ class _Search:
             self.model.to(memory_format=torch.channels_last)
         self.params = dict(self.model.named_parameters())
         self.names = list(self.params)
+        self.index = {n: i for i, n in enumerate(self.names)}
         self.norm_names = norm_layer_names(self.model)
         self.start_state = {k: v.detach().clone() for k, v in self.params.items()}
         self.end_state = None if end is None else {k: v.to(self.device) for k, v in end.model.state_dict().items()}
@@ -225,6 +226,8 @@ class _Search:
         self.wall_offset = 0.0
         self.last_saved = -1
         self.last_row: dict = {}
+        self.sphere_names: list[str] = []
+        self.sphere_checked: tuple = (None, False)  # ((stage index, tick), on the sphere)
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -332,6 +335,9 @@ class _Search:
         # Targets of variance correction and angle-conformal rates: the stage's start point (A2).
         self.start_var = {n: variance(p) for n, p in self.params.items()}
         self.target_var = self.start_var
+        if stage.to_sphere:  # the layers that must reach the end's sphere: every phase's moved ones
+            self.sphere_names = sorted({n for p in stage.phases for n in self._moved_names(p.layers, "layers")
+                                        if stage.kind != "m2o" or n not in self.norm_names})
         # The bridge's targets are the end's sphere (variance_rel shows the approach). After the bridge,
         # the start point is on that sphere only up to bridge.tolerance, so M2M targets it exactly.
         if stage.to_sphere or stage.variance_to_end:
@@ -404,16 +410,18 @@ class _Search:
         return all((variance(self.params[n]) <= self.target_var[n]).item() for n in unit)
 
     def _on_sphere(self) -> bool:
-        """Every moved layer has reached the end mode's sphere (decision 6)."""
-        stage = self.stages[self.stage_index]
-        names = {n for p in stage.phases for n in self._moved_names(p.layers, "layers")
-                 if stage.kind != "m2o" or n not in self.norm_names}
-        with torch.no_grad():
-            if stage.kind == "m2o":
-                return all(self._reached([n]) for n in names)
-            tol = self.cfg.bridge.tolerance
-            return all(abs(self.params[n].norm().item() / self.end_norm[n] - 1) <= tol
-                       for n in names if self.end_norm[n] > 0)
+        """Every moved layer has reached the end mode's sphere (decision 6); checked once per tick."""
+        if self.sphere_checked[0] != (self.stage_index, self.tick):
+            stage = self.stages[self.stage_index]
+            with torch.no_grad():
+                if stage.kind == "m2o":
+                    reached = all(self._reached([n]) for n in self.sphere_names)
+                else:
+                    tol = self.cfg.bridge.tolerance
+                    reached = all(abs(self.params[n].norm().item() / self.end_norm[n] - 1) <= tol
+                                  for n in self.sphere_names if self.end_norm[n] > 0)
+            self.sphere_checked = ((self.stage_index, self.tick), reached)
+        return self.sphere_checked[1]
 
     def _correct_variance(self) -> None:
         names = self.names if self.cfg.variance_scope == "all" else [n for n in self.names if n in self.moved]
@@ -422,8 +430,7 @@ class _Search:
             # Decision 8: blend from the start's variance to the end's as the layer closes in on the
             # end, so a path between modes on slightly different spheres can end on the end mode.
             progress = (1 - self._layer_distances() / self.layer_dist0).clamp(0, 1)
-            index = {n: i for i, n in enumerate(self.names)}
-            targets = [torch.lerp(self.target_var[n], self.end_var[n], progress[index[n]]) for n in names]
+            targets = [torch.lerp(self.target_var[n], self.end_var[n], progress[self.index[n]]) for n in names]
         correct_variance_([self.params[n].data for n in names], targets, self.cfg.variance_eps)
 
     # --- logging ---------------------------------------------------------------------------------
@@ -431,16 +438,10 @@ class _Search:
     def _layer_distances(self) -> torch.Tensor:
         """Per-layer distance to the run's destination (to_vs: to the reference sphere)."""
         kind = self.stages[-1].kind
-        out = []
-        for n in self.names:
-            x = self.params[n].detach().float()
-            if kind == "to_vs":
-                out.append((x.norm() - self.end_norm[n]).abs())
-            elif kind == "m2o":
-                out.append(x.norm())
-            else:
-                out.append((x - self.end[n].float()).norm())
-        return torch.stack(out)
+        if kind == "to_vs":
+            return torch.stack([(distance(self.params[n], None) - self.end_norm[n]).abs() for n in self.names])
+        return torch.stack([distance(self.params[n], None if kind == "m2o" else self.end[n])
+                            for n in self.names])
 
     def _continuity_due(self, tick: int) -> bool:
         c = self.cfg.continuity

@@ -76,9 +76,6 @@ class Mode:
     meta: ModeMeta
     path: Path | None = None
 
-    def state(self) -> dict[str, torch.Tensor]:
-        return self.model.state_dict()
-
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
