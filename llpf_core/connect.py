@@ -108,9 +108,12 @@ def check_compatible(start: Mode, end: Mode | None, cfg: SearchConfig) -> None:
 def run_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
                config: SearchConfig | None, out_dir: str | Path, *,
                on_tick: Callable[[TickEvent], None] | None = None,
-               stop_event: threading.Event | None = None, resume: bool = False,
-               data_root: str | Path | None = None) -> Run:
+               stop_event: threading.Event | None = None, pause_event: threading.Event | None = None,
+               resume: bool = False, data_root: str | Path | None = None) -> Run:
     """Run (or resume) a path search, blocking until it finishes or ``stop_event`` is set.
+
+    While ``pause_event`` is set, the search checkpoints at the end of its current tick, marks the run
+    ``paused`` and waits (holding its memory) until the event is cleared or ``stop_event`` is set.
 
     ``end`` is a mode, or ``"origin"``/None for M2O. With ``resume=True`` and an existing run folder,
     the run continues from its checkpoint with the config stored in run.json (``start``, ``end`` and
@@ -150,7 +153,7 @@ def run_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
             raise UserError("the start mode cannot be 'origin'")
     validate(cfg)
     check_compatible(start_mode, end_mode, cfg)
-    search = _Search(writer, cfg, start_mode, end_mode, data_root, on_tick, stop_event)
+    search = _Search(writer, cfg, start_mode, end_mode, data_root, on_tick, stop_event, pause_event)
     if not exists:
         writer.create({"name": out_dir.name, "algorithm": cfg.algorithm,
                        "start": _endpoint(start_mode), "end": _endpoint(end_mode),
@@ -177,9 +180,10 @@ class _Search:
     """The state of one search while it runs. ``run`` reads like llpf-algorithm.md 1.4."""
 
     def __init__(self, writer: RunWriter, cfg: SearchConfig, start: Mode, end: Mode | None,
-                 data_root, on_tick, stop_event):
+                 data_root, on_tick, stop_event, pause_event=None):
         self.writer, self.cfg, self.on_tick = writer, cfg, on_tick
         self.stop_event = stop_event or threading.Event()
+        self.pause_event = pause_event or threading.Event()
         self.device = resolve_device(cfg.device)
         self.meta = start.meta
         self.model = build_model(start.meta.model, **start.meta.model_kwargs).to(self.device)
@@ -267,12 +271,31 @@ class _Search:
                                    f"{training.loss_rolling:.4g} exceeded {limit:g} at tick {self.tick}")
                 self._summarise()
                 return
-            if self.tick % self.cfg.checkpoint_every == 0:
+            if self.pause_event.is_set() and not self._finished():
+                if not self._pause():
+                    return
+            elif self.tick % self.cfg.checkpoint_every == 0:
                 self._checkpoint()
         self._save_point()
         self._checkpoint()
         self.writer.update(status="finished")
         self._summarise()
+
+    def _pause(self) -> bool:
+        """Checkpoint, mark the run paused and wait. False when a stop came while paused."""
+        self._save_point()
+        self._checkpoint()
+        self.writer.update(status="paused")
+        self.wall_offset += time.perf_counter() - self.t0  # paused time is not search time
+        self.t0 = time.perf_counter()
+        while self.pause_event.is_set() and not self.stop_event.wait(0.1):
+            pass
+        if self.stop_event.is_set():
+            self.writer.update(status="stopped")
+            return False
+        self.t0 = time.perf_counter()
+        self.writer.update(status="running")
+        return True
 
     def _finished(self) -> bool:
         """Advance through stage boundaries; True once the last stage is done."""

@@ -1,11 +1,13 @@
 """End-to-end searches on the embedded digits data: quality, M2O's exclusions, resume after SIGKILL."""
 import dataclasses
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -165,6 +167,38 @@ def test_stop_event_checkpoints_and_resume_finishes(digits_modes, tmp_path):
     assert run.status == "finished"
     assert list(run.metrics["tick"]) == list(range(61))
     assert load_mode(run.points()[-1][1], "point").meta.extra["llpf.tick"] == "60"
+
+
+def test_pause_checkpoints_waits_and_continues(digits_modes, tmp_path):
+    """Pause at tick 10: the run is marked paused with a checkpoint at that tick, no tick runs while
+    paused, and clearing the event continues to the same result as an uninterrupted run."""
+    import threading
+    pause = threading.Event()
+    cfg = dataclasses.replace(load_preset("mlp-digits-m2m"), ticks=30, checkpoint_every=1000)
+    out = tmp_path / "run"
+    seen = []
+
+    def on_tick(event):
+        seen.append(event.tick)
+        if event.tick == 10:
+            pause.set()
+
+    thread = threading.Thread(target=run_search, args=(*digits_modes, cfg, out),
+                              kwargs={"on_tick": on_tick, "pause_event": pause})
+    thread.start()
+    deadline = time.time() + 60
+    while not ((out / "run.json").exists() and load_run(out).status == "paused") and time.time() < deadline:
+        time.sleep(0.05)
+    assert load_run(out).status == "paused"
+    assert json.loads((out / "checkpoint.json").read_text())["tick"] == 10
+    time.sleep(0.5)
+    assert seen[-1] == 10
+    pause.clear()
+    thread.join(60)
+    run = load_run(out)
+    assert run.status == "finished" and list(run.metrics["tick"]) == list(range(31))
+    plain = run_search(*digits_modes, cfg, tmp_path / "plain")
+    assert np.allclose(run.metrics["distance"], plain.metrics["distance"], rtol=1e-5)
 
 
 def test_cross_sphere_joins_modes_on_different_spheres(digits_modes, tmp_path):
