@@ -18,19 +18,24 @@ from .config import (
                      preset_info,
                      validate,
 )
-from .connect import ORIGIN, TickEvent, run_search
+from .checks import INDEPENDENCE_THRESHOLD, Independence, independence, run_summary
+from .connect import ORIGIN, TickEvent, check_compatible, run_search
 from .data import ImageData, list_datasets, load_dataset
 from .errors import UserError
 from .flow import follow_data_flow, match_layers
 from .modefile import Mode, ModeMeta, load_mode, save_mode
 from .registry import build_model, list_models, register_model
 from .runfolder import Run, load_run
+from .train import TrainRecipe, default_recipe, list_recipes, load_recipe, train_mode
 from .version import __version__
+from .workspace import data_dir, workspace_dir
 
 __all__ = [
-    "ALGORITHMS", "BridgeSpec", "ContinuitySpec", "ImageData", "Mode", "ModeMeta", "ORIGIN", "Phase",
-    "PresetInfo", "Run", "SearchConfig", "TickEvent", "TrainSpec", "UserError", "__version__",
-    "apply_overrides", "build_model", "default_preset", "follow_data_flow", "list_datasets",
-    "list_models", "list_presets", "load_dataset", "load_mode", "load_preset", "load_run",
-    "match_layers", "preset_info", "register_model", "run_search", "save_mode", "validate",
+    "ALGORITHMS", "INDEPENDENCE_THRESHOLD", "BridgeSpec", "ContinuitySpec", "ImageData", "Independence", "Mode", "ModeMeta", "ORIGIN",
+    "Phase", "PresetInfo", "Run", "SearchConfig", "TickEvent", "TrainRecipe", "TrainSpec", "UserError",
+    "__version__", "apply_overrides", "build_model", "check_compatible", "data_dir", "default_preset",
+    "default_recipe", "follow_data_flow", "independence", "list_datasets", "list_models", "list_presets",
+    "list_recipes", "load_dataset", "load_mode", "load_preset", "load_recipe", "load_run", "match_layers",
+    "preset_info", "register_model", "run_search", "run_summary", "save_mode", "train_mode", "validate",
+    "workspace_dir",
 ]

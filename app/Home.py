@@ -1,0 +1,29 @@
+"""LLPF Explorer's dashboard: ``streamlit run app/Home.py``.
+
+This file is the frame: page config, the shared sidebar and the navigation over ``pages/``.
+"""
+import state
+import streamlit as st
+
+from llpf_core import workspace_dir
+
+st.set_page_config(page_title="LLPF Explorer", page_icon=":material/route:", layout="wide")
+
+page = st.navigation([
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/modes.py", title="Modes", icon=":material/neurology:"),
+    st.Page("pages/search.py", title="Search", icon=":material/route:"),
+    st.Page("pages/runs.py", title="Runs (live)", icon=":material/monitoring:"),
+    st.Page("pages/explore.py", title="Explore", icon=":material/travel_explore:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
+])
+
+with st.sidebar:
+    st.text_input("Workspace folder", value=str(workspace_dir()), key=state.WORKSPACE,
+                  help="Holds modes/, runs/ and data/ ($LLPF_HOME, default ./llpf-workspace).")
+    st.caption(state.device_label())
+    live = [job for job in state.registry().jobs() if job.live]
+    if live:
+        st.caption("Background jobs: " + ", ".join(f"{j.name} ({j.status})" for j in live))
+
+page.run()

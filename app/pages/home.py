@@ -1,0 +1,46 @@
+"""Home: what LLPF is, the one-click demo, and the workspace at a glance."""
+from pathlib import Path
+
+import state
+import streamlit as st
+
+from llpf_core import UserError
+
+IMAGE = Path(__file__).resolve().parents[2] / "assets" / "images" / "llpf-overview.svg"
+
+st.title("LLPF Explorer")
+st.markdown("""
+Train the same network twice from different random seeds and you get two **modes**: two different
+weight vectors with equally low loss. Walk the **straight line** between them and the loss climbs to a
+**barrier** in the middle, so they look like separate valleys. **Low-Loss Path Finding (LLPF)** shows they
+are not: it builds a path of networks that all keep a low training loss.
+
+Each tick of a model-to-model (**M2M**) search moves a little toward the destination, one group of layers
+at a time in data-flow order, rescales each layer back onto its **variance sphere** (the per-layer weight
+norm that training settled on), trains briefly, and corrects the variance again. **M2O** shrinks a mode
+toward the origin and **to_vs** moves it onto another mode's sphere; together they connect modes that sit
+on different spheres (**cross-sphere**).
+""")
+st.image(str(IMAGE), caption="The straight line crosses a barrier; the LLPF path stays in the low-loss region.")
+
+st.subheader("Try it")
+st.write("The demo trains two small MLPs on the scikit-learn digits (seeds 1 and 2), then connects them "
+         "with M2M. It takes well under a minute on a laptop CPU.")
+if st.button("Run the demo", type="primary", key="run_demo"):
+    try:
+        job = state.registry().start_demo(state.workspace())
+    except UserError as e:
+        state.show_error(e)
+    else:
+        state.select_run(job.name)
+        st.switch_page("pages/runs.py", query_params={"run": job.name})
+
+st.subheader("Workspace")
+runs = [state.read_run(p) for p in state.run_dirs()]
+jobs = state.registry().jobs()
+cols = st.columns(4)
+cols[0].metric("Modes", len(state.mode_files()))
+cols[1].metric("Runs", len(runs))
+cols[2].metric("Running now", sum(job.live for job in jobs))
+cols[3].metric("Device", "GPU" if "GPU" in state.device_label() else "CPU")
+st.caption(f"Folder: `{state.workspace().resolve()}` · {state.device_label()}")

@@ -1,0 +1,291 @@
+"""Background jobs of the dashboard: path searches, mode training and the demo, each in a thread.
+
+The threads never call Streamlit; they update plain data behind one lock, and pages read snapshots.
+A single ``Registry`` lives per server process (``st.cache_resource`` in state.py), so a page refresh
+or a second browser tab finds a running job again by its name. Runs started elsewhere (the CLI, another
+machine) are not jobs: the pages follow their run folders instead (``folder_progress``).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from llpf_core import (
+    Run,
+    SearchConfig,
+    TickEvent,
+    UserError,
+    load_preset,
+    load_recipe,
+    load_run,
+    run_search,
+    train_mode,
+)
+
+# Leave a core to the dashboard (server and browser): with every core busy, OpenMP's waiting threads
+# and the page's redraws slow a small model's search by 10x or more on a 2-core machine.
+SEARCH_THREADS = max(1, (os.cpu_count() or 1) - 1)
+DEMO_PRESET, DEMO_RECIPE, DEMO_SEEDS = "mlp-digits-m2m", "mlp-digits", (1, 2)
+LIVE = ("starting", "training", "running", "paused", "pausing", "stopping")
+
+
+@dataclass
+class Progress:
+    """Where a search stands: ticks done out of planned, and its recent speed."""
+    tick: int = 0
+    total: int = 0
+    ticks_per_s: float | None = None
+    iterations_per_s: float | None = None
+
+    @property
+    def fraction(self) -> float:
+        return min(self.tick / self.total, 1.0) if self.total else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        return (self.total - self.tick) / self.ticks_per_s if self.ticks_per_s else None
+
+
+@dataclass
+class Job:
+    """One background job. Pages get copies (``Registry.get``); only the job's thread mutates it."""
+    name: str
+    kind: str  # search | train | demo
+    status: str = "starting"  # starting | training | running | pausing | paused | stopping | stopped |
+    #                            finished | failed
+    message: str = ""
+    error: str | None = None
+    run_dir: Path | None = None
+    modes: list[Path] = field(default_factory=list)
+    progress: Progress = field(default_factory=Progress)
+    started: float = field(default_factory=time.time)
+    _recent: deque = field(default_factory=lambda: deque(maxlen=30), repr=False)  # (time, tick, iterations)
+
+    @property
+    def live(self) -> bool:
+        return self.status in LIVE
+
+
+class Registry:
+    """Every job of this server process, guarded by one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._controls: dict[str, tuple[threading.Event, threading.Event, threading.Thread]] = {}
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def get(self, name: str) -> Job | None:
+        with self._lock:
+            job = self._jobs.get(name)
+            if job and job.status == "pausing" and _folder_status(job.run_dir) == "paused":
+                job.status = "paused"  # the engine has checkpointed and marked the run paused
+            return replace(job, progress=replace(job.progress), modes=list(job.modes)) if job else None
+
+    def jobs(self) -> list[Job]:
+        with self._lock:
+            names = list(self._jobs)
+        return [job for job in map(self.get, names) if job]
+
+    # --- starting --------------------------------------------------------------------------------
+
+    def start_search(self, name: str, start: Path | None, end: Path | str | None, cfg: SearchConfig | None,
+                     run_dir: Path, *, resume: bool = False, data_root: Path | None = None) -> Job:
+        """Start (or, with ``resume``, continue) a search into ``run_dir`` in the background.
+
+        Refuses a name that is already running, and a new search into an existing run folder.
+        """
+        if not resume and (run_dir / "run.json").exists():
+            raise UserError(f"run folder {run_dir} already exists; choose another run name or resume it")
+
+        def work(job: Job, stop: threading.Event, pause: threading.Event) -> None:
+            self._search(job, start, end, cfg, run_dir, stop, pause, resume, data_root)
+
+        return self._launch(Job(name, "search", run_dir=run_dir), work)
+
+    def start_training(self, name: str, model: str, dataset: str, seeds: list[int], recipe: str,
+                       modes_dir: Path, *, device: str = "auto", data_root: Path | None = None) -> Job:
+        """Train one mode per seed, one after another, into ``modes_dir``."""
+        if not seeds:
+            raise UserError("give at least one seed")
+        paths = [modes_dir / f"{model}-{dataset}-seed{s}.safetensors" for s in seeds]
+        taken = [p.name for p in paths if p.exists()]
+        if taken:
+            raise UserError(f"mode files already exist: {', '.join(taken)}; choose other seeds or delete them")
+
+        def work(job: Job, stop: threading.Event, _pause: threading.Event) -> None:
+            for seed, path in zip(seeds, paths):
+                if stop.is_set():
+                    self._set(job, status="stopped", message="stopped before the next seed")
+                    return
+                self._train(job, model, dataset, seed, path, recipe, device, data_root)
+            self._set(job, status="finished", message=f"trained {len(seeds)} mode(s)")
+
+        return self._launch(Job(name, "train"), work)
+
+    def start_demo(self, workspace: Path, name: str | None = None) -> Job:
+        """The teaching path: train two digits MLPs (reused when already in the workspace), then M2M."""
+        name = name or unique_run_name(workspace / "runs", "demo")
+        run_dir = workspace / "runs" / name
+
+        def work(job: Job, stop: threading.Event, pause: threading.Event) -> None:
+            modes = []
+            for seed in DEMO_SEEDS:
+                path = workspace / "modes" / f"mlp-digits-seed{seed}.safetensors"
+                if not path.exists():
+                    self._train(job, "mlp", "digits", seed, path, DEMO_RECIPE, "cpu", None)
+                modes.append(path)
+                with self._lock:
+                    job.modes = list(modes)
+            if stop.is_set():
+                self._set(job, status="stopped", message="stopped before the search")
+                return
+            cfg = replace(load_preset(DEMO_PRESET), device="cpu")
+            self._search(job, modes[0], modes[1], cfg, run_dir, stop, pause, False, None)
+
+        return self._launch(Job(name, "demo", run_dir=run_dir), work)
+
+    # --- controlling -----------------------------------------------------------------------------
+
+    def pause(self, name: str) -> None:
+        self._control(name, pause=True)
+
+    def resume(self, name: str) -> None:
+        """Continue a paused job in place."""
+        self._control(name, pause=False)
+
+    def stop(self, name: str) -> None:
+        self._control(name, stop=True)
+
+    def wait(self, name: str, timeout: float | None = None) -> Job | None:
+        """Block until the job's thread ends (tests and shutdown); returns its last state."""
+        with self._lock:
+            control = self._controls.get(name)
+        if control:
+            control[2].join(timeout)
+        return self.get(name)
+
+    # --- the threads -----------------------------------------------------------------------------
+
+    def _launch(self, job: Job, work) -> Job:
+        stop, pause = threading.Event(), threading.Event()
+
+        def target() -> None:
+            try:
+                work(job, stop, pause)
+            except UserError as e:
+                self._set(job, status="failed", error=str(e))
+            except Exception as e:  # noqa: BLE001  (a job's crash must not take the app down)
+                traceback.print_exc()
+                self._set(job, status="failed", error=f"{type(e).__name__}: {e}")
+
+        torch.set_num_threads(SEARCH_THREADS)  # process-wide; the server runs only jobs with torch
+        thread = threading.Thread(target=target, name=f"llpf-{job.name}", daemon=True)
+        with self._lock:
+            old = self._jobs.get(job.name)
+            if old and old.live:
+                raise UserError(f"job {job.name!r} is already {old.status}; stop it first")
+            self._jobs[job.name] = job
+            self._controls[job.name] = (stop, pause, thread)
+        thread.start()
+        return self.get(job.name)
+
+    def _control(self, name: str, pause: bool | None = None, stop: bool = False) -> None:
+        with self._lock:
+            job, control = self._jobs.get(name), self._controls.get(name)
+            if not job or not control or not control[2].is_alive():
+                raise UserError(f"no running job {name!r} in this dashboard; resume it from its checkpoint")
+            stop_event, pause_event, _ = control
+            if stop:
+                stop_event.set()
+                job.status = "stopping"
+            elif pause:
+                pause_event.set()
+                job.status = "pausing" if job.status != "paused" else "paused"
+            else:
+                pause_event.clear()
+                if job.status in ("paused", "pausing"):
+                    job.status = "running"
+
+    def _set(self, job: Job, **fields) -> None:
+        with self._lock:
+            for k, v in fields.items():
+                setattr(job, k, v)
+
+    def _train(self, job: Job, model: str, dataset: str, seed: int, path: Path, recipe: str, device: str,
+               data_root: Path | None) -> None:
+        self._set(job, status="training", message=f"training {model} on {dataset}, seed {seed}: loading data")
+
+        def on_epoch(epoch: int, epochs: int, loss: float) -> None:
+            self._set(job, message=f"training {model} on {dataset}, seed {seed}: epoch {epoch}/{epochs}, "
+                                   f"loss {loss:.4f}")
+        train_mode(model, dataset, seed, path, load_recipe(recipe), device, data_root, on_epoch, recipe)
+        with self._lock:
+            job.modes.append(path)
+
+    def _search(self, job: Job, start, end, cfg, run_dir: Path, stop: threading.Event,
+                pause: threading.Event, resume: bool, data_root: Path | None) -> None:
+        self._set(job, status="running", message="loading the modes and data", run_dir=run_dir)
+
+        def on_tick(event: TickEvent) -> None:
+            now = time.perf_counter()
+            with self._lock:
+                job._recent.append((now, event.tick, event.metrics.get("iterations") or 0))
+                job.progress = _rate(job._recent, event.tick, event.total_ticks)
+                job.message = f"tick {event.tick} of {event.total_ticks} ({event.phase})"
+
+        run = run_search(start, end, cfg, run_dir, on_tick=on_tick, stop_event=stop, pause_event=pause,
+                         resume=resume, data_root=data_root)
+        self._set(job, status=run.status, error=run.error,
+                  message=f"{run.status} at tick {int(run.metrics['tick'].max()) if len(run.metrics) else 0}")
+
+
+def _rate(recent: deque, tick: int, total: int) -> Progress:
+    """Speed over the last ticks seen (a window, so a pause or a slow phase shows quickly)."""
+    progress = Progress(tick, total)
+    if len(recent) >= 2:
+        (t0, k0, _), (t1, k1, _) = recent[0], recent[-1]
+        if t1 > t0 and k1 > k0:
+            progress.ticks_per_s = (k1 - k0) / (t1 - t0)
+            progress.iterations_per_s = sum(i for _, _, i in list(recent)[1:]) / (t1 - t0)
+    return progress
+
+
+def _folder_status(run_dir: Path | None) -> str | None:
+    try:
+        return load_run(run_dir).status if run_dir else None
+    except UserError:
+        return None
+
+
+def folder_progress(run: Run) -> Progress:
+    """Progress of a run read from its folder alone (a CLI run): ticks and speed from metrics.csv."""
+    cfg = run.config
+    total = cfg.ticks + (cfg.bridge.ticks if cfg.algorithm == "cross_sphere" else 0)
+    m = run.metrics
+    if len(m) == 0:
+        return Progress(0, total)
+    progress = Progress(int(m["tick"].iloc[-1]), total)
+    tail = m.tail(30)
+    span = float(tail["wall_s"].iloc[-1] - tail["wall_s"].iloc[0])
+    if len(tail) >= 2 and span > 0:
+        progress.ticks_per_s = (len(tail) - 1) / span
+        progress.iterations_per_s = float(tail["iterations"].iloc[1:].sum()) / span
+    return progress
+
+
+def unique_run_name(runs_dir: Path, prefix: str) -> str:
+    """``prefix-YYYYmmdd-HHMMSS``, with a counter when that folder exists already."""
+    base = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, k = base, 2
+    while (runs_dir / name).exists():
+        name, k = f"{base}-{k}", k + 1
+    return name

@@ -1,0 +1,126 @@
+"""Shared state of the dashboard: session keys, the workspace, cached readers and the job registry.
+
+Per-session values live in ``st.session_state`` under the keys named here. Objects shared by every
+session come from ``st.cache_resource``: the one job registry (mutable, guarded by its own lock) and
+loaded modes (read-only; ``run_search`` copies their weights).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+import torch
+from runner import Registry
+
+from llpf_core import Mode, Run, UserError, load_mode, load_run, workspace_dir
+
+WORKSPACE = "workspace"  # the workspace folder of this session
+SELECTED_RUN = "selected_run"  # the run shown by the live view and Explore
+REFRESH_S = 1.0  # live charts redraw about once a second
+
+
+@st.cache_resource
+def registry() -> Registry:
+    """The job registry of this server process, shared by every session and tab."""
+    return Registry()
+
+
+def workspace() -> Path:
+    path = Path(st.session_state.get(WORKSPACE) or workspace_dir())
+    for sub in ("modes", "runs", "data"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def modes_dir() -> Path:
+    return workspace() / "modes"
+
+
+def runs_dir() -> Path:
+    return workspace() / "runs"
+
+
+def device_label() -> str:
+    if torch.cuda.is_available():
+        return f"GPU: {torch.cuda.get_device_name(0)}"
+    return f"CPU ({os.cpu_count()} cores), no GPU"
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _load_mode(path: str, version: tuple[int, int]) -> Mode:
+    return load_mode(path)
+
+
+def mode(path: Path) -> Mode:
+    """A validated mode file, loaded once per version of the file (UserError if it is not one)."""
+    return _load_mode(str(path), _stamp(path))
+
+
+def mode_files() -> list[Path]:
+    return sorted(modes_dir().glob("*.safetensors"))
+
+
+def modes_table() -> pd.DataFrame:
+    """One row per file in modes/: metadata and metrics, or the reason it is not a valid mode."""
+    rows = []
+    for path in mode_files():
+        try:
+            meta = mode(path).meta
+            rows.append({"file": path.name, "model": meta.model, "dataset": meta.dataset, "seed": meta.seed,
+                         **{k: meta.metrics.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
+                         "recipe": meta.train_config.get("recipe", ""), "created": meta.created, "problem": ""})
+        except UserError as e:
+            rows.append({"file": path.name, "problem": str(e)})
+    columns = ["file", "model", "dataset", "seed", "train_loss", "train_acc", "test_loss", "test_acc", "recipe",
+               "created", "problem"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def run_dirs() -> list[Path]:
+    """Run folders in the workspace, newest first."""
+    found = [p.parent for p in runs_dir().glob("*/run.json")]
+    return sorted(found, key=lambda p: (p / "run.json").stat().st_mtime, reverse=True)
+
+
+def read_run(path: Path) -> Run | None:
+    try:
+        return load_run(path)
+    except UserError:
+        return None
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _table(path: str, name: str, version: tuple[int, int]) -> pd.DataFrame:
+    return getattr(load_run(Path(path).parent), name)
+
+
+def table(run: Run, name: str) -> pd.DataFrame:
+    """One of a run's CSV tables (metrics, layers, continuity, baseline), re-read only when it changed."""
+    path = run.path / f"{name}.csv"
+    if not path.exists():
+        return getattr(run, name)
+    return _table(str(path), name, _stamp(path))
+
+
+def select_run(name: str | None) -> None:
+    """Remember the run in the session and in the URL, so a refresh or a shared link finds it."""
+    st.session_state[SELECTED_RUN] = name
+    if name:
+        st.query_params["run"] = name
+    elif "run" in st.query_params:
+        del st.query_params["run"]
+
+
+def selected_run() -> str | None:
+    return st.query_params.get("run") or st.session_state.get(SELECTED_RUN)
+
+
+def show_error(e: Exception) -> None:
+    st.error(str(e), icon=":material/error:")
