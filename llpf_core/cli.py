@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from . import (
@@ -29,14 +30,22 @@ from . import (
 from .checks import independence, recheck, run_summary
 from .device import out_of_memory, warn
 from .modefile import Mode
-from .safefile import write_atomic
+from .safefile import os_error, write_atomic
 from .train import TrainRecipe, default_recipe, list_recipes, load_recipe, train_mode
 from .workspace import workspace_dir
 
 # --- shared options ------------------------------------------------------------------------------
 
-def _add_device_option(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
-    p.add_argument("--device", default=default, help="cpu, cuda, cuda:N or auto (CUDA when present)")
+def _add_device_option(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    p.add_argument("--device", help=f"cpu, cuda, cuda:N or auto (CUDA when present; default: {default})")
+
+
+def _device(args) -> str | None:
+    """The --device given (None if not given); an explicit ``auto`` without CUDA warns: the user
+    expected a GPU, and the work runs on the CPU instead."""
+    if args.device == "auto" and not torch.cuda.is_available():
+        warn("--device auto: no CUDA GPU is available, running on the CPU")
+    return args.device
 
 
 def _add_data_root_option(p: argparse.ArgumentParser) -> None:
@@ -100,7 +109,8 @@ def cmd_train(args) -> int:
 
     t0 = time.perf_counter()
     try:
-        mode = train_mode(args.model, args.dataset, args.seed, args.out, recipe, args.device, args.data_root,
+        mode = train_mode(args.model, args.dataset, args.seed, args.out, recipe, _device(args) or "auto",
+                          args.data_root,
                           on_epoch, recipe_name or "", on_start=on_start, download=args.download)
     finally:
         if bar is not None:
@@ -123,9 +133,11 @@ def _resolve_config(args, start: Mode):
         warn(f"preset {name} was tuned for {info.dataset}, the modes were trained on {start.meta.dataset}")
     cfg = load_preset(name)
     cfg = replace(cfg, algorithm=algorithm)
-    for key in ("ticks", "seed", "device"):
+    for key in ("ticks", "seed"):
         if getattr(args, key) is not None:
             cfg = replace(cfg, **{key: getattr(args, key)})
+    if _device(args) is not None:
+        cfg = replace(cfg, device=args.device)
     return apply_overrides(cfg, args.set or []), name
 
 
@@ -234,15 +246,16 @@ def cmd_independence(args) -> int:
 def cmd_demo(args) -> int:
     out = Path(args.out) if args.out else workspace_dir() / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     t0 = time.perf_counter()
+    device = _device(args) or "auto"
     recipe = load_recipe("mlp-digits")
     modes = []
     for seed in (1, 2):
         path = out / "modes" / f"mlp-digits-seed{seed}.safetensors"
-        mode = train_mode("mlp", "digits", seed, path, recipe, args.device, None, None, "mlp-digits")
+        mode = train_mode("mlp", "digits", seed, path, recipe, device, None, None, "mlp-digits")
         m = mode.meta.metrics
         print(f"trained {path}: train loss {m['train_loss']:.4f}, test acc {m['test_acc']:.3f}")
         modes.append(mode)
-    cfg = replace(load_preset("mlp-digits-m2m"), device=args.device)
+    cfg = replace(load_preset("mlp-digits-m2m"), device=device)
     stop = threading.Event()
     with _ctrl_c_stops(stop):
         bar = tqdm(total=cfg.ticks, desc="M2M", unit="tick", disable=args.quiet, file=sys.stderr)
@@ -305,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algorithm", choices=["m2m", "m2o", "to_vs", "cross_sphere"])
     p.add_argument("--ticks", type=int)
     p.add_argument("--seed", type=int)
-    _add_device_option(p, default=None)
+    _add_device_option(p, default="the preset's, auto")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.lr=0.01 --set phases.0.step_a=0.02")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -346,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an I/O failure that the engine did not word itself
+        print(f"error: {os_error(e, 'use', e.filename) if e.filename else e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -163,11 +163,14 @@ def run_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
     except BaseException as e:
         oom = out_of_memory(e, f"lower train.batch_size, eval_samples or continuity.samples (--set), then "
                                f"continue with --resume (device {search.device})")
-        if isinstance(e, KeyboardInterrupt):
-            writer.update(status="stopped", error=None)
-        else:
-            message = str(oom or e) if isinstance(oom or e, UserError) else f"{type(e).__name__}: {e}"
-            writer.update(status="failed", error=message)
+        try:
+            if isinstance(e, KeyboardInterrupt):
+                writer.update(status="stopped", error=None)
+            else:
+                message = str(oom or e) if isinstance(oom or e, UserError) else f"{type(e).__name__}: {e}"
+                writer.update(status="failed", error=message)
+        except UserError:
+            pass  # run.json cannot be written either (disk full, no permission): the original error counts
         if oom:
             raise oom from None
         raise

@@ -2,7 +2,8 @@
 
 run.json and every safetensors file are replaced atomically (temp file, fsync, rename). CSV rows
 are appended and flushed one tick at a time; on resume, rows after the checkpoint's tick are cut off,
-so every tick appears exactly once.
+so every tick appears exactly once. A failed read or write (disk full, no permission) is a one-line
+``UserError`` naming the path.
 """
 import csv
 import json
@@ -16,7 +17,7 @@ import torch
 from .config import SearchConfig
 from .errors import UserError
 from .modefile import Mode, load_mode, now_iso
-from .safefile import read_tensors, save_tensors, write_atomic, write_json
+from .safefile import TMP_SUFFIX, os_error, read_tensors, save_tensors, write_atomic, write_json
 
 RUN_FORMAT = "run/1"
 METRICS_COLUMNS = ["tick", "stage", "phase", "iterations", "train_loss_rolling", "train_acc_rolling",
@@ -42,12 +43,18 @@ class RunWriter:
         try:
             (self.path / "points").mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UserError(f"cannot create run folder {self.path}: {e.strerror}") from None
+            raise os_error(e, "create run folder", self.path) from None
         self.info = {"format": RUN_FORMAT, **info, "created": now_iso()}
         self.update(status="running", error=None)
 
     def reopen(self) -> None:
+        """Read run.json back and delete temp files that a killed writer left behind."""
         self.info = read_run_json(self.path)
+        for tmp in [*self.path.glob(f".*{TMP_SUFFIX}"), *self.path.glob(f"points/.*{TMP_SUFFIX}")]:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError as e:
+                raise os_error(e, "delete", tmp) from None
 
     def update(self, **fields) -> None:
         self.info.update(fields, updated=now_iso())
@@ -57,16 +64,20 @@ class RunWriter:
     def append(self, table: str, rows: list[dict]) -> None:
         if not rows:
             return
-        f = self._files.get(table)
-        if f is None:
-            path = self.path / f"{table}.csv"
-            new = not path.exists() or path.stat().st_size == 0
-            f = self._files[table] = open(path, "a", newline="")
-            if new:
-                f.write(",".join(TABLES[table]) + "\n")
-        writer = csv.DictWriter(f, TABLES[table], extrasaction="ignore")
-        writer.writerows({k: _fmt(v) for k, v in row.items()} for row in rows)
-        f.flush()
+        path = self.path / f"{table}.csv"
+        try:
+            f = self._files.get(table)
+            if f is None:
+                new = not path.exists() or path.stat().st_size == 0
+                f = self._files[table] = open(path, "a", newline="")
+                if new:
+                    f.write(",".join(TABLES[table]) + "\n")
+            writer = csv.DictWriter(f, TABLES[table], extrasaction="ignore")
+            writer.writerows({k: _fmt(v) for k, v in row.items()} for row in rows)
+            f.flush()
+        except OSError as e:
+            self._discard(table)  # a torn last row is cut off by the next resume
+            raise os_error(e, "append to", path) from None
 
     def truncate_after(self, tick: int) -> None:
         """Drop CSV rows of ticks after ``tick`` (written after the checkpoint a resume starts from)."""
@@ -74,7 +85,10 @@ class RunWriter:
             path = self.path / f"{table}.csv"
             if not path.exists():
                 continue
-            lines = path.read_text().splitlines(keepends=True)
+            try:
+                lines = path.read_text().splitlines(keepends=True)
+            except OSError as e:
+                raise os_error(e, "read", path) from None
             if not lines:
                 continue
             # A torn last line (no newline: killed mid-write) is dropped with the rows after the tick.
@@ -82,7 +96,10 @@ class RunWriter:
             write_atomic(path, "".join(kept).encode())
         for point in (self.path / "points").glob("[0-9]*.safetensors"):
             if int(point.stem) > tick:
-                point.unlink()
+                try:
+                    point.unlink()
+                except OSError as e:
+                    raise os_error(e, "delete", point) from None
 
     def write_baseline(self, rows: list[dict]) -> None:
         frame = pd.DataFrame(rows, columns=BASELINE_COLUMNS)
@@ -95,8 +112,11 @@ class RunWriter:
     def save_checkpoint(self, tensors: dict[str, torch.Tensor], info: dict) -> None:
         """The safetensors file is the truth (its metadata holds ``info``); checkpoint.json mirrors it
         for people, so a kill between the two writes cannot pair a state with the wrong tick."""
-        for f in self._files.values():  # rows up to this tick are on disk before the checkpoint is
-            os.fsync(f.fileno())
+        for table, f in self._files.items():  # rows up to this tick are on disk before the checkpoint is
+            try:
+                os.fsync(f.fileno())
+            except OSError as e:
+                raise os_error(e, "write", self.path / f"{table}.csv") from None
         save_tensors(self.path / "checkpoint.safetensors", tensors, {"llpf.checkpoint": json.dumps(info)})
         write_json(self.path / "checkpoint.json", info)
 
@@ -108,9 +128,18 @@ class RunWriter:
         return tensors, json.loads(meta["llpf.checkpoint"])
 
     def close(self) -> None:
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
+        for table in list(self._files):
+            self._discard(table)
+
+    def _discard(self, table: str) -> None:
+        """Close a CSV file, ignoring a failing close: every row was flushed, or reported as failed,
+        when it was appended, so nothing is lost, and an error being raised is not masked."""
+        f = self._files.pop(table, None)
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass
 
 
 def _fmt(v):
@@ -131,6 +160,8 @@ def read_run_json(path: Path) -> dict:
         raise UserError(f"{path} is not a run folder (no run.json)")
     try:
         info = json.loads(file.read_text())
+    except OSError as e:
+        raise os_error(e, "read", file) from None
     except json.JSONDecodeError as e:
         raise UserError(f"{file} is not valid JSON ({e}); the run folder is damaged") from None
     if info.get("format") != RUN_FORMAT:

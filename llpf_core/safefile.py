@@ -1,4 +1,5 @@
 """Atomic file writes and safe safetensors reads, shared by mode files, points and checkpoints."""
+import errno
 import json
 import os
 import tempfile
@@ -10,15 +11,40 @@ from safetensors.torch import save as safetensors_bytes
 
 from .errors import UserError
 
+# The process's umask, read once at import (os.umask can only be read by setting it, which is not
+# thread-safe later): files written atomically get the same permissions as open() would give them.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def os_error(e: OSError, action: str, path: str | os.PathLike) -> UserError:
+    """A one-line ``UserError`` for a failed read or write: what failed, on which path, and the fix."""
+    if e.errno in _FULL:
+        fix = "the disk is full or a file-size limit was reached; free some space and try again"
+    elif e.errno in _DENIED:
+        fix = "permission denied; choose a folder you can write to (or fix its permissions)"
+    elif e.errno == errno.ENOTDIR:
+        fix = "a part of the path is a file, not a folder; choose another path"
+    else:
+        fix = e.strerror or str(e)
+    return UserError(f"cannot {action} {path}: {fix} ([Errno {e.errno}] {e.strerror})")
+
+
+TMP_SUFFIX = ".tmp"
+
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
         try:
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp's files are 0600; follow the umask instead
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -27,8 +53,7 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
             Path(tmp).unlink(missing_ok=True)
             raise
     except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}; free some disk space or choose a "
-                        f"writable folder") from None
+        raise os_error(e, "write", path) from None
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -50,6 +75,10 @@ def read_tensors(path: str | os.PathLike, what: str = "file") -> tuple[dict[str,
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path} {'is not a regular file' if path.exists() else 'does not exist'}")
+    try:
+        open(path, "rb").close()  # an unreadable file is not a corrupt one
+    except OSError as e:
+        raise os_error(e, f"read {what}", path) from None
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
