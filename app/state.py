@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 import torch
 from runner import Registry
+from streamlit.errors import StreamlitPageNotFoundError
 
 from llpf_core import Mode, Run, UserError, load_mode, load_run, workspace_dir
 
@@ -120,6 +121,16 @@ def select_run(name: str | None) -> None:
 
 def selected_run() -> str | None:
     return st.query_params.get("run") or st.session_state.get(SELECTED_RUN)
+
+
+def open_run(name: str) -> None:
+    """Go to the live view of run ``name``. A page run on its own (not through Home.py's navigation,
+    e.g. in AppTest) stays where it is and says where the run is."""
+    select_run(name)
+    try:
+        st.switch_page("pages/runs.py", query_params={"run": name})
+    except StreamlitPageNotFoundError:
+        st.success(f"Started {name}: follow it on the Runs page.")
 
 
 def show_error(e: Exception) -> None:

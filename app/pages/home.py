@@ -32,8 +32,7 @@ if st.button("Run the demo", type="primary", key="run_demo"):
     except UserError as e:
         state.show_error(e)
     else:
-        state.select_run(job.name)
-        st.switch_page("pages/runs.py", query_params={"run": job.name})
+        state.open_run(job.name)
 
 st.subheader("Workspace")
 runs = [state.read_run(p) for p in state.run_dirs()]

@@ -81,7 +81,7 @@ st.subheader("Layer order")
 source = st.radio("Start from", ["the preset's phases", "follow_data_flow (one group per module)"],
                   horizontal=True, key="layer_source")
 cumulative = st.toggle("Cumulative: each phase also moves the groups above it", value=source != "the preset's phases",
-                       key="cumulative")
+                       key=f"cumulative_{source.split()[0]}")
 names = list(start.model.state_dict())
 origin = (preset, start_name, source)
 if st.session_state.get(EDITOR_SOURCE) != origin:
@@ -177,5 +177,4 @@ if st.button("Start search", type="primary", key="start_search", disabled=bool(i
     except UserError as e:
         state.show_error(e)
     else:
-        state.select_run(job.name)
-        st.switch_page("pages/runs.py", query_params={"run": job.name})
+        state.open_run(job.name)
