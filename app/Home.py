@@ -24,6 +24,6 @@ with st.sidebar:
     st.caption(state.device_label())
     live = [job for job in state.registry().jobs() if job.live]
     if live:
-        st.caption("Background jobs: " + ", ".join(f"{j.name} ({j.status})" for j in live))
+        st.caption("Background jobs: " + ", ".join(j.name for j in live))
 
 page.run()

@@ -1,0 +1,91 @@
+"""The dashboard's job registry: a search's whole life in the background, and two searches at once."""
+import dataclasses
+import sys
+import time
+
+import pytest
+import torch
+
+from llpf_core import UserError, load_preset, load_run, run_search
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "app"))
+
+from runner import Registry  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """The registry gives searches all cores but one, process-wide; later tests get theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def until(predicate, timeout: float = 60, what: str = "") -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def config(ticks: int):
+    # Small steps and a strict threshold make ticks slow enough to pause and stop in the middle.
+    return dataclasses.replace(load_preset("mlp-digits-m2m"), ticks=ticks, checkpoint_every=1000, save_every=1000)
+
+
+def test_start_progress_pause_resume_stop_resume_from_checkpoint_finish(digits_modes, tmp_path):
+    registry = Registry()
+    out = tmp_path / "run"
+    job = registry.start_search("life", digits_modes[0].path, digits_modes[1].path, config(200), out)
+    assert job.kind == "search" and job.live
+
+    until(lambda: registry.get("life").progress.tick >= 10, what="progress")
+    job = registry.get("life")
+    assert job.status == "running" and job.progress.total == 200 and job.progress.ticks_per_s > 0
+    assert job.progress.eta_s > 0
+
+    registry.pause("life")
+    until(lambda: registry.get("life").status == "paused", what="paused")
+    paused_at = registry.get("life").progress.tick
+    assert load_run(out).status == "paused"
+    time.sleep(0.5)
+    assert registry.get("life").progress.tick == paused_at  # nothing runs while paused
+
+    registry.resume("life")
+    until(lambda: registry.get("life").progress.tick >= paused_at + 10, what="ticks after resuming")
+    assert load_run(out).status == "running"
+
+    registry.stop("life")
+    job = registry.wait("life", 60)
+    assert job.status == "stopped" and load_run(out).status == "stopped"
+    stopped_at = int(load_run(out).metrics["tick"].iloc[-1])
+    assert stopped_at < 200
+    with pytest.raises(UserError, match="no running job"):
+        registry.pause("life")
+
+    job = registry.start_search("life", None, None, None, out, resume=True)  # from the checkpoint
+    job = registry.wait("life", 120)
+    assert job.status == "finished", job
+    run = load_run(out)
+    assert run.status == "finished" and list(run.metrics["tick"]) == list(range(201))
+    plain = run_search(*digits_modes, config(200), tmp_path / "plain")
+    assert run.metrics["distance"].iloc[-1] == pytest.approx(plain.metrics["distance"].iloc[-1], rel=1e-5)
+
+
+def test_two_searches_at_once_do_not_interfere_and_a_run_folder_is_not_reused(digits_modes, tmp_path):
+    registry = Registry()
+    a, b = digits_modes[0].path, digits_modes[1].path
+    registry.start_search("one", a, b, config(40), tmp_path / "one")
+    registry.start_search("two", b, a, config(40), tmp_path / "two")
+    with pytest.raises(UserError, match="already running"):
+        registry.start_search("one", a, b, config(40), tmp_path / "other")
+    for name in ("one", "two"):
+        assert registry.wait(name, 120).status == "finished"
+    one, two = load_run(tmp_path / "one"), load_run(tmp_path / "two")
+    assert list(one.metrics["tick"]) == list(range(41)) == list(two.metrics["tick"])
+    assert one.info["start"]["path"] == str(a) and two.info["start"]["path"] == str(b)
+    alone = run_search(a, b, config(40), tmp_path / "alone")
+    assert one.metrics["distance"].iloc[-1] == pytest.approx(alone.metrics["distance"].iloc[-1], rel=1e-5)
+    with pytest.raises(UserError, match="already exists"):
+        registry.start_search("again", a, b, config(40), tmp_path / "one")

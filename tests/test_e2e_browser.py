@@ -1,0 +1,88 @@
+"""End to end: a real `streamlit run` server and Debian's chromium through Playwright.
+
+Home → "Run the demo" → the live view updates while the search runs and reports it finished →
+Explore shows the path. Screenshots and the timing go to test-artifacts/ (look at them).
+"""
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from tests.conftest import REPO
+
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    env = {**os.environ, "LLPF_HOME": str(tmp_path / "workspace")}
+    log = open(tmp_path / "streamlit.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/Home.py", "--server.port", str(port),
+                             "--server.headless", "true"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            pass
+        assert proc.poll() is None and time.time() < deadline, (tmp_path / "streamlit.log").read_text()
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(30)
+    log.close()
+
+
+def test_demo_in_the_browser(server):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server)
+        page.get_by_role("button", name="Run the demo").wait_for(timeout=60_000)
+        page.screenshot(path=ARTIFACTS / "e2e-1-home.png", full_page=True)
+
+        t0 = time.time()
+        page.get_by_role("button", name="Run the demo").click()
+        page.wait_for_url("**/runs?run=demo-*", timeout=30_000)
+        updates, finished = [], None
+        while time.time() - t0 < 300:
+            status = page.get_by_text("last tick", exact=False)
+            if status.count() and page.locator(".js-plotly-plot").count():
+                text = status.first.inner_text()
+                if not updates or updates[-1] != text:
+                    updates.append(text)
+                    if len(updates) == 2:
+                        page.screenshot(path=ARTIFACTS / "e2e-2-live-running.png", full_page=True)
+                if "status finished" in text:
+                    finished = time.time() - t0
+                    break
+            time.sleep(0.25)
+        assert finished is not None, f"the demo did not finish; last states seen: {updates[-3:]}"
+        assert len(updates) >= 3, updates  # two live updates with charts before the finished one
+        assert page.get_by_text("tick 300 / 300", exact=False).count()
+        page.screenshot(path=ARTIFACTS / "e2e-3-live-finished.png", full_page=True)
+
+        page.get_by_role("link", name="Explore").click()
+        page.get_by_text("Path vs straight line").first.wait_for(timeout=60_000)
+        assert "run=demo-" in page.url and page.get_by_text("Per-layer values at tick 300").count()
+        page.wait_for_timeout(1000)
+        page.screenshot(path=ARTIFACTS / "e2e-4-explore.png", full_page=True)
+        browser.close()
+    (ARTIFACTS / "e2e-timing.txt").write_text(
+        f"demo: click to finished in the browser {finished:.1f} s; live updates seen {len(updates)}\n")
