@@ -21,7 +21,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+from llpf_core import ModeMeta, build_model, save_mode
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = ("train", "connect", "check", "inspect", "independence", "demo", "presets")  # design.md 5
@@ -128,8 +131,10 @@ def ws(tmp_path_factory):
 
 
 CASES = ("corrupt", "truncated", "empty", "pickle", "no_llpf_metadata", "different_architectures",
+         "different_class_counts", "missing_tensor", "wrong_shape",
          "unknown_preset", "unknown_set_key", "wrong_type_set_value", "zero_step", "pattern_matches_nothing",
-         "missing_dataset", "cuda_without_gpu", "existing_run_folder")
+         "zero_eval_every", "negative_save_every", "zero_checkpoint_every",
+         "missing_dataset", "missing_data_root", "cuda_without_gpu", "existing_run_folder", "out_under_a_file")
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +153,14 @@ def errors(ws):
     # The same payload as a bare pickle, to show that unpickling it does create its marker.
     (bad / "control.pkl").write_bytes(pickle.dumps(UnpickleMarker(ws.root / "CONTROL_UNPICKLED")))
     save_file(state, bad / "plain.safetensors", metadata={"format": "pt"})  # real weights, no llpf.* keys
+    # Valid LLPF metadata over tensors that do not fit it.
+    with safe_open(ws.a, "pt") as f:
+        meta = f.metadata()
+    save_file({k: v for k, v in state.items() if k != "head.bias"}, bad / "missing-tensor.safetensors", meta)
+    save_file({**state, "layers.1.weight": torch.zeros(64, 65)}, bad / "wrong-shape.safetensors", meta)
+    five = json.dumps({**json.loads(meta["llpf.model_kwargs"]), "num_classes": 5})
+    save_mode(bad / "five-classes.safetensors", build_model("mlp", **json.loads(five)),
+              ModeMeta.from_metadata({**meta, "llpf.model_kwargs": five}, bad))
     empty_root = ws.root / "empty-data-root"
     empty_root.mkdir()
 
@@ -166,15 +179,24 @@ def errors(ws):
         "pickle": ["inspect", bad / "pickle.safetensors"],
         "no_llpf_metadata": ["connect", bad / "plain.safetensors", b, "--out", out / "plain"],
         "different_architectures": ["connect", a, ws.cnn, "--out", out / "archs"],
+        "different_class_counts": ["connect", a, bad / "five-classes.safetensors", "--out", out / "classes"],
+        "missing_tensor": ["connect", a, bad / "missing-tensor.safetensors", "--out", out / "missing"],
+        "wrong_shape": ["connect", bad / "wrong-shape.safetensors", b, "--out", out / "shape"],
         "unknown_preset": ["connect", a, b, "--out", out / "preset", "--preset", "no-such-preset"],
         "unknown_set_key": ["connect", a, b, "--out", out / "key", "--set", "tickz=5"],
         "wrong_type_set_value": ["connect", a, b, "--out", out / "type", "--set", "ticks=abc"],
         "zero_step": ["connect", a, b, "--out", out / "zero", "--set", "phases.0.step_a=0"],
         "pattern_matches_nothing": ["connect", a, b, "--out", out / "nope", "--set", 'phases.0.layers=["nope*"]'],
+        "zero_eval_every": ["connect", a, b, "--out", out / "eval", "--set", "eval_every=0"],
+        "negative_save_every": ["connect", a, b, "--out", out / "save", "--set", "save_every=-5"],
+        "zero_checkpoint_every": ["connect", a, b, "--out", out / "ckpt", "--set", "checkpoint_every=0"],
         "missing_dataset": ["train", "--model", "lenet5", "--dataset", "mnist", "--seed", 1,
                             "--out", ws.root / "lenet5.safetensors", "--data-root", empty_root],
+        "missing_data_root": ["train", "--model", "lenet5", "--dataset", "mnist", "--seed", 1,
+                              "--out", ws.root / "lenet5.safetensors", "--data-root", ws.root / "no-such-root"],
         "cuda_without_gpu": ["connect", a, b, "--out", out / "cuda", "--device", "cuda"],
         "existing_run_folder": ["connect", a, b, "--out", existing],
+        "out_under_a_file": ["connect", a, b, "--out", b / "run"],  # a folder that cannot be created
     }
     assert tuple(commands) == CASES
     before = snapshot(ws.root)
@@ -194,14 +216,22 @@ EXPECTED = {  # fragments of the one error line
     "pickle": ["pickle.safetensors", "not a valid safetensors"],
     "no_llpf_metadata": ["plain.safetensors", "not an LLPF mode", "llpf.format"],
     "different_architectures": ["different architectures", "mlp", "cnn"],
+    "different_class_counts": ["different architectures", "'num_classes': 10", "'num_classes': 5"],
+    "missing_tensor": ["missing-tensor.safetensors", "do not match model 'mlp'", "missing head.bias"],
+    "wrong_shape": ["wrong-shape.safetensors", "layers.1.weight", "(64, 65)", "expects (64, 64)"],
     "unknown_preset": ["unknown preset", "no-such-preset", "mlp-digits-m2m"],
     "unknown_set_key": ["unknown config key", "tickz"],
     "wrong_type_set_value": ["ticks", "int", "abc"],
     "zero_step": ["phases.0", "zero"],
     "pattern_matches_nothing": ["nope*", "matches no layer"],
+    "zero_eval_every": ["eval_every must be positive", "got 0"],
+    "negative_save_every": ["save_every must be positive", "got -5"],
+    "zero_checkpoint_every": ["checkpoint_every must be positive", "got 0"],
     "missing_dataset": ["mnist", "not found", "empty-data-root"],
+    "missing_data_root": ["mnist", "not found", "no-such-root"],
     "cuda_without_gpu": ["cuda", "no CUDA GPU"],
     "existing_run_folder": ["existing-run", "already exists", "--resume"],
+    "out_under_a_file": ["cannot create run folder", "mlp-seed2.safetensors/run", "is a file, not a folder"],
 }
 
 
