@@ -1,18 +1,24 @@
 """Background jobs of the dashboard: path searches, mode training and the demo, each in a thread.
 
 The threads never call Streamlit; they update plain data behind one lock, and pages read snapshots.
+A search runs in a child process that its thread supervises: it shares no GIL with the server, whose
+page redraws otherwise slowed a small model's search several times over, and a crash in it cannot take
+the server down. Its tick events come back through a queue; stop and pause are process-shared events.
 A single ``Registry`` lives per server process (``st.cache_resource`` in state.py), so a page refresh
 or a second browser tab finds a running job again by its name. Runs started elsewhere (the CLI, another
 machine) are not jobs: the pages follow their run folders instead (``folder_progress``).
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
+import queue
 import threading
 import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, field, replace
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import torch
@@ -30,8 +36,9 @@ from llpf_core import (
 )
 
 # Leave a core to the dashboard (server and browser): with every core busy, OpenMP's waiting threads
-# and the page's redraws slow a small model's search by 10x or more on a 2-core machine.
+# slowed the digits demo's search by 10x or more on a 2-core machine.
 SEARCH_THREADS = max(1, (os.cpu_count() or 1) - 1)
+_SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter: no fork of a threaded server
 DEMO_PRESET, DEMO_RECIPE, DEMO_SEEDS = "mlp-digits-m2m", "mlp-digits", (1, 2)
 LIVE = ("starting", "training", "running", "paused", "pausing", "stopping")
 
@@ -79,7 +86,7 @@ class Registry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
-        self._controls: dict[str, tuple[threading.Event, threading.Event, threading.Thread]] = {}
+        self._controls: dict[str, tuple] = {}  # name -> (stop event, pause event, thread)
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -106,7 +113,7 @@ class Registry:
         if not resume and (run_dir / "run.json").exists():
             raise UserError(f"run folder {run_dir} already exists; choose another run name or resume it")
 
-        def work(job: Job, stop: threading.Event, pause: threading.Event) -> None:
+        def work(job: Job, stop: Event, pause: Event) -> None:
             self._search(job, start, end, cfg, run_dir, stop, pause, resume, data_root)
 
         return self._launch(Job(name, "search", run_dir=run_dir), work)
@@ -121,7 +128,7 @@ class Registry:
         if taken:
             raise UserError(f"mode files already exist: {', '.join(taken)}; choose other seeds or delete them")
 
-        def work(job: Job, stop: threading.Event, _pause: threading.Event) -> None:
+        def work(job: Job, stop: Event, _pause: Event) -> None:
             for seed, path in zip(seeds, paths):
                 if stop.is_set():
                     self._set(job, status="stopped", message="stopped before the next seed")
@@ -136,7 +143,7 @@ class Registry:
         name = name or unique_run_name(workspace / "runs", "demo")
         run_dir = workspace / "runs" / name
 
-        def work(job: Job, stop: threading.Event, pause: threading.Event) -> None:
+        def work(job: Job, stop: Event, pause: Event) -> None:
             modes = []
             for seed in DEMO_SEEDS:
                 path = workspace / "modes" / f"mlp-digits-seed{seed}.safetensors"
@@ -176,7 +183,7 @@ class Registry:
     # --- the threads -----------------------------------------------------------------------------
 
     def _launch(self, job: Job, work) -> Job:
-        stop, pause = threading.Event(), threading.Event()
+        stop, pause = _SPAWN.Event(), _SPAWN.Event()
 
         def target() -> None:
             try:
@@ -187,7 +194,6 @@ class Registry:
                 traceback.print_exc()
                 self._set(job, status="failed", error=f"{type(e).__name__}: {e}")
 
-        torch.set_num_threads(SEARCH_THREADS)  # process-wide; the server runs only jobs with torch
         thread = threading.Thread(target=target, name=f"llpf-{job.name}", daemon=True)
         with self._lock:
             old = self._jobs.get(job.name)
@@ -231,21 +237,54 @@ class Registry:
         with self._lock:
             job.modes.append(path)
 
-    def _search(self, job: Job, start, end, cfg, run_dir: Path, stop: threading.Event,
-                pause: threading.Event, resume: bool, data_root: Path | None) -> None:
+    def _search(self, job: Job, start, end, cfg, run_dir: Path, stop: Event,
+                pause: Event, resume: bool, data_root: Path | None) -> None:
         self._set(job, status="running", message="loading the modes and data", run_dir=run_dir)
 
-        def on_tick(event: TickEvent) -> None:
-            now = time.perf_counter()
-            with self._lock:
-                job._recent.append((now, event.tick, event.metrics.get("iterations") or 0))
-                job.progress = _rate(job._recent, event.tick, event.total_ticks)
-                job.message = f"tick {event.tick} of {event.total_ticks} ({event.phase})"
+        events = _SPAWN.Queue()
+        process = _SPAWN.Process(target=_search_process, name=f"llpf-{job.name}", daemon=True,
+                                 args=(start, end, cfg, run_dir, resume, data_root, stop, pause, events))
+        process.start()
+        while True:
+            try:
+                kind, *item = events.get(timeout=0.5)
+            except queue.Empty:
+                if process.is_alive():
+                    continue
+                raise RuntimeError(f"the search process ended without a word (exit code {process.exitcode}); "
+                                   f"resume the run from its checkpoint") from None
+            if kind == "tick":
+                tick, total, iterations, phase = item
+                with self._lock:
+                    job._recent.append((time.perf_counter(), tick, iterations))
+                    job.progress = _rate(job._recent, tick, total)
+                    job.message = f"tick {tick} of {total} ({phase})"
+            elif kind == "failed":
+                process.join()
+                raise UserError(item[0])
+            else:
+                process.join()
+                status, error, last = item
+                self._set(job, status=status, error=error, message=f"{status} at tick {last}")
+                return
 
+
+def _search_process(start, end, cfg, run_dir, resume, data_root, stop, pause, events) -> None:
+    """Body of a search's child process: ``run_search``, reporting ticks and the outcome to ``events``."""
+    torch.set_num_threads(SEARCH_THREADS)
+
+    def on_tick(event: TickEvent) -> None:
+        events.put(("tick", event.tick, event.total_ticks, event.metrics.get("iterations") or 0, event.phase))
+
+    try:
         run = run_search(start, end, cfg, run_dir, on_tick=on_tick, stop_event=stop, pause_event=pause,
                          resume=resume, data_root=data_root)
-        self._set(job, status=run.status, error=run.error,
-                  message=f"{run.status} at tick {int(run.metrics['tick'].max()) if len(run.metrics) else 0}")
+        events.put(("done", run.status, run.error, int(run.metrics["tick"].max()) if len(run.metrics) else 0))
+    except UserError as e:
+        events.put(("failed", str(e)))
+    except BaseException as e:  # noqa: BLE001  (reported to the dashboard; the run folder says failed)
+        traceback.print_exc()
+        events.put(("failed", f"{type(e).__name__}: {e}"))
 
 
 def _rate(recent: deque, tick: int, total: int) -> Progress:

@@ -8,7 +8,6 @@ import sys
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
-import torch
 from streamlit.testing.v1 import AppTest
 
 from llpf_core import UserError, load_mode, load_preset, load_run, run_search
@@ -40,14 +39,6 @@ def workspace(digits_modes, tmp_path_factory):
 def ws(workspace, monkeypatch):
     monkeypatch.setenv("LLPF_HOME", str(workspace))
     return workspace
-
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    """The registry gives searches all cores but one, process-wide; later tests get theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def app(page: str) -> AppTest:

@@ -4,7 +4,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from llpf_core import UserError, load_preset, load_run, run_search
 from tests.conftest import REPO
@@ -12,14 +11,6 @@ from tests.conftest import REPO
 sys.path.insert(0, str(REPO / "app"))
 
 from runner import Registry  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    """The registry gives searches all cores but one, process-wide; later tests get theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def until(predicate, timeout: float = 60, what: str = "") -> None:
