@@ -4,6 +4,7 @@ import dataclasses
 import pickle
 import shutil
 import sys
+import time
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -255,3 +256,45 @@ def test_a_failed_run_shows_its_error_and_the_app_keeps_working(ws):
     at.run()
     assert not at.exception and "diverged" in at.error[0].value
     assert not at.button(key="resume").disabled  # a failed run can be resumed from its checkpoint
+
+
+def test_a_cli_run_is_followed_live_and_resumed_from_the_dashboard(ws):
+    """A search started with the CLI shows on the Runs page from its folder; once stopped (Ctrl-C),
+    Resume continues it from its checkpoint in the dashboard."""
+    import signal
+    import subprocess
+
+    import state
+    modes = sorted((ws / "modes").glob("mlp-seed*.safetensors"))
+    out = ws / "runs" / "from-cli"
+    proc = subprocess.Popen([sys.executable, "-m", "llpf_core", "connect", *map(str, modes), "--out", str(out),
+                             "--ticks", "100000", "--quiet"], cwd=REPO)
+    try:
+        deadline = time.time() + 120
+        while not (out / "metrics.csv").exists() or len(load_run(out).metrics) < 3:
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        at = app("pages/runs.py")
+        at.query_params["run"] = "from-cli"
+        at.run()
+        assert not at.exception
+        assert any("following its run folder" in c.value for c in at.caption)
+        assert at.button(key="stop").disabled and at.button(key="resume").disabled  # not this dashboard's job
+        assert "tick" in at.get("progress")[0].proto.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(120) == 0
+    assert load_run(out).status == "stopped"
+    stopped_at = int(load_run(out).metrics["tick"].iloc[-1])
+    at.run()
+    assert not at.button(key="resume").disabled
+    at.button(key="resume").click().run()
+    assert not at.exception
+    until = time.time() + 120
+    while int(load_run(out).metrics["tick"].iloc[-1]) < stopped_at + 5:
+        assert time.time() < until
+        time.sleep(0.2)
+    state.registry().stop("from-cli")
+    assert state.registry().wait("from-cli", 120).status == "stopped"
+    ticks = list(load_run(out).metrics["tick"])
+    assert ticks == list(range(len(ticks)))  # every tick once, in order, across the two processes

@@ -1,5 +1,6 @@
 """The dashboard's job registry: a search's whole life in the background, and two searches at once."""
 import dataclasses
+import json
 import sys
 import time
 
@@ -80,3 +81,28 @@ def test_two_searches_at_once_do_not_interfere_and_a_run_folder_is_not_reused(di
     assert one.metrics["distance"].iloc[-1] == pytest.approx(alone.metrics["distance"].iloc[-1], rel=1e-5)
     with pytest.raises(UserError, match="already exists"):
         registry.start_search("again", a, b, config(40), tmp_path / "one")
+
+
+def test_pause_and_stop_during_a_long_tick_leave_a_consistent_checkpoint(digits_modes, tmp_path):
+    """Ticks of 2,000 SGD steps (about a second each): pause and stop land between ticks, so
+    the checkpoint's tick is the last row written, and the resumed run has every tick exactly once."""
+    registry = Registry()
+    cfg = config(8)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, loss_threshold=0.0, min_iters=2000,
+                                                             max_iters=2000))
+    out = tmp_path / "long"
+    registry.start_search("long", digits_modes[0].path, digits_modes[1].path, cfg, out)
+    until(lambda: registry.get("long").progress.tick >= 1, 120, "the first long tick")
+    registry.pause("long")
+    until(lambda: registry.get("long").status == "paused", 60, "paused")
+    checkpoint = json.loads((out / "checkpoint.json").read_text())
+    assert checkpoint["tick"] == int(load_run(out).metrics["tick"].iloc[-1])
+    registry.resume("long")
+    until(lambda: registry.get("long").progress.tick >= checkpoint["tick"] + 1, 120, "a tick after resuming")
+    registry.stop("long")
+    assert registry.wait("long", 120).status == "stopped"
+    checkpoint = json.loads((out / "checkpoint.json").read_text())
+    assert checkpoint["tick"] == int(load_run(out).metrics["tick"].iloc[-1]) < 8
+    registry.start_search("long", None, None, None, out, resume=True)
+    assert registry.wait("long", 300).status == "finished"
+    assert list(load_run(out).metrics["tick"]) == list(range(9))
