@@ -3,6 +3,7 @@
 The public API (design.md section 6) is re-exported here; the app and users import only this.
 """
 from . import models as _models  # noqa: F401  (registers the model families)
+from .checks import INDEPENDENCE_THRESHOLD, Independence, independence, run_summary
 from .config import (
                      ALGORITHMS,
                      BridgeSpec,
@@ -18,7 +19,6 @@ from .config import (
                      preset_info,
                      validate,
 )
-from .checks import INDEPENDENCE_THRESHOLD, Independence, independence, run_summary
 from .connect import ORIGIN, TickEvent, check_compatible, run_search
 from .data import ImageData, list_datasets, load_dataset
 from .errors import UserError
@@ -31,8 +31,9 @@ from .version import __version__
 from .workspace import data_dir, workspace_dir
 
 __all__ = [
-    "ALGORITHMS", "INDEPENDENCE_THRESHOLD", "BridgeSpec", "ContinuitySpec", "ImageData", "Independence", "Mode", "ModeMeta", "ORIGIN",
-    "Phase", "PresetInfo", "Run", "SearchConfig", "TickEvent", "TrainRecipe", "TrainSpec", "UserError",
+    "ALGORITHMS", "INDEPENDENCE_THRESHOLD", "BridgeSpec", "ContinuitySpec", "ImageData", "Independence", "Mode",
+    "ModeMeta", "ORIGIN", "Phase", "PresetInfo", "Run", "SearchConfig", "TickEvent", "TrainRecipe", "TrainSpec",
+    "UserError",
     "__version__", "apply_overrides", "build_model", "check_compatible", "data_dir", "default_preset",
     "default_recipe", "follow_data_flow", "independence", "list_datasets", "list_models", "list_presets",
     "list_recipes", "load_dataset", "load_mode", "load_preset", "load_recipe", "load_run", "match_layers",

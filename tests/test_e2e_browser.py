@@ -48,6 +48,15 @@ def server(tmp_path):
     log.close()
 
 
+def second_tab_sees_the_run(browser, url: str) -> None:
+    """A second browser session on the same URL re-attaches to the run, which lives in the server."""
+    other = browser.new_context().new_page()
+    other.goto(url)
+    other.get_by_text("last tick", exact=False).first.wait_for(timeout=60_000)
+    assert other.get_by_text("following its run folder", exact=False).count() == 0  # the job itself
+    other.context.close()
+
+
 def test_demo_in_the_browser(server):
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
@@ -69,6 +78,7 @@ def test_demo_in_the_browser(server):
                     updates.append(text)
                     if len(updates) == 2:
                         page.screenshot(path=ARTIFACTS / "e2e-2-live-running.png", full_page=True)
+                        second_tab_sees_the_run(browser, page.url)
                 if "status finished" in text:
                     finished = time.time() - t0
                     break
