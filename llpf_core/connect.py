@@ -21,7 +21,7 @@ from .device import out_of_memory, resolve_device
 from .errors import UserError
 from .evaluate import Evaluator, fixed_subset
 from .flow import match_layers, norm_layer_names
-from .geometry import angle_conformal_lr, correct_variance_, cosine, distance, geodesic, move_, variance
+from .geometry import angle_conformal_lr, correct_variance_, distances, geodesic, move_, variance
 from .modefile import Mode, ModeMeta, load_mode, versions
 from .registry import build_model
 from .runfolder import Run, RunWriter, load_run, read_run_json
@@ -196,18 +196,27 @@ class _Search:
         self.params = dict(self.model.named_parameters())
         self.names = list(self.params)
         self.index = {n: i for i, n in enumerate(self.names)}
+        # The hot path works on these lists with fused multi-tensor ops; all are views of (or copies
+        # beside) the model's own tensors, which every in-place update keeps in place.
+        self.xs = [p.data for p in self.params.values()]
+        self.state = self.model.state_dict()
         self.norm_names = norm_layer_names(self.model)
-        self.start_state = {k: v.detach().clone() for k, v in self.params.items()}
+        self.start_list = [x.clone() for x in self.xs]
         self.end_state = None if end is None else {k: v.to(self.device) for k, v in end.model.state_dict().items()}
-        self.end = None if end is None else {n: self.end_state[n] for n in self.names}
-        self.end_norm = {} if end is None else {n: v.float().norm().item() for n, v in self.end.items()}
-        self.end_var = {} if end is None else {n: variance(v) for n, v in self.end.items()}
-        self.state_names = list(self.model.state_dict())
+        self.end = None if end is None else [self.end_state[n] for n in self.names]
+        self.end_norm = None if end is None else distances(self.end, None)
+        self.end_var = None if end is None else torch.stack([variance(v) for v in self.end])
+        self.state_names = list(self.state)
         for i, p in enumerate(cfg.phases):  # every pattern must match a layer: a user error otherwise
             self._moved_names(p.layers, f"phases.{i}.layers")
 
         self.train_data = load_dataset(start.meta.dataset, "train", data_root).to(self.device)
         self.test_data = load_dataset(start.meta.dataset, "test", data_root).to(self.device)
+        fits = self.train_data.model_kwargs()
+        for key in ("num_classes", "in_channels"):
+            if key in start.meta.model_kwargs and start.meta.model_kwargs[key] != fits[key]:
+                raise UserError(f"the start mode's {key} is {start.meta.model_kwargs[key]} but {start.meta.dataset} "
+                                f"has {fits[key]}; use a mode trained on {start.meta.dataset}")
         scratch = build_model(start.meta.model, **start.meta.model_kwargs).to(self.device)
         self.evaluator = Evaluator(scratch, self.train_data, self.test_data, cfg.eval_samples, cfg.seed,
                                    cfg.bn_recal_batches, cfg.train.batch_size)
@@ -223,8 +232,11 @@ class _Search:
         # Set per stage and phase by _begin_stage / _begin_phase, or restored from a checkpoint.
         self.tick = 0
         self.stage_index, self.stage_start, self.phase_index = 0, 0, -1
-        self.target_var: dict[str, torch.Tensor] = {}
+        self.start_var = torch.zeros(len(self.names), device=self.device)
+        self.target_var = self.start_var  # per layer, in the order of self.names
         self.units: list[list[str]] = []
+        self.unit_names: list[str] = []  # the moved layers, unit after unit
+        self.unit_of = torch.zeros(0, dtype=torch.long, device=self.device)  # unit of each of them
         self.c_len = torch.zeros(0, device=self.device)
         self.optimizer: torch.optim.Optimizer | None = None
         self.stream: BatchStream | None = None
@@ -234,6 +246,8 @@ class _Search:
         self.last_saved = -1
         self.last_row: dict = {}
         self.sphere_names: list[str] = []
+        self.sphere_list: list[int] = []  # their indices in self.names
+        self.sphere_index = torch.zeros(0, dtype=torch.long, device=self.device)
         self.sphere_checked: tuple = (None, False)  # ((stage index, tick), on the sphere)
 
     # --- the loop --------------------------------------------------------------------------------
@@ -253,7 +267,7 @@ class _Search:
             phase_index = max(i for i, p in enumerate(stage.phases) if p.start_tick <= local)
             if phase_index != self.phase_index:
                 self._begin_phase(phase_index)
-            prev = {k: v.detach().clone() for k, v in self.model.state_dict().items()} \
+            prev = {k: v.clone() for k, v in self.state.items()} \
                 if self._continuity_due(self.tick + 1) else None
             training = self._step(stage, stage.phases[phase_index])
             self.tick += 1
@@ -319,19 +333,24 @@ class _Search:
         """One tick: move, correct, (M2O: set learning rates), train, correct."""
         cfg = self.cfg
         with torch.no_grad():
-            for unit, c_len in zip(self.units, self.c_len):
-                if stage.kind == "m2o" and stage.to_sphere and self._reached(unit):
-                    continue  # decision 6: a layer stops shrinking once it is on the end's sphere
-                xs = [self.params[n].data for n in unit]
-                move_(xs, self._destination(stage.kind, unit), phase.step_a, phase.step_f, c_len,
-                      cfg.clamp_step)
+            xs = self._unit_xs
+            active = None
+            if stage.kind == "m2o" and stage.to_sphere:  # decision 6: a layer on the end's sphere stops
+                below = torch.stack([variance(x) for x in xs]) <= self.target_var[self._unit_index]
+                active = torch.zeros(len(self.units), device=self.device).index_add_(
+                    0, self.unit_of, (~below).float()) > 0
+            move_(xs, self._destination(stage.kind, xs), phase.step_a, phase.step_f, self.c_len,
+                  cfg.clamp_step, self.unit_of, active)
             if stage.kind == "m2m":
                 self._correct_variance()
             if stage.kind == "m2o":
-                for group, name in zip(self.optimizer.param_groups, self.names):
-                    if "weight" in name and name not in self.norm_names and self.start_var[name] > 0:
-                        group["lr"] = angle_conformal_lr(stage.train.lr, variance(self.params[name]),
-                                                         self.start_var[name], cfg.lr_policy).item()
+                var_now = torch.stack([variance(x) for x in self.xs])
+                lrs = angle_conformal_lr(stage.train.lr, var_now, self.start_var.clamp_min(1e-30),
+                                         cfg.lr_policy).tolist()
+                for group, name, lr, var0 in zip(self.optimizer.param_groups, self.names, lrs,
+                                                 (self.start_var > 0).tolist()):
+                    if "weight" in name and name not in self.norm_names and var0:
+                        group["lr"] = lr
         training = train_until(self.model, self.optimizer, self.stream, stage.train, cfg.dtype)
         if stage.kind == "m2m":
             with torch.no_grad():
@@ -351,7 +370,7 @@ class _Search:
         self._log(None, None)
         if self.end is not None and self.cfg.algorithm in ("m2m", "cross_sphere") and self.cfg.baseline_points:
             n = self.cfg.baseline_points
-            rows = self.evaluator.line(self.model.state_dict(), self.end_state, [i / (n - 1) for i in range(n)])
+            rows = self.evaluator.line(self.state, self.end_state, [i / (n - 1) for i in range(n)])
             self.writer.write_baseline(rows)
         self._checkpoint()
 
@@ -359,11 +378,13 @@ class _Search:
         stage = self.stages[self.stage_index]
         self.phase_index = -1
         # Targets of variance correction and angle-conformal rates: the stage's start point (A2).
-        self.start_var = {n: variance(p) for n, p in self.params.items()}
+        self.start_var = torch.stack([variance(x) for x in self.xs])
         self.target_var = self.start_var
         if stage.to_sphere:  # the layers that must reach the end's sphere: every phase's moved ones
             self.sphere_names = sorted({n for p in stage.phases for n in self._moved_names(p.layers, "layers")
                                         if stage.kind != "m2o" or n not in self.norm_names})
+            self.sphere_list = [self.index[n] for n in self.sphere_names]
+            self.sphere_index = torch.tensor(self.sphere_list, dtype=torch.long, device=self.device)
         # The bridge's targets are the end's sphere (variance_rel shows the approach). After the bridge,
         # the start point is on that sphere only up to bridge.tolerance, so M2M targets it exactly.
         if stage.to_sphere or stage.variance_to_end:
@@ -388,13 +409,22 @@ class _Search:
         if stage.kind == "m2o":
             moved = [n for n in moved if n not in self.norm_names]
         self.moved = set(moved)
+        self.moved_list = [i for i, n in enumerate(self.names) if n in self.moved]
+        self.moved_index = torch.tensor(self.moved_list, dtype=torch.long, device=self.device)
         self.units = self._units(moved)
+        self.unit_names = [n for u in self.units for n in u]
+        self._unit_index = torch.tensor([self.index[n] for n in self.unit_names], dtype=torch.long,
+                                        device=self.device)
+        self.unit_of = torch.tensor([i for i, u in enumerate(self.units) for _ in u], dtype=torch.long,
+                                    device=self.device)
+        self._unit_xs = [self.xs[self.index[n]] for n in self.unit_names]
+        self._unit_ends = None if self.end is None else [self.end[self.index[n]] for n in self.unit_names]
         if c_len is not None:
             self.c_len = c_len
         elif phase.step_c and stage.kind == "m2m":
             self.c_len = torch.stack([phase.step_c * geodesic(
                 torch.cat([self.params[n].detach().flatten() for n in u]),
-                torch.cat([self.end[n].flatten() for n in u])) for u in self.units])
+                torch.cat([self.end[self.index[n]].flatten() for n in u])) for u in self.units])
         else:
             self.c_len = torch.zeros(len(self.units), device=self.device)
         if c_len is None and self.tick > 0:
@@ -424,40 +454,44 @@ class _Search:
 
     # --- destinations, spheres, variance ----------------------------------------------------------
 
-    def _destination(self, kind: str, unit: list[str]) -> list[torch.Tensor] | None:
+    def _destination(self, kind: str, xs: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """Where the moved layers ``xs`` (self.unit_names) head this tick."""
         if kind == "m2m":
-            return [self.end[n] for n in unit]
+            return self._unit_ends
         if kind == "to_vs":  # radial projection onto the reference sphere, recomputed every tick
-            return [self.params[n].data * (self.end[n].norm() / self.params[n].data.norm().clamp_min(1e-30))
-                    for n in unit]
+            factor = self.end_norm[self._unit_index] / distances(xs, None).clamp_min(1e-30)
+            return torch._foreach_mul(xs, list(factor.unbind()))
         return None  # m2o: the origin
-
-    def _reached(self, unit: list[str]) -> bool:
-        return all((variance(self.params[n]) <= self.target_var[n]).item() for n in unit)
 
     def _on_sphere(self) -> bool:
         """Every moved layer has reached the end mode's sphere (decision 6); checked once per tick."""
         if self.sphere_checked[0] != (self.stage_index, self.tick):
             stage = self.stages[self.stage_index]
+            idx = self.sphere_index
             with torch.no_grad():
+                xs = [self.xs[i] for i in self.sphere_list]
                 if stage.kind == "m2o":
-                    reached = all(self._reached([n]) for n in self.sphere_names)
+                    reached = torch.stack([variance(x) for x in xs]) <= self.target_var[idx]
                 else:
-                    tol = self.cfg.bridge.tolerance
-                    reached = all(abs(self.params[n].norm().item() / self.end_norm[n] - 1) <= tol
-                                  for n in self.sphere_names if self.end_norm[n] > 0)
+                    end_norm = self.end_norm[idx]
+                    reached = ((distances(xs, None) / end_norm - 1).abs() <= self.cfg.bridge.tolerance) | \
+                        (end_norm <= 0)
+                reached = bool(reached.all())
             self.sphere_checked = ((self.stage_index, self.tick), reached)
         return self.sphere_checked[1]
 
     def _correct_variance(self) -> None:
-        names = self.names if self.cfg.variance_scope == "all" else [n for n in self.names if n in self.moved]
-        targets = [self.target_var[n] for n in names]
+        targets = self.target_var
         if self.cfg.variance_target == "blend" and not self.stages[self.stage_index].variance_to_end:
             # Decision 8: blend from the start's variance to the end's as the layer closes in on the
             # end, so a path between modes on slightly different spheres can end on the end mode.
             progress = (1 - self._layer_distances() / self.layer_dist0).clamp(0, 1)
-            targets = [torch.lerp(self.target_var[n], self.end_var[n], progress[self.index[n]]) for n in names]
-        correct_variance_([self.params[n].data for n in names], targets, self.cfg.variance_eps)
+            targets = torch.lerp(self.target_var, self.end_var, progress)
+        if self.cfg.variance_scope == "all":
+            correct_variance_(self.xs, targets, self.cfg.variance_eps)
+        else:
+            correct_variance_([self.xs[i] for i in self.moved_list], targets[self.moved_index],
+                              self.cfg.variance_eps)
 
     # --- logging ---------------------------------------------------------------------------------
 
@@ -465,9 +499,8 @@ class _Search:
         """Per-layer distance to the run's destination (to_vs: to the reference sphere)."""
         kind = self.stages[-1].kind
         if kind == "to_vs":
-            return torch.stack([(distance(self.params[n], None) - self.end_norm[n]).abs() for n in self.names])
-        return torch.stack([distance(self.params[n], None if kind == "m2o" else self.end[n])
-                            for n in self.names])
+            return (distances(self.xs, None) - self.end_norm).abs()
+        return distances(self.xs, None if kind == "m2o" else self.end)
 
     def _continuity_due(self, tick: int) -> bool:
         c = self.cfg.continuity
@@ -487,7 +520,7 @@ class _Search:
                "distance": distance, "distance_rel": distance / self.dist0,
                "wall_s": round(self.wall_offset + time.perf_counter() - self.t0, 4)}
         layers, continuity = [], []
-        state = self.model.state_dict()
+        state = self.state
         if force_eval or tick % self.cfg.eval_every == 0:
             row.update(self.evaluator.evaluate(state))
             layers = self._layer_rows(tick, dists)
@@ -507,18 +540,20 @@ class _Search:
                                    row, layers, continuity))
 
     def _layer_rows(self, tick: int, dists: torch.Tensor) -> list[dict]:
-        rows = []
-        rel = (dists / self.layer_dist0).tolist()
-        for i, n in enumerate(self.names):
-            x = self.params[n].detach()
-            var = variance(x)
-            target = self.target_var[n]
-            rows.append({"tick": tick, "layer": n, "distance": dists[i].item(), "distance_rel": rel[i],
-                         "variance": var.item(),
-                         "variance_rel": (var / target).item() if target > 0 else None,
-                         "norm": x.float().norm().item(),
-                         "cosine_to_start": cosine(x, self.start_state[n]).item()})
-        return rows
+        with torch.no_grad():
+            var = torch.stack([variance(x) for x in self.xs])
+            norms = distances(self.xs, None)
+            dots = torch.stack([torch.dot(x.flatten().float(), s.flatten().float())
+                                for x, s in zip(self.xs, self.start_list)])
+            start_norms = distances(self.start_list, None)
+            denom = norms * start_norms
+            cos = torch.where(denom > 0, dots / denom.clamp_min(1e-30), torch.zeros_like(denom))
+            positive = (self.target_var > 0).float()
+            table = torch.stack([dists, dists / self.layer_dist0, var, var / self.target_var, norms, cos,
+                                 positive]).T.tolist()
+        return [{"tick": tick, "layer": n, "distance": d, "distance_rel": rel, "variance": v,
+                 "variance_rel": v_rel if target else None, "norm": norm, "cosine_to_start": c}
+                for n, (d, rel, v, v_rel, norm, c, target) in zip(self.names, table)]
 
     def _save_point(self, row: dict | None = None) -> None:
         if self.tick == self.last_saved:
@@ -530,14 +565,14 @@ class _Search:
                         metrics={k: row[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")
                                  if row and row.get(k) is not None},
                         extra={"llpf.tick": self.tick, "llpf.run": self.writer.path.name})
-        self.writer.save_point(self.tick, self.model.state_dict(), meta.to_metadata())
+        self.writer.save_point(self.tick, self.state, meta.to_metadata())
 
     # --- checkpoint and resume -------------------------------------------------------------------
 
     def _checkpoint(self) -> None:
-        tensors = {f"state/{k}": v for k, v in self.model.state_dict().items()}
-        tensors.update({f"start_var/{k}": v for k, v in self.start_var.items()})
-        tensors.update({f"target_var/{k}": v for k, v in self.target_var.items()})
+        tensors = {f"state/{k}": v for k, v in self.state.items()}
+        tensors.update({f"start_var/{n}": v.clone() for n, v in zip(self.names, self.start_var)})
+        tensors.update({f"target_var/{n}": v.clone() for n, v in zip(self.names, self.target_var)})
         stream = self.stream.state_dict()
         tensors.update({"stream/perm": stream["perm"], "stream/rng": stream["rng"],
                         "torch_rng": torch.get_rng_state(), "c_len": self.c_len,
@@ -555,8 +590,8 @@ class _Search:
         self._begin_stage()
         self.stream.load_state_dict({"perm": tensors["stream/perm"], "pos": info["stream_pos"],
                                      "rng": tensors["stream/rng"]})
-        self.start_var = {k[10:]: v.to(self.device) for k, v in tensors.items() if k.startswith("start_var/")}
-        self.target_var = {k[11:]: v.to(self.device) for k, v in tensors.items() if k.startswith("target_var/")}
+        self.start_var = torch.stack([tensors[f"start_var/{n}"] for n in self.names]).to(self.device)
+        self.target_var = torch.stack([tensors[f"target_var/{n}"] for n in self.names]).to(self.device)
         torch.set_rng_state(tensors["torch_rng"])
         if "cuda_rng" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)

@@ -11,6 +11,7 @@ from torch import nn
 from .data import ImageData
 
 EVAL_BATCH = 1000
+CACHE_BYTES = 256 * 2**20  # fixed evaluation batches are kept, normalised, up to this size in all
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -25,18 +26,12 @@ def fixed_subset(n: int, size: int, seed: int, device) -> torch.Tensor:
     return torch.randperm(n, generator=g)[:size].sort().values.to(device)
 
 
-def interpolate(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor] | None,
-                alpha: float) -> dict[str, torch.Tensor]:
-    """(1 - alpha) a + alpha b for float tensors (b=None: the origin); integer buffers follow b."""
-    out = {}
-    for k, va in a.items():
-        vb = torch.zeros_like(va) if b is None else b[k]
-        out[k] = torch.lerp(va, vb, alpha) if va.is_floating_point() else vb.clone()
-    return out
-
-
 class Evaluator:
-    """Evaluates states of one architecture on fixed train and test samples, in eval mode."""
+    """Evaluates states of one architecture on fixed train and test samples, in eval mode.
+
+    A state is copied into the scratch model with fused multi-tensor ops (no ``load_state_dict``), and
+    each evaluation reads its results from the device once.
+    """
 
     def __init__(self, model: nn.Module, train: ImageData, test: ImageData, samples: int, seed: int,
                  bn_batches: int, bn_batch_size: int):
@@ -47,9 +42,36 @@ class Evaluator:
         self.bn = has_batchnorm(model)
         self.bn_idx = fixed_subset(len(train), bn_batches * bn_batch_size, seed + 3, train.device)
         self.bn_batch_size = bn_batch_size
+        state = model.state_dict()
+        self.floats = [k for k, v in state.items() if v.is_floating_point()]
+        self.others = [k for k, v in state.items() if not v.is_floating_point()]
+        self.float_dst = [state[k] for k in self.floats]
+        self.other_dst = [state[k] for k in self.others]
+        self._cache: dict[tuple[int, int], tuple[torch.Tensor, list]] = {}  # also keeps idx alive
+        self._cached_bytes = 0
 
-    def load(self, state: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state)
+    def _batches(self, data: ImageData, idx: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``data[idx]`` in evaluation batches, gathered and normalised once for the fixed index sets."""
+        key = (id(data), id(idx))
+        if key in self._cache:
+            return self._cache[key][1]
+        batches = [data.batch(chunk) for chunk in idx.split(EVAL_BATCH)]
+        size = sum(x.numel() * x.element_size() for x, _ in batches)
+        if self._cached_bytes + size <= CACHE_BYTES:
+            self._cache[key] = (idx, batches)
+            self._cached_bytes += size
+        return batches
+
+    @torch.no_grad()
+    def load(self, state: dict[str, torch.Tensor], toward: list[torch.Tensor] | None = None,
+             alpha: float | None = None) -> None:
+        """Load ``state``, or with ``alpha`` the point (1 - alpha) state + alpha toward (float tensors, in
+        the order of ``self.floats``), then recalibrate BatchNorm and switch to eval mode."""
+        torch._foreach_copy_(self.float_dst, [state[k] for k in self.floats])
+        if alpha is not None:
+            torch._foreach_lerp_(self.float_dst, toward, alpha)
+        if self.other_dst:
+            torch._foreach_copy_(self.other_dst, [state[k] for k in self.others])
         if self.bn:
             self._recalibrate_bn()
         self.model.eval()
@@ -69,37 +91,40 @@ class Evaluator:
             m.momentum = momentum
 
     @torch.no_grad()
-    def loss_acc(self, data: ImageData, idx: torch.Tensor) -> tuple[float, float]:
-        """Mean cross-entropy and accuracy of the loaded state on ``data[idx]``."""
-        total_loss = torch.zeros((), device=data.device)
-        correct = torch.zeros((), device=data.device)
-        for chunk in idx.split(EVAL_BATCH):
-            x, y = data.batch(chunk)
+    def loss_acc(self, data: ImageData, idx: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy and accuracy of the loaded state on ``data[idx]``, as a tensor of two
+        (left on the device: the caller reads many at once)."""
+        total = torch.zeros(2, device=data.device)
+        for x, y in self._batches(data, idx):
             out = self.model(x).float()
-            total_loss += F.cross_entropy(out, y, reduction="sum")
-            correct += (out.argmax(1) == y).sum()
-        n = len(idx)
-        return (total_loss / n).item(), (correct / n).item()
+            total += torch.stack([F.cross_entropy(out, y, reduction="sum"), (out.argmax(1) == y).sum()])
+        return total / len(idx)
 
     def evaluate(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         """train_loss, train_acc, test_loss, test_acc of ``state``."""
         self.load(state)
-        train_loss, train_acc = self.loss_acc(self.train, self.train_idx)
-        test_loss, test_acc = self.loss_acc(self.test, self.test_idx)
-        return {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-                "test_acc": test_acc}
+        values = torch.cat([self.loss_acc(self.train, self.train_idx),
+                            self.loss_acc(self.test, self.test_idx)]).tolist()
+        return dict(zip(("train_loss", "train_acc", "test_loss", "test_acc"), values))
 
     def line(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor] | None,
              alphas: list[float], idx: torch.Tensor | None = None) -> list[dict[str, float]]:
-        """Evaluate the straight line between a and b at ``alphas``: on the train and test sets, or
-        only on ``train[idx]`` (loss and acc) when ``idx`` is given (the continuity check)."""
-        rows = []
+        """Evaluate the straight line (1 - alpha) a + alpha b (b=None: the origin) at ``alphas``: on the
+        train and test sets, or only on ``train[idx]`` (loss and acc) when ``idx`` is given (the
+        continuity check). Integer buffers follow b."""
+        toward = [torch.zeros_like(a[k]) if b is None else b[k] for k in self.floats]
+        ints = a if b is None else {**a, **{k: b[k] for k in self.others}}
+        results = []
         for alpha in alphas:
-            point = interpolate(a, b, alpha)
+            self.load(ints, toward, alpha)
             if idx is None:
-                rows.append({"alpha": alpha, **self.evaluate(point)})
+                results.append(torch.cat([self.loss_acc(self.train, self.train_idx),
+                                          self.loss_acc(self.test, self.test_idx)]))
             else:
-                self.load(point)
-                loss, acc = self.loss_acc(self.train, idx)
-                rows.append({"alpha": alpha, "loss": loss, "acc": acc})
-        return rows
+                results.append(self.loss_acc(self.train, idx))
+        values = torch.stack(results).tolist() if results else []
+        if idx is None:
+            keys = ("train_loss", "train_acc", "test_loss", "test_acc")
+        else:
+            keys = ("loss", "acc")
+        return [{"alpha": alpha, **dict(zip(keys, v))} for alpha, v in zip(alphas, values)]

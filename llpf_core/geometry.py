@@ -18,17 +18,26 @@ def variance_factor(var_now: torch.Tensor, var_target: torch.Tensor, eps: float)
     return ((var_target + eps) / (var_now + eps)).sqrt()
 
 
-def correct_variance_(xs: list[torch.Tensor], targets: list[torch.Tensor], eps: float) -> None:
+def correct_variance_(xs: list[torch.Tensor], targets: list[torch.Tensor] | torch.Tensor, eps: float) -> None:
     """Rescale each tensor about its own mean so its variance moves to the target (in place).
 
     llpf-algorithm.md 1.2 step 5: x <- mean + k (x - mean); single-element tensors stay as they are.
+    One fused (``torch._foreach_*``) update over all tensors: no per-layer Python arithmetic.
     """
-    for x, target in zip(xs, targets):
-        if x.numel() < 2:
-            continue
-        mean = x.mean()
-        k = variance_factor(x.var(), target, eps)
-        x.sub_(mean).mul_(k).add_(mean)
+    keep = [i for i, x in enumerate(xs) if x.numel() >= 2]
+    if not keep:
+        return
+    if isinstance(targets, torch.Tensor):
+        targets = targets if len(keep) == len(xs) else targets[keep]
+    else:
+        targets = torch.stack([targets[i] for i in keep])
+    xs = [xs[i] for i in keep]
+    var_mean = [torch.var_mean(x) for x in xs]
+    means = [m for _, m in var_mean]
+    ks = variance_factor(torch.stack([v for v, _ in var_mean]), targets, eps)
+    torch._foreach_sub_(xs, means)
+    torch._foreach_mul_(xs, list(ks.unbind()))
+    torch._foreach_add_(xs, means)
 
 
 def step_length(dist: torch.Tensor, step_a: float, step_f: float, step_c_len: torch.Tensor | float,
@@ -39,18 +48,32 @@ def step_length(dist: torch.Tensor, step_a: float, step_f: float, step_c_len: to
 
 
 def move_(xs: list[torch.Tensor], ys: list[torch.Tensor] | None, step_a: float, step_f: float,
-          step_c_len: torch.Tensor | float, clamp: bool) -> None:
-    """Move one unit (a layer, or a merged weight+bias) toward ``ys`` by L along d = y - x.
+          step_c_len: torch.Tensor | float, clamp: bool, unit_of: torch.Tensor | None = None,
+          active: torch.Tensor | None = None) -> None:
+    """Move x toward ``ys`` by L along d = y - x, for one or many move units at once (in place).
 
-    ``ys=None`` means the origin. ``xs`` and ``ys`` are treated as one flattened vector, so a merged
-    weight and bias share one direction and one length. An all-zero d leaves x unchanged.
+    ``ys=None`` means the origin. ``unit_of[i]`` is the unit of ``xs[i]`` (default: all tensors form one
+    unit); a unit's tensors are treated as one flattened vector, so a merged weight and bias share one
+    direction and one length. ``step_c_len`` is a number or one length per unit. An all-zero d leaves
+    x unchanged. Fused over all tensors with ``torch._foreach_*``; nothing syncs with the host.
     """
-    ds = [-x for x in xs] if ys is None else [y - x for x, y in zip(xs, ys)]
-    dist = torch.stack([d.float().square().sum() for d in ds]).sum().sqrt()
+    ds = torch._foreach_neg(xs) if ys is None else torch._foreach_sub(ys, xs)
+    squares = torch.stack(torch._foreach_norm(ds)).float().square()
+    if unit_of is None:
+        unit_of = torch.zeros(len(xs), dtype=torch.long, device=squares.device)
+    units = 1 if isinstance(step_c_len, (int, float)) or step_c_len.dim() == 0 else len(step_c_len)
+    dist = torch.zeros(units, device=squares.device).index_add_(0, unit_of, squares).sqrt()
     length = step_length(dist, step_a, step_f, step_c_len, clamp)
     scale = torch.where(dist > 0, length / dist.clamp_min(torch.finfo(dist.dtype).tiny), 0.0)
-    for x, d in zip(xs, ds):
-        x.add_(d * scale.to(d.dtype))
+    if active is not None:
+        scale = torch.where(active, scale, 0.0)
+    torch._foreach_mul_(ds, list(scale[unit_of].unbind()))
+    torch._foreach_add_(xs, ds)
+
+
+def distances(xs: list[torch.Tensor], ys: list[torch.Tensor] | None) -> torch.Tensor:
+    """Per-tensor L2 distances ||x_i - y_i|| as one tensor (``ys=None``: norms), fused."""
+    return torch.stack(torch._foreach_norm(xs if ys is None else torch._foreach_sub(xs, ys))).float()
 
 
 def geodesic(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -72,10 +72,19 @@ class TickTraining:
 
 def train_until(model: nn.Module, optimizer: torch.optim.Optimizer, stream: BatchStream,
                 spec: TrainSpec, dtype: str = "float32") -> TickTraining:
-    """Train all parameters until ``should_stop`` (llpf-algorithm.md 1.2 step 7)."""
+    """Train all parameters until ``should_stop`` (llpf-algorithm.md 1.2 step 7).
+
+    The batch losses stay on the device. The host reads them only when the stop rule can fire: once
+    for the first ``min_iters`` iterations as a block, then one per iteration. On CUDA each loss is
+    copied to pinned memory right after its forward pass and read after the backward pass and the
+    update are queued, so the GPU never waits for the host.
+    """
     model.train()
-    window: deque[float] = deque(maxlen=spec.min_iters)
-    correct = torch.zeros((), device=stream.data.device)
+    device = stream.data.device
+    cuda = device.type == "cuda"
+    window: deque[float] = deque(maxlen=spec.min_iters)  # the rolling window
+    pending: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []  # losses not read yet
+    correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     iteration = 0
     while True:
@@ -84,17 +93,29 @@ def train_until(model: nn.Module, optimizer: torch.optim.Optimizer, stream: Batc
         with autocast(x.device, dtype):
             out = model(x)
             loss = F.cross_entropy(out.float(), y)
-        value = loss.item()
-        if not math.isfinite(value):
-            lr = optimizer.param_groups[0]["lr"]
-            raise TrainingDiverged(f"training diverged: the loss became {value} (iteration {iteration}, "
-                                   f"lr {lr:g}); lower the learning rate (train.lr)")
+        if cuda:
+            event = torch.cuda.Event()
+            pending.append((loss.detach().to("cpu", non_blocking=True), event))
+            event.record()
+        else:
+            pending.append((loss.detach(), None))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        window.append(value)
         correct += (out.argmax(1) == y).sum()
         seen += len(y)
+        if iteration < spec.min_iters:
+            continue  # the stop rule cannot fire yet: nothing to read
+        if pending[-1][1] is not None:
+            pending[-1][1].synchronize()  # stream order: every earlier copy is done too
+        values = torch.stack([value for value, _ in pending]).tolist()
+        pending.clear()
+        for i, value in enumerate(values, iteration - len(values) + 1):
+            if not math.isfinite(value):
+                lr = optimizer.param_groups[0]["lr"]
+                raise TrainingDiverged(f"training diverged: the loss became {value} (iteration {i}, "
+                                       f"lr {lr:g}); lower the learning rate (train.lr)")
+        window.extend(values)
         if should_stop(iteration, sum(window) / len(window), spec):
             return TickTraining(sum(window) / len(window), correct.item() / seen, iteration)
 
