@@ -1,23 +1,34 @@
 """How close is an LLPF search to the bare training loop? Steps/s of both, their ratio, and where the
 search's wall time goes.
 
-    python bench/search_overhead.py [--device cpu|cuda] [--case mlp-digits-m2m ...] [--ticks N]
+    python bench/search_overhead.py [--device cpu|cuda] [--case NAME ...] [--repeat N] [--set key=value]
 
-For each case, in one process and one after the other:
-  (b) the search, with the preset's settings (under cProfile, for the breakdown);
-  (a) the bare loop: the same model, batch size, optimizer and data pipeline (augmented batches drawn
-      the same way), for as many SGD steps as the search took.
-cProfile adds a little overhead to (b), so the ratio is a slight underestimate.
+For each case, in one process and one after the other (after a short warm-up of the bare loop):
+  (b) the search, with the preset's defaults (the overrides a case needs are printed with it);
+  (a) the bare loop: the same model and starting weights, batch size, optimizer and data pipeline
+      (augmented batches drawn the same way, the same autocast and memory format), for as many SGD steps
+      as the search took. It reads no loss until the end, so it never waits for the host.
+The breakdown times the engine's own functions with light wrappers (each call is attributed to the
+outermost timed function, so the baseline inside set-up counts as set-up). On CUDA these are host
+times: work that was queued asynchronously is waited for, and counted, by the next function that reads a
+result (training reads its losses, evaluation its metrics).
+
+``--repeat N`` runs each case N times and prints the medians. ``--threads 1`` is the setting to measure
+with on a small shared machine: with two OpenMP threads on two cores that other processes also use,
+every parallel op waits for a descheduled thread, and the timings swing by 5x and more.
+
+Modes are trained once with the case's recipe and kept in ``--cache`` (default
+``$LLPF_HOME/bench-modes``); cases with recipe ``-`` use seeded random initialisations (the synthetic
+data has random labels, so training modes on it is pointless).
 """
 import argparse
-import cProfile
 import dataclasses
-import pstats
-import re
+import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
@@ -25,107 +36,236 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from llpf_core import build_model, load_dataset, load_preset, run_search, save_mode  # noqa: E402
-from llpf_core.device import resolve_device  # noqa: E402
+import llpf_core.connect as connect  # noqa: E402
+from llpf_core import (  # noqa: E402
+    UserError,
+    apply_overrides,
+    build_model,
+    load_dataset,
+    load_mode,
+    load_preset,
+    run_search,
+    save_mode,
+)
+from llpf_core.device import autocast, resolve_device  # noqa: E402
+from llpf_core.evaluate import Evaluator  # noqa: E402
 from llpf_core.modefile import ModeMeta  # noqa: E402
+from llpf_core.runfolder import RunWriter  # noqa: E402
 from llpf_core.train import BatchStream, load_recipe, train_mode  # noqa: E402
+from llpf_core.workspace import workspace_dir  # noqa: E402
 
-# case: (model, dataset, preset, recipe for the two modes or None for random initialisations)
+
+@dataclasses.dataclass
+class Case:
+    model: str
+    dataset: str
+    preset: str
+    recipe: str  # "-": seeded random initialisations
+    overrides: dict[str, list[str]]  # per device type: --set items a case needs to run in bench time
+
+
 CASES = {
-    "mlp-digits-m2m": ("mlp", "digits", "mlp-digits-m2m", "mlp-digits"),
-    "lenet5-fashion-mnist-m2m": ("lenet5", "fashion-mnist", "lenet5-fashion-mnist-m2m", None),
-    "cnn-synthetic-m2m": ("cnn", "synthetic", "cnn-digits-m2m", None),
+    "mlp-digits-m2m": Case("mlp", "digits", "mlp-digits-m2m", "mlp-digits", {}),
+    # 200 of the preset's 2,000 ticks: ten evaluations and continuity checks, two checkpoints, one point
+    "lenet5-fashion-mnist-m2m": Case("lenet5", "fashion-mnist", "lenet5-fashion-mnist-m2m", "lenet5-fashion-mnist",
+                                     {"cpu": ["ticks=200"], "cuda": ["ticks=200"]}),
+    # Random labels never reach the loss threshold, so every tick is capped at min_iters = 20 steps: the
+    # shortest tick the preset allows, where per-tick overhead weighs most. On a CPU: a few small ticks.
+    "resnet18-synthetic-m2m": Case("resnet18", "synthetic", "resnet18-cifar10-m2m-fdf", "-", {
+        "cpu": ["ticks=3", "train.batch_size=32", "train.max_iters=20", "baseline_points=0"],
+        "cuda": ["ticks=300", "train.max_iters=20"]}),
 }
-# Where the search's time goes: cumulative time of these functions, none of which calls another, except
-# that the baseline (Evaluator.line without idx) calls Evaluator.evaluate, subtracted from "continuity".
-BREAKDOWN = {
-    "train steps": ("train.py", "train_until"),
-    "move": ("geometry.py", "move_"),
-    "variance correction": ("connect.py", "_correct_variance"),
-    "evaluation (points and baseline)": ("evaluate.py", "evaluate"),
-    "continuity": ("evaluate.py", "line"),
-    "layer rows": ("connect.py", "_layer_rows"),
-    "I/O (CSV, points, checkpoints)": ("runfolder.py", "append|save_point|save_checkpoint"),
+DEFAULT_CASES = {"cpu": ["mlp-digits-m2m", "lenet5-fashion-mnist-m2m", "resnet18-synthetic-m2m"],
+                 "cuda": ["resnet18-synthetic-m2m"]}
+
+# label: functions whose (outermost) calls count toward it
+TIMED = {
+    "set-up (data, models, tick 0, baseline)": [(connect._Search, "__init__"), (connect._Search, "_begin")],
+    "train steps": [(connect, "train_until")],
+    "move and variance correction": [(connect, "move_"), (connect._Search, "_correct_variance")],
+    "distances for the metrics row": [(connect._Search, "_layer_distances")],
+    "evaluation (metrics, layers.csv)": [(Evaluator, "evaluate"), (connect._Search, "_layer_rows")],
+    "continuity": [(Evaluator, "line")],
+    "I/O (CSV, points, checkpoints, run.json)": [
+        (RunWriter, "append"), (RunWriter, "save_point"), (RunWriter, "save_checkpoint"), (RunWriter, "update")],
 }
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0}  # dense
 
 
-def make_modes(model, dataset, recipe, device, folder):
+class Timers:
+    """Wraps the TIMED functions; each call counts toward the label of the outermost timed call."""
+
+    def __init__(self):
+        self.seconds, self.calls = Counter(), Counter()
+        self.active = False
+        self.saved = []
+        for label, targets in TIMED.items():
+            for owner, name in targets:
+                original = getattr(owner, name)
+                self.saved.append((owner, name, original))
+                setattr(owner, name, self._wrap(label, original))
+
+    def _wrap(self, label, original):
+        def timed(*args, **kwargs):
+            if self.active:
+                return original(*args, **kwargs)
+            self.active = True
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[label] += time.perf_counter() - t0
+                self.calls[label] += 1
+                self.active = False
+        return timed
+
+    def remove(self) -> None:
+        for owner, name, original in self.saved:
+            setattr(owner, name, original)
+
+
+def make_modes(case: Case, device: torch.device, cache: Path) -> list[Path]:
+    folder = cache / case.model / case.dataset / ("random" if case.recipe == "-" else case.recipe)
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for seed in (1, 2):
-        path = folder / f"{model}-{seed}.safetensors"
-        if recipe:
-            train_mode(model, dataset, seed, path, load_recipe(recipe), str(device))
-        else:
-            torch.manual_seed(seed)
-            kwargs = load_dataset(dataset).model_kwargs()
-            save_mode(path, build_model(model, **kwargs), ModeMeta(model, kwargs, dataset, seed))
+        path = folder / f"seed{seed}.safetensors"
+        if not path.exists():
+            if case.recipe != "-":
+                print(f"  training mode {path} (once; kept for later runs)", flush=True)
+                train_mode(case.model, case.dataset, seed, path, load_recipe(case.recipe), str(device),
+                           recipe_name=case.recipe)
+            else:
+                torch.manual_seed(seed)
+                kwargs = load_dataset(case.dataset).model_kwargs()
+                save_mode(path, build_model(case.model, **kwargs), ModeMeta(case.model, kwargs, case.dataset, seed))
         paths.append(path)
     return paths
 
 
-def bare_loop(model_name, dataset, cfg, steps, device) -> float:
-    data = load_dataset(dataset).to(device)
-    torch.manual_seed(0)
-    model = build_model(model_name, **data.model_kwargs()).to(device)
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_loop(start: Path, cfg, steps: int, device: torch.device) -> float:
+    """Steps/s of plain SGD on the search's model, data pipeline and settings."""
+    mode = load_mode(start)
+    data = load_dataset(mode.meta.dataset).to(device)
+    model = build_model(mode.meta.model, **mode.meta.model_kwargs).to(device)
+    model.load_state_dict(mode.model.state_dict())
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr)
-    stream = BatchStream(data, cfg.train.batch_size, torch.Generator(device).manual_seed(0))
+    stream = BatchStream(data, cfg.train.batch_size, torch.Generator(device).manual_seed(cfg.seed),
+                         channels_last=cfg.channels_last)
     model.train()
+    total = torch.zeros((), device=device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         x, y = stream.next()
-        loss = F.cross_entropy(model(x), y)
-        loss.item()  # the search reads every loss for its stop rule; so does the bare loop
+        with autocast(device, cfg.dtype):
+            loss = F.cross_entropy(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+        total += loss.detach()
+    total.item()
     return steps / (time.perf_counter() - t0)
 
 
-def breakdown(profile: cProfile.Profile) -> dict[str, float]:
-    stats = pstats.Stats(profile).stats
-    out = {}
-    for label, (file, pattern) in BREAKDOWN.items():
-        out[label] = sum(v[3] for (f, _, fn), v in stats.items()
-                         if f.endswith(file) and re.fullmatch(pattern, fn))
-    for (f, _, fn), v in stats.items():  # evaluate() called by line() is the baseline, counted above
-        if f.endswith("evaluate.py") and fn == "evaluate":
-            out["continuity"] -= sum(c[3] for (cf, _, cfn), c in v[4].items() if cfn == "line")
-    return out
+def step_flops(start: Path, cfg, device: torch.device) -> float:
+    """FLOPs of one training step (forward and backward), counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mode = load_mode(start)
+    model = build_model(mode.meta.model, **mode.meta.model_kwargs).to(device).train()
+    x, y = BatchStream(load_dataset(mode.meta.dataset).to(device), cfg.train.batch_size,
+                       torch.Generator(device).manual_seed(0)).next()
+    with FlopCounterMode(display=False) as counter:
+        with autocast(device, cfg.dtype):
+            F.cross_entropy(model(x).float(), y).backward()
+    return float(counter.get_total_flops())
+
+
+def run_case(name: str, case: Case, device: torch.device, cache: Path, extra: list[str]) -> dict:
+    a, b = make_modes(case, device, cache)
+    overrides = case.overrides.get(device.type, []) + extra
+    cfg = apply_overrides(dataclasses.replace(load_preset(case.preset), device=str(device)), overrides)
+    bare_loop(a, cfg, 20, device)  # warm-up (allocator, kernel selection); not counted
+    with tempfile.TemporaryDirectory() as tmp:
+        timers = Timers()
+        try:
+            sync(device)
+            t0 = time.perf_counter()
+            run = run_search(a, b, cfg, Path(tmp) / "run", stop_event=threading.Event())
+            sync(device)
+            wall = time.perf_counter() - t0
+        finally:
+            timers.remove()
+        steps = int(run.metrics["iterations"].sum())
+    bare = bare_loop(a, cfg, steps, device)
+    setup = timers.seconds["set-up (data, models, tick 0, baseline)"]
+    result = {"case": name, "ticks": cfg.ticks, "steps": steps, "wall": wall, "bare": bare, "search": steps / wall,
+              "search_loop": steps / (wall - setup), "overrides": overrides,
+              "parts": dict(timers.seconds), "calls": dict(timers.calls)}
+    result["ratio"] = result["search"] / bare
+    result["ratio_loop"] = result["search_loop"] / bare
+    if device.type == "cuda":
+        result["flops"] = step_flops(a, cfg, device)
+    return result
+
+
+def report(r: dict, device: torch.device) -> None:
+    print(f"\n{r['case']} on {device} ({torch.get_num_threads()} threads): {r['ticks']} ticks, {r['steps']} SGD "
+          f"steps{', --set ' + ' '.join(r['overrides']) if r['overrides'] else ''}")
+    print(f"  (a) bare loop  {r['bare']:9.1f} steps/s")
+    print(f"  (b) search     {r['search']:9.1f} steps/s   ratio b/a = {r['ratio']:.3f}")
+    print(f"      without set-up {r['search_loop']:9.1f} steps/s   ratio b/a = {r['ratio_loop']:.3f}")
+    print(f"      {'breakdown of the search wall time':<42} {r['wall']:8.2f} s   calls   ms/call")
+    for label, secs in r["parts"].items():
+        calls = r["calls"].get(label, 0)
+        print(f"      {label:<42} {secs:8.2f} s {100 * secs / r['wall']:5.1f} % {calls:6d} "
+              f"{1000 * secs / max(calls, 1):9.2f}")
+    other = r["wall"] - sum(r["parts"].values())
+    print(f"      {'the rest (tick loop, events, state copies)':<42} {other:8.2f} s {100 * other / r['wall']:5.1f} %")
+    if "flops" in r:
+        achieved = r["flops"] * r["search"] / 1e12
+        name = torch.cuda.get_device_name(device)
+        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+        share = f", {100 * achieved / peak:.1f} % of the {name}'s dense bf16 peak ({peak:g} TFLOPS)" if peak else ""
+        print(f"      training step: {r['flops'] / 1e9:.1f} GFLOP; the search sustains {achieved:.1f} TFLOPS{share}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--case", action="append", choices=list(CASES))
-    parser.add_argument("--ticks", type=int, help="override the preset's tick count")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--case", "--model", action="append", choices=list(CASES), dest="case",
+                        help="a case (repeatable); default: every case for the device")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per case; medians are printed")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra config overrides for every case (e.g. dtype=bfloat16)")
+    parser.add_argument("--cache", type=Path, default=None, help="folder for the trained modes")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads for (a) and (b) alike")
     args = parser.parse_args()
-    device = resolve_device(args.device)
-    with tempfile.TemporaryDirectory() as tmp:
-        for case in args.case or list(CASES):
-            model, dataset, preset, recipe = CASES[case]
-            a, b = make_modes(model, dataset, recipe, device, Path(tmp))
-            cfg = dataclasses.replace(load_preset(preset), device=str(device))
-            if args.ticks:
-                cfg = dataclasses.replace(cfg, ticks=args.ticks)
-            profile = cProfile.Profile()
-            t0 = time.perf_counter()
-            profile.enable()
-            run = run_search(a, b, cfg, Path(tmp) / case, stop_event=threading.Event())
-            profile.disable()
-            wall = time.perf_counter() - t0
-            steps = int(run.metrics["iterations"].sum())
-            search_rate = steps / wall
-            bare_rate = bare_loop(model, dataset, cfg, steps, device)
-            print(f"\n{case} on {device}: {cfg.ticks} ticks, {steps} SGD steps")
-            print(f"  (a) bare loop  {bare_rate:8.1f} steps/s")
-            print(f"  (b) search     {search_rate:8.1f} steps/s   ratio b/a = {search_rate / bare_rate:.3f}")
-            parts = breakdown(profile)
-            for label, secs in parts.items():
-                print(f"      {label:<32} {secs:7.2f} s  {100 * secs / wall:5.1f} %")
-            other = wall - sum(parts.values())
-            print(f"      {'set-up, baseline and the rest':<32} {other:7.2f} s  {100 * other / wall:5.1f} %")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        device = resolve_device(args.device)
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    cache = args.cache or workspace_dir() / "bench-modes"
+    for name in args.case or DEFAULT_CASES[device.type]:
+        results = []
+        for _ in range(args.repeat):
+            results.append(run_case(name, CASES[name], device, cache, args.set))
+            report(results[-1], device)
+        if args.repeat > 1:
+            med = {k: statistics.median(r[k] for r in results) for k in ("bare", "search", "ratio", "ratio_loop")}
+            print(f"\n  median of {args.repeat} runs: bare {med['bare']:.1f} steps/s, search {med['search']:.1f} "
+                  f"steps/s, ratio {med['ratio']:.3f} (without set-up {med['ratio_loop']:.3f}); ratios "
+                  + ", ".join(f"{r['ratio']:.3f}" for r in results))
 
 
 if __name__ == "__main__":
