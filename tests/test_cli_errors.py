@@ -131,7 +131,7 @@ def ws(tmp_path_factory):
 
 
 CASES = ("corrupt", "truncated", "empty", "pickle", "no_llpf_metadata", "different_architectures",
-         "different_class_counts", "missing_tensor", "wrong_shape",
+         "different_class_counts", "classes_do_not_fit_the_dataset", "missing_tensor", "wrong_shape",
          "unknown_preset", "unknown_set_key", "wrong_type_set_value", "zero_step", "pattern_matches_nothing",
          "zero_eval_every", "negative_save_every", "zero_checkpoint_every",
          "missing_dataset", "missing_data_root", "cuda_without_gpu", "existing_run_folder", "out_under_a_file")
@@ -180,6 +180,7 @@ def errors(ws):
         "no_llpf_metadata": ["connect", bad / "plain.safetensors", b, "--out", out / "plain"],
         "different_architectures": ["connect", a, ws.cnn, "--out", out / "archs"],
         "different_class_counts": ["connect", a, bad / "five-classes.safetensors", "--out", out / "classes"],
+        "classes_do_not_fit_the_dataset": ["connect", bad / "five-classes.safetensors", "origin", "--out", out / "c5"],
         "missing_tensor": ["connect", a, bad / "missing-tensor.safetensors", "--out", out / "missing"],
         "wrong_shape": ["connect", bad / "wrong-shape.safetensors", b, "--out", out / "shape"],
         "unknown_preset": ["connect", a, b, "--out", out / "preset", "--preset", "no-such-preset"],
@@ -217,6 +218,7 @@ EXPECTED = {  # fragments of the one error line
     "no_llpf_metadata": ["plain.safetensors", "not an LLPF mode", "llpf.format"],
     "different_architectures": ["different architectures", "mlp", "cnn"],
     "different_class_counts": ["different architectures", "'num_classes': 10", "'num_classes': 5"],
+    "classes_do_not_fit_the_dataset": ["num_classes is 5", "digits has 10"],
     "missing_tensor": ["missing-tensor.safetensors", "do not match model 'mlp'", "missing head.bias"],
     "wrong_shape": ["wrong-shape.safetensors", "layers.1.weight", "(64, 65)", "expects (64, 64)"],
     "unknown_preset": ["unknown preset", "no-such-preset", "mlp-digits-m2m"],
