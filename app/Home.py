@@ -1,6 +1,9 @@
 """LLPF Explorer's dashboard: ``streamlit run app/Home.py``.
 
-This file is the frame: page config, the shared sidebar and the navigation over ``pages/``.
+This file is the frame: page config, the shared sidebar and the navigation over ``views/``, one file a
+page. The folder is not called ``pages/``: Streamlit would also auto-discover a ``pages/`` folder as an
+old-style multipage app, and a deep link such as /runs?run=NAME opened first on a fresh server then ran
+that page on its own, without this frame.
 """
 import state
 import streamlit as st
@@ -10,12 +13,12 @@ from llpf_core import workspace_dir
 st.set_page_config(page_title="LLPF Explorer", page_icon=":material/route:", layout="wide")
 
 page = st.navigation([
-    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/modes.py", title="Modes", icon=":material/neurology:"),
-    st.Page("pages/search.py", title="Search", icon=":material/route:"),
-    st.Page("pages/runs.py", title="Runs (live)", icon=":material/monitoring:"),
-    st.Page("pages/explore.py", title="Explore", icon=":material/travel_explore:"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("views/modes.py", title="Modes", icon=":material/neurology:"),
+    st.Page("views/search.py", title="Search", icon=":material/route:"),
+    st.Page("views/runs.py", title="Runs (live)", icon=":material/monitoring:"),
+    st.Page("views/explore.py", title="Explore", icon=":material/travel_explore:"),
+    st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
 ])
 
 with st.sidebar:

@@ -128,7 +128,7 @@ def open_run(name: str) -> None:
     e.g. in AppTest) stays where it is and says where the run is."""
     select_run(name)
     try:
-        st.switch_page("pages/runs.py", query_params={"run": name})
+        st.switch_page("views/runs.py", query_params={"run": name})
     except StreamlitPageNotFoundError:
         st.success(f"Started {name}: follow it on the Runs page.")
 

@@ -20,8 +20,6 @@ import charts  # noqa: E402
 import layer_order  # noqa: E402
 import uploads  # noqa: E402
 
-PAGES = REPO / "app" / "pages"
-
 
 @pytest.fixture(scope="module")
 def workspace(digits_modes, tmp_path_factory):
@@ -150,7 +148,7 @@ def test_home_renders_and_runs_the_demo(ws):
 
 def test_modes_page_trains_uploads_and_checks_independence(ws, digits_modes):
     import state
-    at = app("pages/modes.py").run()
+    at = app("views/modes.py").run()
     assert not at.exception
     assert set(at.dataframe[0].value["file"]) >= {"mlp-seed1.safetensors", "mlp-seed2.safetensors"}
     at.selectbox(key="ind_a").select("mlp-seed1.safetensors").run()
@@ -167,7 +165,7 @@ def test_modes_page_trains_uploads_and_checks_independence(ws, digits_modes):
 
     at.file_uploader(key="upload").upload("../../up.safetensors", digits_modes[1].path.read_bytes()).run()
     assert not at.exception and (ws / "modes" / "up.safetensors").exists()
-    at = app("pages/modes.py").run()
+    at = app("views/modes.py").run()
     at.file_uploader(key="upload").upload("bad.safetensors", pickle.dumps({"a": 1})).run()
     assert not at.exception and "bad.safetensors" in at.error[0].value
     assert not (ws / "modes" / "bad.safetensors").exists()
@@ -175,7 +173,7 @@ def test_modes_page_trains_uploads_and_checks_independence(ws, digits_modes):
 
 def test_search_page_edits_the_layer_order_and_starts_a_search(ws):
     import state
-    at = app("pages/search.py").run()
+    at = app("views/search.py").run()
     assert not at.exception
     assert at.selectbox(key="end_mode").options  # a compatible end mode is offered
     at.radio(key="layer_source").set_value("follow_data_flow (one group per module)").run()
@@ -201,7 +199,7 @@ def test_search_page_edits_the_layer_order_and_starts_a_search(ws):
 
 
 def test_runs_page_shows_a_run_and_its_views(ws):
-    at = app("pages/runs.py")
+    at = app("views/runs.py")
     at.query_params["run"] = "first"
     at.run()
     assert not at.exception
@@ -215,7 +213,7 @@ def test_runs_page_shows_a_run_and_its_views(ws):
 
 
 def test_explore_page_scrubs_and_offers_downloads(ws):
-    at = app("pages/explore.py")
+    at = app("views/explore.py")
     at.query_params["run"] = "first"
     at.run()
     assert not at.exception
@@ -227,7 +225,7 @@ def test_explore_page_scrubs_and_offers_downloads(ws):
 
 
 def test_compare_page_summarises_runs(ws):
-    at = app("pages/compare.py").run()
+    at = app("views/compare.py").run()
     assert not at.exception
     at.multiselect(key="compare_runs").set_value(["first"]).run()
     table = at.dataframe[0].value
@@ -236,8 +234,8 @@ def test_compare_page_summarises_runs(ws):
 
 def test_pages_explain_an_empty_workspace(tmp_path, monkeypatch):
     monkeypatch.setenv("LLPF_HOME", str(tmp_path / "empty"))
-    for page in ("Home.py", "pages/modes.py", "pages/search.py", "pages/runs.py", "pages/explore.py",
-                 "pages/compare.py"):
+    for page in ("Home.py", "views/modes.py", "views/search.py", "views/runs.py", "views/explore.py",
+                 "views/compare.py"):
         at = app(page).run()
         assert not at.exception, page
     assert "No runs" in at.info[0].value
@@ -251,7 +249,7 @@ def test_a_failed_run_shows_its_error_and_the_app_keeps_working(ws):
     state.registry().start_search("diverged", modes[0], modes[1], cfg, ws / "runs" / "diverged")
     job = wait_for(state.registry(), "diverged")
     assert job.status == "failed" and "diverged" in job.error
-    at = app("pages/runs.py")
+    at = app("views/runs.py")
     at.query_params["run"] = "diverged"
     at.run()
     assert not at.exception and "diverged" in at.error[0].value
@@ -274,7 +272,7 @@ def test_a_cli_run_is_followed_live_and_resumed_from_the_dashboard(ws):
         while not (out / "metrics.csv").exists() or len(load_run(out).metrics) < 3:
             assert time.time() < deadline and proc.poll() is None
             time.sleep(0.2)
-        at = app("pages/runs.py")
+        at = app("views/runs.py")
         at.query_params["run"] = "from-cli"
         at.run()
         assert not at.exception

@@ -122,7 +122,7 @@ for message in issues:
     st.error(message)
 phases, ticks = layer_order.phases(table, cumulative) if not issues else (base.phases, base.ticks)
 if not issues:
-    st.caption(f"{len(phases)} phase(s), {ticks} ticks in all. Phase k starts at tick "
+    st.caption(f"{len(phases)} phase(s), {ticks} ticks in all; the phases start at ticks "
                + ", ".join(str(p.start_tick) for p in phases) + ".")
 
 # --- training, evaluation, saving ------------------------------------------------------------------------
