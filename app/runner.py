@@ -13,10 +13,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import sys
 import threading
 import time
 import traceback
+import types
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -39,6 +42,7 @@ from llpf_core import (
 # slowed the digits demo's search by 10x or more on a 2-core machine.
 SEARCH_THREADS = max(1, (os.cpu_count() or 1) - 1)
 _SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter: no fork of a threaded server
+_START_LOCK = threading.Lock()
 DEMO_PRESET, DEMO_RECIPE, DEMO_SEEDS = "mlp-digits-m2m", "mlp-digits", (1, 2)
 LIVE = ("starting", "training", "running", "paused", "pausing", "stopping")
 
@@ -244,7 +248,8 @@ class Registry:
         events = _SPAWN.Queue()
         process = _SPAWN.Process(target=_search_process, name=f"llpf-{job.name}", daemon=True,
                                  args=(start, end, cfg, run_dir, resume, data_root, stop, pause, events))
-        process.start()
+        with _main_script_hidden():
+            process.start()
         while True:
             try:
                 kind, *item = events.get(timeout=0.5)
@@ -267,6 +272,19 @@ class Registry:
                 status, error, last = item
                 self._set(job, status=status, error=error, message=f"{status} at tick {last}")
                 return
+
+
+@contextmanager
+def _main_script_hidden():
+    """Spawn re-runs the parent's ``__main__`` in the child. Under Streamlit (and AppTest) that is the
+    page script being run, which must not run again in a search process; hide it while the child starts."""
+    with _START_LOCK:
+        script = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            sys.modules["__main__"] = script
 
 
 def _search_process(start, end, cfg, run_dir, resume, data_root, stop, pause, events) -> None:
