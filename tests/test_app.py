@@ -64,8 +64,8 @@ def test_charts_build_from_a_real_run(workspace):
     heat = charts.layer_heatmap(layers, [names[0]])
     assert heat.data[0].z.shape == (len(names), layers["tick"].nunique()) and heat.data[0].y[0].startswith("▶")
     assert len(charts.variance_figure(layers).data) == len(names)
-    detail = charts.continuity_detail_figure(cont, 5)
-    assert list(detail.data[0].x) == sorted(cont.loc[cont["tick"] == 5, "alpha"])
+    detail = charts.continuity_detail_figure(cont, 10)
+    assert list(detail.data[0].x) == sorted(cont.loc[cont["tick"] == 10, "alpha"])
     path = charts.path_vs_line_figure(m, base, marker=20)
     assert path.data[0].x[0] == 0 and path.data[0].x[-1] == 1
     for fig in (charts.accuracy_figure(m), charts.test_figure(m), charts.continuity_figure(m)):

@@ -166,10 +166,11 @@ def kill_and_resume(digits_modes, root: Path):
     """One run killed at five moments and resumed after each; an uninterrupted reference beside it."""
     env = cli_env(root / "home")
     out, reference = root / "run", root / "reference"
-    args = connect_args(digits_modes, out, "--ticks", TICKS, "--seed", 3, "--set", "checkpoint_every=4",
+    args = connect_args(digits_modes, out, "--ticks", TICKS, "--seed", 3, "--set", "continuity.every=1",
+                        "--set", "checkpoint_every=4",
                         "--set", "save_every=4")
     resume_args = connect_args(digits_modes, out, "--resume")
-    ref_args = connect_args(digits_modes, reference, "--ticks", TICKS, "--seed", 3,
+    ref_args = connect_args(digits_modes, reference, "--ticks", TICKS, "--seed", 3, "--set", "continuity.every=1",
                             "--set", "checkpoint_every=4", "--set", "save_every=4", "--device", "auto")
     rng = random.Random(5)
     late = 26 + rng.randrange(4)
@@ -259,7 +260,8 @@ def fail_and_recover(digits_modes, root: Path):
     readonly.mkdir()
     readonly.chmod(0o555)
     # 200 continuity points per tick make continuity.csv grow by about 9 kB a tick.
-    full_args = connect_args(digits_modes, full, "--ticks", 12, "--set", "checkpoint_every=3",
+    full_args = connect_args(digits_modes, full, "--ticks", 12, "--set", "continuity.every=1",
+                             "--set", "checkpoint_every=3",
                              "--set", "save_every=2", "--set", "continuity.points=200")
     resume_args = connect_args(digits_modes, full, "--resume")
     commands = {
