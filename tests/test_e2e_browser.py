@@ -1,6 +1,7 @@
 """End to end: a real `streamlit run` server and Debian's chromium through Playwright.
 
-Home → "Run the demo" → the live view updates while the search runs and reports it finished →
+Home → "Run the demo" → the live view updates while the search runs, Pause and Resume work, a second
+session re-attaches, and the view reports the run finished →
 Explore shows the path. Screenshots and the timing go to test-artifacts/ (look at them).
 """
 import os
@@ -69,22 +70,33 @@ def test_demo_in_the_browser(server):
         t0 = time.time()
         page.get_by_role("button", name="Run the demo").click()
         page.wait_for_url("**/runs?run=demo-*", timeout=30_000)
-        updates, finished = [], None
+        # Pause as soon as the search exists (the digits demo runs 300 ticks in a few seconds): the run
+        # checkpoints and says so, a second browser session re-attaches to the job, and Resume continues.
+        pause = page.get_by_role("button", name="Pause")
+        deadline = time.time() + 120
+        while not (pause.count() and pause.is_enabled()):
+            assert time.time() < deadline, "the Pause button never became enabled"
+            time.sleep(0.1)
+        pause.click()
+        page.get_by_text("status paused", exact=False).first.wait_for(timeout=60_000)
+        page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+        page.screenshot(path=ARTIFACTS / "e2e-2-live-paused.png", full_page=True)
+        second_tab_sees_the_run(browser, page.url)
+        updates = [page.get_by_text("last tick", exact=False).first.inner_text()]
+        page.get_by_role("button", name="Resume").click()
+        finished = None
         while time.time() - t0 < 300:
             status = page.get_by_text("last tick", exact=False)
             if status.count() and page.locator(".js-plotly-plot").count():
                 text = status.first.inner_text()
-                if not updates or updates[-1] != text:
+                if updates[-1] != text:
                     updates.append(text)
-                    if len(updates) == 2:
-                        page.screenshot(path=ARTIFACTS / "e2e-2-live-running.png", full_page=True)
-                        second_tab_sees_the_run(browser, page.url)
                 if "status finished" in text:
                     finished = time.time() - t0
                     break
             time.sleep(0.25)
         assert finished is not None, f"the demo did not finish; last states seen: {updates[-3:]}"
-        assert len(updates) >= 3, updates  # two live updates with charts before the finished one
+        assert "status paused" in updates[0] and len(updates) >= 3, updates  # paused, running, ..., finished
         assert page.get_by_text("tick 300 / 300", exact=False).count()
         page.screenshot(path=ARTIFACTS / "e2e-3-live-finished.png", full_page=True)
 
