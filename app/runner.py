@@ -77,7 +77,7 @@ class Job:
     modes: list[Path] = field(default_factory=list)
     progress: Progress = field(default_factory=Progress)
     started: float = field(default_factory=time.time)
-    _recent: deque = field(default_factory=lambda: deque(maxlen=30), repr=False)  # (time, tick, iterations)
+    _recent: deque = field(default_factory=lambda: deque(maxlen=30), repr=False)  # (wall_s, tick, iterations)
 
     @property
     def live(self) -> bool:
@@ -259,9 +259,9 @@ class Registry:
                 raise RuntimeError(f"the search process ended without a word (exit code {process.exitcode}); "
                                    f"resume the run from its checkpoint") from None
             if kind == "tick":
-                tick, total, iterations, phase = item
-                with self._lock:
-                    job._recent.append((time.perf_counter(), tick, iterations))
+                tick, total, iterations, phase, wall_s = item
+                with self._lock:  # the search's own clock: queued events may arrive in bursts
+                    job._recent.append((wall_s, tick, iterations))
                     job.progress = _rate(job._recent, tick, total)
                     job.message = f"tick {tick} of {total} ({phase})"
             elif kind == "failed":
@@ -292,7 +292,8 @@ def _search_process(start, end, cfg, run_dir, resume, data_root, stop, pause, ev
     torch.set_num_threads(SEARCH_THREADS)
 
     def on_tick(event: TickEvent) -> None:
-        events.put(("tick", event.tick, event.total_ticks, event.metrics.get("iterations") or 0, event.phase))
+        events.put(("tick", event.tick, event.total_ticks, event.metrics.get("iterations") or 0, event.phase,
+                    event.metrics["wall_s"]))
 
     try:
         run = run_search(start, end, cfg, run_dir, on_tick=on_tick, stop_event=stop, pause_event=pause,

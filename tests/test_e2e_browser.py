@@ -73,12 +73,12 @@ def test_demo_in_the_browser(server):
         # Pause as soon as the search exists (the digits demo runs 300 ticks in a few seconds): the run
         # checkpoints and says so, a second browser session re-attaches to the job, and Resume continues.
         pause = page.get_by_role("button", name="Pause")
-        deadline = time.time() + 120
+        deadline = time.time() + 240  # generous: CI machines can be slow to start the search process
         while not (pause.count() and pause.is_enabled()):
             assert time.time() < deadline, "the Pause button never became enabled"
             time.sleep(0.1)
         pause.click()
-        page.get_by_text("status paused", exact=False).first.wait_for(timeout=60_000)
+        page.get_by_text("status paused", exact=False).first.wait_for(timeout=240_000)
         page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
         page.screenshot(path=ARTIFACTS / "e2e-2-live-paused.png", full_page=True)
         second_tab_sees_the_run(browser, page.url)

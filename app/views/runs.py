@@ -98,7 +98,8 @@ def live_view() -> None:
     progress = job.progress if job and job.progress.total else folder_progress(run)
     speed = (f"{progress.ticks_per_s:.1f} ticks/s · {progress.iterations_per_s:.0f} SGD steps/s"
              if progress.ticks_per_s else "measuring speed")
-    eta = f" · ETA {progress.eta_s:.0f} s" if LIVE and progress.eta_s is not None else ""
+    running = (job.status if job and job.live else run.status) == "running"
+    eta = f" · ETA {progress.eta_s:.0f} s" if running and progress.eta_s is not None else ""
     st.progress(progress.fraction, text=f"tick {progress.tick} / {progress.total} · {speed}{eta}")
     if job is None and run.status == "running":
         st.caption("Not started from this dashboard: following its run folder.")
