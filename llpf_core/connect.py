@@ -238,6 +238,7 @@ class _Search:
         self.unit_names: list[str] = []  # the moved layers, unit after unit
         self.unit_of = torch.zeros(0, dtype=torch.long, device=self.device)  # unit of each of them
         self.c_len = torch.zeros(0, device=self.device)
+        self.fraction_only = False  # the phase moves by step_a alone (no step_f, step_c or clamp at work)
         self.optimizer: torch.optim.Optimizer | None = None
         self.stream: BatchStream | None = None
         self.dist0 = 1.0
@@ -333,14 +334,7 @@ class _Search:
         """One tick: move, correct, (M2O: set learning rates), train, correct."""
         cfg = self.cfg
         with torch.no_grad():
-            xs = self._unit_xs
-            active = None
-            if stage.kind == "m2o" and stage.to_sphere:  # decision 6: a layer on the end's sphere stops
-                below = torch.stack([variance(x) for x in xs]) <= self.target_var[self._unit_index]
-                active = torch.zeros(len(self.units), device=self.device).index_add_(
-                    0, self.unit_of, (~below).float()) > 0
-            move_(xs, self._destination(stage.kind, xs), phase.step_a, phase.step_f, self.c_len,
-                  cfg.clamp_step, self.unit_of, active)
+            self._move(stage, phase)
             if stage.kind == "m2m":
                 self._correct_variance()
             if stage.kind == "m2o":
@@ -356,6 +350,21 @@ class _Search:
             with torch.no_grad():
                 self._correct_variance()
         return training
+
+    def _move(self, stage: _Stage, phase: Phase) -> None:
+        """Move the phase's layers a step toward their destination (M2O: only layers not yet on the
+        end's sphere, decision 6)."""
+        xs = self._unit_xs
+        if self.fraction_only:  # L = step_a ||d|| in every unit: the move is one fused lerp
+            torch._foreach_lerp_(xs, self._destination(stage.kind, xs), phase.step_a)
+            return
+        active = None
+        if stage.kind == "m2o" and stage.to_sphere:
+            below = torch.stack([variance(x) for x in xs]) <= self.target_var[self._unit_index]
+            active = torch.zeros(len(self.units), device=self.device).index_add_(
+                0, self.unit_of, (~below).float()) > 0
+        move_(xs, self._destination(stage.kind, xs), phase.step_a, phase.step_f, self.c_len,
+              self.cfg.clamp_step, self.unit_of, active)
 
     # --- stage and phase set-up -----------------------------------------------------------------
 
@@ -419,6 +428,8 @@ class _Search:
                                     device=self.device)
         self._unit_xs = [self.xs[self.index[n]] for n in self.unit_names]
         self._unit_ends = None if self.end is None else [self.end[self.index[n]] for n in self.unit_names]
+        self.fraction_only = stage.kind in ("m2m", "to_vs") and not phase.step_f and not phase.step_c and (
+            phase.step_a <= 1 or not self.cfg.clamp_step)
         if c_len is not None:
             self.c_len = c_len
         elif phase.step_c and stage.kind == "m2m":

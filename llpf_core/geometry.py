@@ -32,11 +32,13 @@ def correct_variance_(xs: list[torch.Tensor], targets: list[torch.Tensor] | torc
     else:
         targets = torch.stack([targets[i] for i in keep])
     xs = [xs[i] for i in keep]
-    var_mean = [torch.var_mean(x) for x in xs]
-    means = [m for _, m in var_mean]
-    ks = variance_factor(torch.stack([v for v, _ in var_mean]), targets, eps)
+    # Two passes, as torch.var does, but from cheap sums and one fused norm: on a CPU, var_mean costs
+    # ten times a sum, and this runs twice a tick.
+    sizes = torch.tensor([x.numel() for x in xs], dtype=torch.float32, device=targets.device)
+    means = list((torch.stack([x.sum() for x in xs]).float() / sizes).unbind())
     torch._foreach_sub_(xs, means)
-    torch._foreach_mul_(xs, list(ks.unbind()))
+    var = torch.stack(torch._foreach_norm(xs)).float().square() / (sizes - 1)
+    torch._foreach_mul_(xs, list(variance_factor(var, targets, eps).unbind()))
     torch._foreach_add_(xs, means)
 
 

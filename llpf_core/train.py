@@ -74,19 +74,20 @@ def train_until(model: nn.Module, optimizer: torch.optim.Optimizer, stream: Batc
                 spec: TrainSpec, dtype: str = "float32") -> TickTraining:
     """Train all parameters until ``should_stop`` (llpf-algorithm.md 1.2 step 7).
 
-    The batch losses stay on the device. The host reads them only when the stop rule can fire: once
-    for the first ``min_iters`` iterations as a block, then one per iteration. On CUDA each loss is
-    copied to pinned memory right after its forward pass and read after the backward pass and the
-    update are queued, so the GPU never waits for the host.
+    Nothing on the hot path waits for the device or adds work per step beyond the bare SGD step:
+    - the batch losses stay on the device and the host reads them only when the stop rule can fire:
+      once for the first ``min_iters`` iterations as a block, then one per iteration. On CUDA each
+      loss is copied to pinned memory right after its forward pass and read after the backward pass
+      and the update are queued, so the GPU never waits for the host;
+    - the accuracy is counted from the kept outputs in blocks of ``ACCURACY_BLOCK`` iterations.
     """
-    model.train()
-    device = stream.data.device
-    cuda = device.type == "cuda"
+    if not model.training:
+        model.train()
+    cuda = stream.data.device.type == "cuda"
     window: deque[float] = deque(maxlen=spec.min_iters)  # the rolling window
     pending: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []  # losses not read yet
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    seen = 0
-    iteration = 0
+    outputs: list[tuple[torch.Tensor, torch.Tensor]] = []  # (logits, labels) not counted yet
+    correct = seen = iteration = 0
     while True:
         iteration += 1
         x, y = stream.next()
@@ -102,14 +103,14 @@ def train_until(model: nn.Module, optimizer: torch.optim.Optimizer, stream: Batc
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        correct += (out.argmax(1) == y).sum()
-        seen += len(y)
+        outputs.append((out.detach(), y))
+        if len(outputs) == ACCURACY_BLOCK:
+            correct = _count_correct(outputs) + correct  # stays on the device
+            seen += sum(len(y) for _, y in outputs)
+            outputs.clear()
         if iteration < spec.min_iters:
             continue  # the stop rule cannot fire yet: nothing to read
-        if pending[-1][1] is not None:
-            pending[-1][1].synchronize()  # stream order: every earlier copy is done too
-        values = torch.stack([value for value, _ in pending]).tolist()
-        pending.clear()
+        values = _read_losses(pending)
         for i, value in enumerate(values, iteration - len(values) + 1):
             if not math.isfinite(value):
                 lr = optimizer.param_groups[0]["lr"]
@@ -117,7 +118,28 @@ def train_until(model: nn.Module, optimizer: torch.optim.Optimizer, stream: Batc
                                        f"lr {lr:g}); lower the learning rate (train.lr)")
         window.extend(values)
         if should_stop(iteration, sum(window) / len(window), spec):
-            return TickTraining(sum(window) / len(window), correct.item() / seen, iteration)
+            seen += sum(len(y) for _, y in outputs)
+            correct = int(_count_correct(outputs) + correct)
+            return TickTraining(sum(window) / len(window), correct / seen, iteration)
+
+
+ACCURACY_BLOCK = 64  # iterations whose outputs are kept before their correct predictions are counted
+
+
+def _count_correct(outputs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor | int:
+    if not outputs:
+        return 0
+    logits, labels = zip(*outputs)
+    return (torch.cat(logits).argmax(1) == torch.cat(labels)).sum()
+
+
+def _read_losses(pending: list[tuple[torch.Tensor, torch.cuda.Event | None]]) -> list[float]:
+    """The pending losses as floats, in one read; empties ``pending``."""
+    if pending[-1][1] is not None:
+        pending[-1][1].synchronize()  # stream order: every earlier copy is done too
+    values = [pending[0][0].item()] if len(pending) == 1 else torch.stack([v for v, _ in pending]).tolist()
+    pending.clear()
+    return values
 
 
 # --- mode training -----------------------------------------------------------------------------

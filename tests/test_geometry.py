@@ -110,3 +110,47 @@ def test_rolling_window_stop_rule():
     assert not should_stop(3, 0.6, spec)
     assert not should_stop(9, 5.0, spec)
     assert should_stop(10, 5.0, spec)      # max_iters
+
+
+def test_a_step_a_only_move_is_a_lerp():
+    """The search moves by one fused lerp when only step_a is set: the same point as move_."""
+    xs, ys = [torch.randn(5, 4), torch.randn(4)], [torch.randn(5, 4), torch.randn(4)]
+    lerped = [x.clone() for x in xs]
+    move_(xs, ys, 0.02, 0.0, 0.0, True, torch.tensor([0, 0]))
+    torch._foreach_lerp_(lerped, ys, 0.02)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(xs, lerped))
+
+
+def test_train_until_matches_a_plain_loop():
+    """Rolling loss, accuracy over every iteration (read in blocks) and the stop iteration are those of
+    a plain loop that reads every loss and counts every batch at once."""
+    from llpf_core.data import load_dataset
+    from llpf_core.registry import build_model
+    from llpf_core.train import ACCURACY_BLOCK, BatchStream, train_until
+
+    data = load_dataset("digits")
+    spec = TrainSpec(lr=0.05, batch_size=32, loss_threshold=0.0, min_iters=5, max_iters=ACCURACY_BLOCK + 6)
+
+    def setup():
+        torch.manual_seed(0)
+        model = build_model("mlp", **data.model_kwargs())
+        return model, torch.optim.SGD(model.parameters(), lr=spec.lr), BatchStream(
+            data, spec.batch_size, torch.Generator().manual_seed(1))
+
+    model, optimizer, stream = setup()
+    result = train_until(model, optimizer, stream, spec)
+    model, optimizer, stream = setup()
+    losses, correct, seen = [], 0, 0
+    for _ in range(spec.max_iters):
+        x, y = stream.next()
+        out = model(x)
+        loss = torch.nn.functional.cross_entropy(out, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        correct += int((out.argmax(1) == y).sum())
+        seen += len(y)
+    assert result.iterations == spec.max_iters
+    assert result.loss_rolling == pytest.approx(sum(losses[-5:]) / 5, rel=1e-6)
+    assert result.acc_rolling == pytest.approx(correct / seen, rel=1e-9)
