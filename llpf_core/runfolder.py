@@ -1,13 +1,15 @@
 """Run folders (design.md section 4): writing them crash-safely, and reading them back.
 
 run.json and every safetensors file are replaced atomically (temp file, fsync, rename). CSV rows
-are appended and flushed one tick at a time; on resume, rows after the checkpoint's tick are cut off,
-so every tick appears exactly once. A failed read or write (disk full, no permission) is a one-line
+are appended in whole lines, written out at most ``FLUSH_S`` seconds after they were added and
+always before a checkpoint, a status change or the end; on resume, rows after the checkpoint's tick
+are cut off, so every tick appears exactly once. A failed read or write (disk full, no permission) is a one-line
 ``UserError`` naming the path.
 """
-import csv
+import io
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,8 @@ LAYERS_COLUMNS = ["tick", "layer", "distance", "distance_rel", "variance", "vari
 CONTINUITY_COLUMNS = ["tick", "alpha", "loss", "acc"]
 BASELINE_COLUMNS = ["alpha", "train_loss", "train_acc", "test_loss", "test_acc"]
 TABLES = {"metrics": METRICS_COLUMNS, "layers": LAYERS_COLUMNS, "continuity": CONTINUITY_COLUMNS}
+FLUSH_S = 0.5  # rows wait at most this long in memory: live readers lag by no more, and fast runs
+#               don't pay a write per tick
 
 
 class RunWriter:
@@ -37,6 +41,8 @@ class RunWriter:
         self.path = Path(path)
         self.info: dict = {}
         self._files: dict[str, object] = {}
+        self._rows: dict[str, list[str]] = {table: [] for table in TABLES}  # formatted, not written yet
+        self._written = time.monotonic()
 
     # run.json
     def create(self, info: dict) -> None:
@@ -57,27 +63,40 @@ class RunWriter:
                 raise os_error(e, "delete", tmp) from None
 
     def update(self, **fields) -> None:
+        self.flush()  # a reader that sees the new status sees every row before it
         self.info.update(fields, updated=now_iso())
         write_json(self.path / "run.json", self.info)
 
     # CSV tables
     def append(self, table: str, rows: list[dict]) -> None:
-        if not rows:
-            return
-        path = self.path / f"{table}.csv"
-        try:
-            f = self._files.get(table)
-            if f is None:
-                new = not path.exists() or path.stat().st_size == 0
-                f = self._files[table] = open(path, "a", newline="")
-                if new:
-                    f.write(",".join(TABLES[table]) + "\n")
-            writer = csv.DictWriter(f, TABLES[table], extrasaction="ignore")
-            writer.writerows({k: _fmt(v) for k, v in row.items()} for row in rows)
-            f.flush()
-        except OSError as e:
-            self._discard(table)  # a torn last row is cut off by the next resume
-            raise os_error(e, "append to", path) from None
+        if rows:
+            columns = TABLES[table]
+            self._rows[table].extend(",".join(_fmt(row.get(c)) for c in columns) + "\n" for row in rows)
+        if time.monotonic() - self._written >= FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the rows waiting in memory, whole lines in one write per table."""
+        self._written = time.monotonic()
+        for table, lines in self._rows.items():
+            if not lines:
+                continue
+            path = self.path / f"{table}.csv"
+            try:
+                f = self._files.get(table)
+                if f is None:
+                    new = not path.exists() or path.stat().st_size == 0
+                    f = self._files[table] = open(path, "a", newline="")
+                    if new:
+                        lines.insert(0, ",".join(TABLES[table]) + "\n")
+                f.write("".join(lines))
+                f.flush()
+            except OSError as e:
+                self._discard(table)  # a torn last row is cut off by the next resume
+                for rows in self._rows.values():  # the run fails here; a resume redoes these ticks
+                    rows.clear()
+                raise os_error(e, "append to", path) from None
+            lines.clear()
 
     def truncate_after(self, tick: int) -> None:
         """Drop CSV rows of ticks after ``tick`` (written after the checkpoint a resume starts from)."""
@@ -112,6 +131,7 @@ class RunWriter:
     def save_checkpoint(self, tensors: dict[str, torch.Tensor], info: dict) -> None:
         """The safetensors file is the truth (its metadata holds ``info``); checkpoint.json mirrors it
         for people, so a kill between the two writes cannot pair a state with the wrong tick."""
+        self.flush()
         for table, f in self._files.items():  # rows up to this tick are on disk before the checkpoint is
             try:
                 os.fsync(f.fileno())
@@ -128,12 +148,15 @@ class RunWriter:
         return tensors, json.loads(meta["llpf.checkpoint"])
 
     def close(self) -> None:
-        for table in list(self._files):
-            self._discard(table)
+        try:
+            self.flush()
+        finally:
+            for table in list(self._files):
+                self._discard(table)
 
     def _discard(self, table: str) -> None:
         """Close a CSV file, ignoring a failing close: every row was flushed, or reported as failed,
-        when it was appended, so nothing is lost, and an error being raised is not masked."""
+        when it was written, so nothing is lost, and an error being raised is not masked."""
         f = self._files.pop(table, None)
         if f is not None:
             try:
@@ -142,12 +165,14 @@ class RunWriter:
                 pass
 
 
-def _fmt(v):
+def _fmt(v) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
         return repr(v)
-    return v
+    if isinstance(v, str) and any(c in v for c in ',"\n\r'):
+        return '"' + v.replace('"', '""') + '"'  # CSV quoting (layer names never need it, but to be safe)
+    return str(v)
 
 
 def _row_tick(line: str) -> int:
@@ -193,9 +218,14 @@ class Run:
 
     def _table(self, name: str, columns: list[str]) -> pd.DataFrame:
         path = self.path / f"{name}.csv"
-        if not path.exists() or path.stat().st_size == 0:
+        try:
+            text = path.read_text() if path.exists() else ""
+        except OSError as e:
+            raise os_error(e, "read", path) from None
+        text = text[:text.rfind("\n") + 1]  # a line being written right now is not a row yet
+        if not text:
             return pd.DataFrame(columns=columns)
-        return pd.read_csv(path)
+        return pd.read_csv(io.StringIO(text))
 
     @property
     def metrics(self) -> pd.DataFrame:
