@@ -79,8 +79,8 @@ LIVE = is_live()
 
 
 @st.fragment(run_every=state.REFRESH_S if LIVE else None)
-def live_view() -> None:
-    """Redrawn about once a second while the run is live; a full rerun when it ends stops that."""
+def live_status() -> None:
+    """Controls and progress, every REFRESH_S while the run is live; a full rerun when it ends stops that."""
     if LIVE and not is_live():
         st.rerun()
     job = registry.get(name)
@@ -94,7 +94,6 @@ def live_view() -> None:
     error = (job.error if job else None) or run.error
     if error:
         st.error(f"The run failed: {error}")
-    metrics = state.table(run, "metrics")
     progress = job.progress if job and job.progress.total else folder_progress(run)
     speed = (f"{progress.ticks_per_s:.1f} ticks/s · {progress.iterations_per_s:.0f} SGD steps/s"
              if progress.ticks_per_s else "measuring speed")
@@ -103,6 +102,15 @@ def live_view() -> None:
     st.progress(progress.fraction, text=f"tick {progress.tick} / {progress.total} · {speed}{eta}")
     if job is None and run.status == "running":
         st.caption("Not started from this dashboard: following its run folder.")
+
+
+@st.fragment(run_every=state.CHART_REFRESH_S if LIVE else None)
+def live_charts() -> None:
+    """The run's charts, redrawn every CHART_REFRESH_S while it is live."""
+    if not (run_dir / "run.json").exists():
+        return
+    run = state.read_run(run_dir)
+    metrics = state.table(run, "metrics")
     if not len(metrics):
         return
     view = st.segmented_control("Charts", VIEWS, default=VIEWS[0], key="live_view") or VIEWS[0]
@@ -128,7 +136,9 @@ def live_view() -> None:
                 if metrics["continuity_max_loss"].notna().any() else int(ticks[-1])
             tick = st.select_slider("Drill into tick", ticks, value=worst, key="cont_tick")
             st.plotly_chart(charts.continuity_detail_figure(continuity, int(tick)), key="c_cont_detail")
-    st.caption(f"last tick {int(metrics['tick'].iloc[-1])} · status {run.status}")
+    st.caption(f"last tick {int(metrics['tick'].iloc[-1])} · status {run.status}"
+               + (f" · charts redraw every {state.CHART_REFRESH_S:g} s while the run is live" if LIVE else ""))
 
 
-live_view()
+live_status()
+live_charts()
