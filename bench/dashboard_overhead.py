@@ -1,15 +1,23 @@
-"""How much a watching dashboard slows a search: the demo's search with and without a browser on it.
+"""How much a watching dashboard slows a search, and how long the demo takes in the browser.
 
-    python bench/dashboard_overhead.py [--repeats 3]
+    python bench/dashboard_overhead.py [--repeats 3] [--window 15] [--no-demo]
 
-(a) without: the dashboard's job registry runs the demo in this process, nobody watching;
-(b) with: a real `streamlit run` server, Debian's chromium (Playwright) clicks "Run the demo" and stays
-    on the live view, which redraws once a second, until the run finishes.
-Both measure the search's SGD steps/s from its run folder (iterations / wall_s, training of the modes
-excluded) and print the medians and the ratio b/a. (b) also gives the click-to-finished time.
+A real `streamlit run` server; Debian's chromium (Playwright) starts a LeNet-5 Fashion-MNIST search
+(its preset: minutes long, like the runs people watch) from the Search page. While it runs, the browser
+alternates between the run's live view (progress every second, charts every few seconds) and a blank
+page, --window seconds each, starting and ending blank: U W U W U W U. The search's SGD steps/s in each
+window come from its metrics.csv (its own clock), leaving out the first 2 s after each switch and the
+ticks that evaluated or checked continuity (their number per window varies). Each
+watched window is compared with the mean of the blank windows on either side, which cancels the slow
+drift of a shared machine; the median of those ratios is the figure. The CPU that the server and the
+browser used while watching is printed as a share of one core (from /proc).
+
+The demo (unless --no-demo): click "Run the demo" on Home and wait for "finished"; the click-to-finished
+time includes training the two digits MLPs in a fresh workspace.
 """
 import argparse
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -17,37 +25,74 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "app")]
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from playwright.sync_api import sync_playwright  # noqa: E402
-from runner import Registry  # noqa: E402
+from search_overhead import CASES, make_modes  # noqa: E402
 
 from llpf_core import load_run  # noqa: E402
+from llpf_core.device import resolve_device  # noqa: E402
+from llpf_core.workspace import workspace_dir  # noqa: E402
+
+CASE = CASES["lenet5-fashion-mnist-m2m"]
 
 
-def steps_per_s(run_dir: Path) -> float:
+def search_clock(run_dir: Path) -> float:
+    """The search's own clock (wall_s) at its last tick written to metrics.csv."""
+    return float(load_run(run_dir).metrics["wall_s"].iloc[-1])
+
+
+def steps_per_s(run_dir: Path, since: float, until: float) -> float:
+    """SGD steps/s of the ticks that ended in (since, until] on the search's clock. Ticks that also
+    evaluated or checked continuity are left out: a window with one more of them than the next would
+    otherwise look slower."""
     m = load_run(run_dir).metrics
-    return float(m["iterations"].sum() / m["wall_s"].iloc[-1])
+    m = m.assign(seconds=m["wall_s"].diff())
+    m = m[(m["wall_s"] > since) & (m["wall_s"] <= until) & m["train_loss"].isna() & m["continuity_max_loss"].isna()]
+    return float(m["iterations"].sum() / m["seconds"].sum())
 
 
-def without_dashboard(workspace: Path) -> float:
-    registry = Registry()
-    job = registry.start_demo(workspace)
-    job = registry.wait(job.name)
-    assert job.status == "finished", job
-    return steps_per_s(job.run_dir)
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes, from /proc (0 for processes that are gone)."""
+    total, tick = 0, os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
-def with_dashboard(workspace: Path) -> tuple[float, float]:
+def descendants(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return children + [d for c in children for d in descendants(c)]
+
+
+def modes_in(workspace: Path) -> list[Path]:
+    (workspace / "modes").mkdir(parents=True)
+    sources = make_modes(CASE, resolve_device("cpu"), workspace_dir() / "bench-modes")
+    return [Path(shutil.copy(s, workspace / "modes" / f"{CASE.model}-{CASE.dataset}-{s.name}")) for s in sources]
+
+
+@contextmanager
+def server(workspace: Path):
+    """A `streamlit run app/Home.py` server on a free port, as the README starts it; yields (url, pid)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/Home.py", "--server.port", str(port),
-                               "--server.headless", "true"], cwd=REPO, env={**os.environ, "LLPF_HOME": str(workspace)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/Home.py", "--server.port", str(port)],
+                               cwd=REPO, env={**os.environ, "LLPF_HOME": str(workspace)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(180):
@@ -56,38 +101,86 @@ def with_dashboard(workspace: Path) -> tuple[float, float]:
                 break
             except OSError:
                 time.sleep(0.5)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium")
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
-            t0 = time.time()
-            page.get_by_role("button", name="Run the demo").click()
-            page.get_by_text("status finished", exact=False).wait_for(timeout=600_000)
-            elapsed = time.time() - t0
-            browser.close()
+        yield url, process.pid
     finally:
-        server.terminate()
-        server.wait(30)
-    run_dir = next((workspace / "runs").glob("demo-*"))
-    return steps_per_s(run_dir), elapsed
+        process.terminate()
+        process.wait(30)
+
+
+def watched_and_blank(workspace: Path, window: float, pairs: int = 3) -> tuple[list[float], float, float]:
+    """Ratios watched/blank of the search's steps/s, and the server's and the browser's CPU use (cores)
+    while watching."""
+    modes_in(workspace)
+    with server(workspace) as (url, server_pid), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium")
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/search")
+        page.get_by_role("button", name="Start search").click()
+        page.wait_for_url("**/runs?run=*", timeout=60_000)
+        live_url = page.url
+        page.get_by_text("SGD steps/s", exact=False).wait_for(timeout=120_000)
+        run_dir = next((workspace / "runs").iterdir())
+        # /proc counts each process on its own: the server's figure leaves out its search child
+        server_side = {server_pid, *descendants(server_pid)}
+        browser_pids = [q for q in descendants(os.getpid()) if q not in server_side]  # Playwright, chromium
+        rates, cpu = {"blank": [], "watched": []}, [0.0, 0.0, 0.0]
+        for kind in ["blank", "watched"] * pairs + ["blank"]:
+            if kind == "watched":
+                page.goto(live_url)
+            else:
+                page.goto("about:blank")
+            time.sleep(2)  # page load or teardown
+            w0, c0 = search_clock(run_dir), (cpu_seconds([server_pid]), cpu_seconds(browser_pids), time.time())
+            time.sleep(window)
+            w1, c1 = search_clock(run_dir), (cpu_seconds([server_pid]), cpu_seconds(browser_pids), time.time())
+            rates[kind].append(steps_per_s(run_dir, w0, w1))
+            if kind == "watched":
+                cpu = [a + b1 - b0 for a, b0, b1 in zip(cpu, c0, c1)]
+        page.goto(live_url)
+        page.get_by_role("button", name="Stop").click()
+        page.get_by_text("status stopped", exact=False).wait_for(timeout=120_000)
+        browser.close()
+    blank, watched = rates["blank"], rates["watched"]
+    ratios = [w / ((blank[i] + blank[i + 1]) / 2) for i, w in enumerate(watched)]
+    return ratios, cpu[0] / cpu[2], cpu[1] / cpu[2]
+
+
+def demo_in_browser(workspace: Path) -> float:
+    """Seconds from the click on "Run the demo" to the live view's "finished"."""
+    with server(workspace) as (url, _), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium")
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        t0 = time.time()
+        page.get_by_role("button", name="Run the demo").click()
+        page.get_by_text("status finished", exact=False).wait_for(timeout=600_000)
+        elapsed = time.time() - t0
+        browser.close()
+    return elapsed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--window", type=float, default=15.0, help="seconds per watched or blank window")
+    parser.add_argument("--no-demo", action="store_true", help="skip the demo's click-to-finished time")
     args = parser.parse_args()
-    plain, watched, clicks = [], [], []
+    ratios, demos = [], []
     for i in range(args.repeats):
-        with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-            plain.append(without_dashboard(Path(a)))
-            rate, elapsed = with_dashboard(Path(b))
-            watched.append(rate)
-            clicks.append(elapsed)
-        print(f"repeat {i + 1}: without {plain[-1]:.0f} steps/s, with the dashboard open {watched[-1]:.0f} "
-              f"steps/s, click to finished {clicks[-1]:.1f} s", flush=True)
-    a, b = statistics.median(plain), statistics.median(watched)
-    print(f"\nmedian of {args.repeats}: search {a:.0f} SGD steps/s without the dashboard, {b:.0f} with it open "
-          f"(ratio {b / a:.2f}); demo click to finished in the browser {statistics.median(clicks):.1f} s")
+        with tempfile.TemporaryDirectory() as tmp:
+            pair_ratios, server_cores, browser_cores = watched_and_blank(Path(tmp), args.window)
+        ratios += pair_ratios
+        print(f"repeat {i + 1}: steps/s watched / blank = " + ", ".join(f"{r:.3f}" for r in pair_ratios)
+              + f"; while watching, the server used {server_cores:.2f} of a core and the browser {browser_cores:.2f}",
+              flush=True)
+        if not args.no_demo:
+            with tempfile.TemporaryDirectory() as tmp:
+                demos.append(demo_in_browser(Path(tmp)))
+            print(f"          demo, click to finished in the browser: {demos[-1]:.1f} s", flush=True)
+    print(f"\n{CASE.preset} search, steps/s with the live view open over steps/s with a blank page: median "
+          f"{statistics.median(ratios):.3f} over {len(ratios)} windows")
+    if demos:
+        print(f"demo click to finished in the browser: median {statistics.median(demos):.1f} s")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ For each case, in one process and one after the other (after a short warm-up of 
   (b) the search, with the preset's defaults (the overrides a case needs are printed with it);
   (a) the bare loop: the same model and starting weights, batch size, optimizer and data pipeline
       (augmented batches drawn the same way, the same autocast and memory format), for as many SGD steps
-      as the search took. It reads no loss until the end, so it never waits for the host.
+      as the search took, after it, and for ticks x min_iters steps (the search's least) before it. Its
+      rate counts both runs, so a machine that slows down or speeds up during the case biases neither side.
+      It reads no loss until the end, so it never waits for the host.
 The breakdown times the engine's own functions with light wrappers (each call is attributed to the
 outermost timed function, so the baseline inside set-up counts as set-up). On CUDA these are host
 times: work that was queued asynchronously is waited for, and counted, by the next function that reads a
@@ -85,12 +87,13 @@ DEFAULT_CASES = {"cpu": ["mlp-digits-m2m", "lenet5-fashion-mnist-m2m", "resnet18
 TIMED = {
     "set-up (data, models, tick 0, baseline)": [(connect._Search, "__init__"), (connect._Search, "_begin")],
     "train steps": [(connect, "train_until")],
-    "move and variance correction": [(connect, "move_"), (connect._Search, "_correct_variance")],
+    "move and variance correction": [(connect._Search, "_move"), (connect._Search, "_correct_variance")],
     "distances for the metrics row": [(connect._Search, "_layer_distances")],
     "evaluation (metrics, layers.csv)": [(Evaluator, "evaluate"), (connect._Search, "_layer_rows")],
     "continuity": [(Evaluator, "line")],
     "I/O (CSV, points, checkpoints, run.json)": [
-        (RunWriter, "append"), (RunWriter, "save_point"), (RunWriter, "save_checkpoint"), (RunWriter, "update")],
+        (RunWriter, "append"), (RunWriter, "flush"), (RunWriter, "save_point"), (RunWriter, "save_checkpoint"),
+        (RunWriter, "update")],
 }
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0}  # dense
 
@@ -197,6 +200,8 @@ def run_case(name: str, case: Case, device: torch.device, cache: Path, extra: li
     overrides = case.overrides.get(device.type, []) + extra
     cfg = apply_overrides(dataclasses.replace(load_preset(case.preset), device=str(device)), overrides)
     bare_loop(a, cfg, 20, device)  # warm-up (allocator, kernel selection); not counted
+    before_steps = cfg.ticks * cfg.train.min_iters  # the search's steps are known only after it: its minimum
+    before = bare_loop(a, cfg, before_steps, device)
     with tempfile.TemporaryDirectory() as tmp:
         timers = Timers()
         try:
@@ -208,9 +213,11 @@ def run_case(name: str, case: Case, device: torch.device, cache: Path, extra: li
         finally:
             timers.remove()
         steps = int(run.metrics["iterations"].sum())
-    bare = bare_loop(a, cfg, steps, device)
+    after = bare_loop(a, cfg, steps, device)
+    bare = (before_steps + steps) / (before_steps / before + steps / after)  # both runs' steps over their time
     setup = timers.seconds["set-up (data, models, tick 0, baseline)"]
-    result = {"case": name, "ticks": cfg.ticks, "steps": steps, "wall": wall, "bare": bare, "search": steps / wall,
+    result = {"case": name, "ticks": cfg.ticks, "steps": steps, "wall": wall, "bare": bare,
+              "bare_runs": (before, after), "search": steps / wall,
               "search_loop": steps / (wall - setup), "overrides": overrides,
               "parts": dict(timers.seconds), "calls": dict(timers.calls)}
     result["ratio"] = result["search"] / bare
@@ -223,7 +230,8 @@ def run_case(name: str, case: Case, device: torch.device, cache: Path, extra: li
 def report(r: dict, device: torch.device) -> None:
     print(f"\n{r['case']} on {device} ({torch.get_num_threads()} threads): {r['ticks']} ticks, {r['steps']} SGD "
           f"steps{', --set ' + ' '.join(r['overrides']) if r['overrides'] else ''}")
-    print(f"  (a) bare loop  {r['bare']:9.1f} steps/s")
+    print(f"  (a) bare loop  {r['bare']:9.1f} steps/s   (before the search {r['bare_runs'][0]:.1f}, "
+          f"after it {r['bare_runs'][1]:.1f})")
     print(f"  (b) search     {r['search']:9.1f} steps/s   ratio b/a = {r['ratio']:.3f}")
     print(f"      without set-up {r['search_loop']:9.1f} steps/s   ratio b/a = {r['ratio_loop']:.3f}")
     print(f"      {'breakdown of the search wall time':<42} {r['wall']:8.2f} s   calls   ms/call")
