@@ -20,10 +20,11 @@ from llpf_core import Mode, Run, UserError, load_mode, load_run, workspace_dir
 WORKSPACE = "workspace"  # the workspace folder of this session
 SELECTED_RUN = "selected_run"  # the run shown by the live view and Explore
 # While a search runs, its progress line updates every REFRESH_S and its charts every CHART_REFRESH_S.
-# Redrawing plotly charts costs the browser about 0.4 of a core at once a second, and on a small
-# machine every busy core slows the search (bench/dashboard_overhead.py), so charts redraw less often.
+# Redrawing the plotly charts is the browser's main cost while watching (0.3 of a core with a redraw
+# every 3 s, against 0.1 for the progress line every second), and on a small machine every busy core
+# slows the search (bench/dashboard_overhead.py), so charts redraw less often.
 REFRESH_S = 1.0
-CHART_REFRESH_S = 3.0
+CHART_REFRESH_S = 5.0
 
 
 @st.cache_resource

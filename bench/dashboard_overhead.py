@@ -137,7 +137,7 @@ def watched_and_blank(workspace: Path, window: float, pairs: int = 3) -> tuple[l
             if kind == "watched":
                 cpu = [a + b1 - b0 for a, b0, b1 in zip(cpu, c0, c1)]
         page.goto(live_url)
-        page.get_by_role("button", name="Stop").click()
+        page.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Stop").click()  # not the header one
         page.get_by_text("status stopped", exact=False).wait_for(timeout=120_000)
         browser.close()
     blank, watched = rates["blank"], rates["watched"]

@@ -70,6 +70,9 @@ class TickTraining:
     iterations: int
 
 
+ACCURACY_BLOCK = 64  # iterations whose outputs are kept before their correct predictions are counted
+
+
 def train_until(model: nn.Module, optimizer: torch.optim.Optimizer, stream: BatchStream,
                 spec: TrainSpec, dtype: str = "float32") -> TickTraining:
     """Train all parameters until ``should_stop`` (llpf-algorithm.md 1.2 step 7).
@@ -121,9 +124,6 @@ def train_until(model: nn.Module, optimizer: torch.optim.Optimizer, stream: Batc
             seen += sum(len(y) for _, y in outputs)
             correct = int(_count_correct(outputs) + correct)
             return TickTraining(sum(window) / len(window), correct / seen, iteration)
-
-
-ACCURACY_BLOCK = 64  # iterations whose outputs are kept before their correct predictions are counted
 
 
 def _count_correct(outputs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor | int:

@@ -26,10 +26,14 @@ if name != st.query_params.get("run"):
 run_dir = dirs[name]
 
 
+def current_status(job, run) -> str:
+    return job.status if job and job.live else (run.status if run else "starting")
+
+
 def controls(job, run) -> None:
     """Pause / Resume / Stop. Resume continues a paused job in place, or a stopped or failed run (also
-    one from the CLI) from its checkpoint in a new background job."""
-    status = job.status if job and job.live else (run.status if run else "starting")
+    one from the CLI) from its checkpoint in a new background job. Drawn on full reruns only: the live
+    status below asks for one when the status changes."""
     cols = st.columns([1, 1, 1, 5])
     try:
         if cols[0].button("Pause", key="pause", disabled=not (job and job.status == "running")):
@@ -48,7 +52,6 @@ def controls(job, run) -> None:
             st.rerun()
     except UserError as e:
         state.show_error(e)
-    cols[3].markdown(f"**Status:** `{status}`" + (f" · {job.message}" if job and job.message else ""))
 
 
 def phase_layers(run, metrics, layer_names: list[str]) -> list[str]:
@@ -76,29 +79,33 @@ def is_live() -> bool:
 
 
 LIVE = is_live()
+JOB = registry.get(name)
+RUN = state.read_run(run_dir) if (run_dir / "run.json").exists() else None
+STATUS = current_status(JOB, RUN)
+controls(JOB, RUN)
 
 
 @st.fragment(run_every=state.REFRESH_S if LIVE else None)
 def live_status() -> None:
-    """Controls and progress, every REFRESH_S while the run is live; a full rerun when it ends stops that."""
-    if LIVE and not is_live():
-        st.rerun()
+    """Status and progress, every REFRESH_S while the run is live. A new status (the buttons depend on
+    it) or the end of the run asks for a full rerun, which also stops this refresh."""
     job = registry.get(name)
     run = state.read_run(run_dir) if (run_dir / "run.json").exists() else None
+    status = current_status(job, run)
+    if status != STATUS or (LIVE and not is_live()):
+        st.rerun()
+    st.markdown(f"**Status:** `{status}`" + (f" · {job.message}" if job and job.message else ""))
     if run is None:
-        st.info(job.message if job else "waiting for the run folder")
         if job and job.error:
             st.error(job.error)
         return
-    controls(job, run)
     error = (job.error if job else None) or run.error
     if error:
         st.error(f"The run failed: {error}")
     progress = job.progress if job and job.progress.total else folder_progress(run)
     speed = (f"{progress.ticks_per_s:.1f} ticks/s · {progress.iterations_per_s:.0f} SGD steps/s"
              if progress.ticks_per_s else "measuring speed")
-    running = (job.status if job and job.live else run.status) == "running"
-    eta = f" · ETA {progress.eta_s:.0f} s" if running and progress.eta_s is not None else ""
+    eta = f" · ETA {progress.eta_s:.0f} s" if status == "running" and progress.eta_s is not None else ""
     st.progress(progress.fraction, text=f"tick {progress.tick} / {progress.total} · {speed}{eta}")
     if job is None and run.status == "running":
         st.caption("Not started from this dashboard: following its run folder.")
