@@ -101,7 +101,10 @@ def test_demo_in_the_browser(server):
         assert finished is not None, f"the demo did not finish; last states seen: {updates[-3:]}"
         ticks = [int(re.search(r"tick (\d+) / 300", u).group(1)) for u in updates]
         assert ticks == sorted(ticks) and any(ticks[0] < t < 300 for t in ticks), updates  # live while running
-        page.get_by_text("tick 300 / 300", exact=False).wait_for(timeout=30_000)  # the progress line catches up
+        # The run folder says finished a moment before the job does; then the buttons follow.
+        page.get_by_text("tick 300 / 300", exact=False).wait_for(timeout=30_000)
+        page.locator("code", has_text="finished").first.wait_for(timeout=30_000)
+        assert not page.get_by_role("button", name="Pause").is_enabled()
         page.screenshot(path=ARTIFACTS / "e2e-3-live-finished.png", full_page=True)
 
         page.get_by_role("link", name="Explore").click()
