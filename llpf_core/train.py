@@ -107,9 +107,9 @@ def train_until(model: nn.Module, optimizer: torch.optim.Optimizer, stream: Batc
         loss.backward()
         optimizer.step()
         outputs.append((out.detach(), y))
+        seen += len(y)
         if len(outputs) == ACCURACY_BLOCK:
             correct = _count_correct(outputs) + correct  # stays on the device
-            seen += sum(len(y) for _, y in outputs)
             outputs.clear()
         if iteration < spec.min_iters:
             continue  # the stop rule cannot fire yet: nothing to read
@@ -121,7 +121,6 @@ def train_until(model: nn.Module, optimizer: torch.optim.Optimizer, stream: Batc
                                        f"lr {lr:g}); lower the learning rate (train.lr)")
         window.extend(values)
         if should_stop(iteration, sum(window) / len(window), spec):
-            seen += sum(len(y) for _, y in outputs)
             correct = int(_count_correct(outputs) + correct)
             return TickTraining(sum(window) / len(window), correct / seen, iteration)
 

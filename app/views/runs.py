@@ -69,18 +69,19 @@ def phase_layers(run, metrics, layer_names: list[str]) -> list[str]:
         return layer_names
 
 
-def is_live() -> bool:
+def is_live(job, run) -> bool:
     """A job of this dashboard is going, or (a CLI run) the folder says it is running."""
-    job = registry.get(name)
     if job is not None:
         return job.live
-    run = state.read_run(run_dir) if (run_dir / "run.json").exists() else None
     return bool(run and run.status in ("running", "paused"))
 
 
-LIVE = is_live()
-JOB = registry.get(name)
-RUN = state.read_run(run_dir) if (run_dir / "run.json").exists() else None
+def read_job_and_run():
+    return registry.get(name), state.read_run(run_dir) if (run_dir / "run.json").exists() else None
+
+
+JOB, RUN = read_job_and_run()
+LIVE = is_live(JOB, RUN)
 STATUS = current_status(JOB, RUN)
 controls(JOB, RUN)
 
@@ -89,10 +90,9 @@ controls(JOB, RUN)
 def live_status() -> None:
     """Status and progress, every REFRESH_S while the run is live. A new status (the buttons depend on
     it) or the end of the run asks for a full rerun, which also stops this refresh."""
-    job = registry.get(name)
-    run = state.read_run(run_dir) if (run_dir / "run.json").exists() else None
+    job, run = read_job_and_run()
     status = current_status(job, run)
-    if status != STATUS or (LIVE and not is_live()):
+    if status != STATUS or (LIVE and not is_live(job, run)):
         st.rerun()
     st.markdown(f"**Status:** `{status}`" + (f" · {job.message}" if job and job.message else ""))
     if run is None:
