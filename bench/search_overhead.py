@@ -51,6 +51,7 @@ from llpf_core import (  # noqa: E402
 )
 from llpf_core.device import autocast, resolve_device  # noqa: E402
 from llpf_core.evaluate import Evaluator  # noqa: E402
+from llpf_core.geometry import VarianceCorrection  # noqa: E402
 from llpf_core.modefile import ModeMeta  # noqa: E402
 from llpf_core.runfolder import RunWriter  # noqa: E402
 from llpf_core.train import BatchStream, load_recipe, train_mode  # noqa: E402
@@ -87,7 +88,8 @@ DEFAULT_CASES = {"cpu": ["mlp-digits-m2m", "lenet5-fashion-mnist-m2m", "resnet18
 TIMED = {
     "set-up (data, models, tick 0, baseline)": [(connect._Search, "__init__"), (connect._Search, "_begin")],
     "train steps": [(connect, "train_until")],
-    "move and variance correction": [(connect._Search, "_move"), (connect._Search, "_correct_variance")],
+    "move and variance correction": [(connect._Search, "_move"), (connect._Search, "_variance_targets"),
+                                     (VarianceCorrection, "__call__")],
     "distances for the metrics row": [(connect._Search, "_layer_distances")],
     "evaluation (metrics, layers.csv)": [(Evaluator, "evaluate"), (connect._Search, "_layer_rows")],
     "continuity": [(Evaluator, "line")],

@@ -21,7 +21,7 @@ from .device import out_of_memory, resolve_device
 from .errors import UserError
 from .evaluate import Evaluator, fixed_subset
 from .flow import match_layers, norm_layer_names
-from .geometry import angle_conformal_lr, correct_variance_, distances, geodesic, move_, variance
+from .geometry import VarianceCorrection, angle_conformal_lr, distances, geodesic, move_, variance
 from .modefile import Mode, ModeMeta, load_mode, versions
 from .registry import build_model
 from .runfolder import Run, RunWriter, load_run, read_run_json
@@ -243,6 +243,8 @@ class _Search:
         self.stream: BatchStream | None = None
         self.dist0 = 1.0
         self.layer_dist0 = torch.ones(len(self.names), device=self.device)
+        self.dists = self.layer_dist0  # per-layer distances at the current point, as last logged
+        self.correction: VarianceCorrection | None = None  # of the phase's scope
         self.wall_offset = 0.0
         self.last_saved = -1
         self.last_row: dict = {}
@@ -334,9 +336,10 @@ class _Search:
         """One tick: move, correct, (M2O: set learning rates), train, correct."""
         cfg = self.cfg
         with torch.no_grad():
+            targets = self._variance_targets() if stage.kind == "m2m" else None
             self._move(stage, phase)
             if stage.kind == "m2m":
-                self._correct_variance()
+                self.correction(targets)
             if stage.kind == "m2o":
                 var_now = torch.stack([variance(x) for x in self.xs])
                 lrs = angle_conformal_lr(stage.train.lr, var_now, self.start_var.clamp_min(1e-30),
@@ -348,7 +351,7 @@ class _Search:
         training = train_until(self.model, self.optimizer, self.stream, stage.train, cfg.dtype)
         if stage.kind == "m2m":
             with torch.no_grad():
-                self._correct_variance()
+                self.correction(targets)
         return training
 
     def _move(self, stage: _Stage, phase: Phase) -> None:
@@ -428,6 +431,8 @@ class _Search:
                                     device=self.device)
         self._unit_xs = [self.xs[self.index[n]] for n in self.unit_names]
         self._unit_ends = None if self.end is None else [self.end[self.index[n]] for n in self.unit_names]
+        scope = self.xs if self.cfg.variance_scope == "all" else [self.xs[i] for i in self.moved_list]
+        self.correction = VarianceCorrection(scope, self.cfg.variance_eps)
         self.fraction_only = stage.kind in ("m2m", "to_vs") and not phase.step_f and not phase.step_c and (
             phase.step_a <= 1 or not self.cfg.clamp_step)
         if c_len is not None:
@@ -491,18 +496,18 @@ class _Search:
             self.sphere_checked = ((self.stage_index, self.tick), reached)
         return self.sphere_checked[1]
 
-    def _correct_variance(self) -> None:
+    def _variance_targets(self) -> torch.Tensor:
+        """This tick's variance targets for the layers in the correction's scope.
+
+        Decision 8 (``blend``): each layer's target moves from the start's variance to the end's in
+        proportion to the distance it has covered, as measured at the start of the tick; both of the
+        tick's corrections aim at the same sphere.
+        """
         targets = self.target_var
         if self.cfg.variance_target == "blend" and not self.stages[self.stage_index].variance_to_end:
-            # Decision 8: blend from the start's variance to the end's as the layer closes in on the
-            # end, so a path between modes on slightly different spheres can end on the end mode.
-            progress = (1 - self._layer_distances() / self.layer_dist0).clamp(0, 1)
+            progress = (1 - self.dists / self.layer_dist0).clamp_(0, 1)
             targets = torch.lerp(self.target_var, self.end_var, progress)
-        if self.cfg.variance_scope == "all":
-            correct_variance_(self.xs, targets, self.cfg.variance_eps)
-        else:
-            correct_variance_([self.xs[i] for i in self.moved_list], targets[self.moved_index],
-                              self.cfg.variance_eps)
+        return targets if self.cfg.variance_scope == "all" else targets[self.moved_index]
 
     # --- logging ---------------------------------------------------------------------------------
 
@@ -522,7 +527,7 @@ class _Search:
         stage = self.stages[self.stage_index]
         phase = f"{stage.kind}:{max(self.phase_index, 0)}"
         with torch.no_grad():
-            dists = self._layer_distances()
+            dists = self.dists = self._layer_distances()
         distance = (dists.square() * self.tracked).sum().sqrt().item()
         row = {"tick": tick, "stage": stage.kind, "phase": phase,
                "iterations": training.iterations if training else 0,
@@ -609,6 +614,8 @@ class _Search:
         if info["phase_index"] >= 0:
             self._begin_phase(info["phase_index"], tensors["c_len"].to(self.device))
         self.dist0, self.layer_dist0 = info["dist0"], tensors["layer_dist0"].to(self.device)
+        with torch.no_grad():
+            self.dists = self._layer_distances()
         self.wall_offset = info["wall_s"]
         self.writer.truncate_after(self.tick)
         if (self.writer.path / "points" / f"{self.tick:06d}.safetensors").exists():
