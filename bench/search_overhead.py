@@ -3,13 +3,16 @@ search's wall time goes.
 
     python bench/search_overhead.py [--device cpu|cuda] [--case NAME ...] [--repeat N] [--set key=value]
 
-For each case, in one process and one after the other (after a short warm-up of the bare loop):
+For each case, in one process (after a short warm-up of the bare loop):
   (b) the search, with the preset's defaults (the overrides a case needs are printed with it);
   (a) the bare loop: the same model and starting weights, batch size, optimizer and data pipeline
       (augmented batches drawn the same way, the same autocast and memory format), for as many SGD steps
-      as the search took, after it, and for ticks x min_iters steps (the search's least) before it. Its
-      rate counts both runs, so a machine that slows down or speeds up during the case biases neither side.
-      It reads no loss until the end, so it never waits for the host.
+      as the search took. It takes turns with the search: whenever the search has run for
+      ``--window`` seconds (0.5 by default), its tick callback runs the bare loop for as many steps as
+      the search took in that window, and that time is taken off the search's wall time. This shared
+      machine's speed drifts by tens of percent within seconds, so a bare loop timed only before or after
+      the search compares the two at different speeds; in alternating windows both see the same machine.
+      The bare loop reads no loss until the end of each window, so it never waits for the host.
 The breakdown times the engine's own functions with light wrappers (each call is attributed to the
 outermost timed function, so the baseline inside set-up counts as set-up). On CUDA these are host
 times: work that was queued asynchronously is waited for, and counted, by the next function that reads a
@@ -70,9 +73,10 @@ class Case:
 ALL_LAYERS = 'phases=[{"start_tick": 0, "layers": ["*"], "step_a": 0.001}]'
 CASES = {
     "mlp-digits-m2m": Case("mlp", "digits", "mlp-digits-m2m", "mlp-digits", {}),
-    # 200 of the preset's 2,000 ticks: ten evaluations and continuity checks, two checkpoints, one point
+    # All of the preset's 2,000 ticks (about 10 minutes on a CPU); --set ticks=200 gives a quick look, where
+    # the one-off set-up (the 11-point baseline, about 3 s) weighs ten times more.
     "lenet5-fashion-mnist-m2m": Case("lenet5", "fashion-mnist", "lenet5-fashion-mnist-m2m", "lenet5-fashion-mnist",
-                                     {"cpu": ["ticks=200"], "cuda": ["ticks=200"]}),
+                                     {}),
     # Random labels never reach the loss threshold, so every tick is capped at min_iters = 20 steps: the
     # shortest tick the preset allows, where per-tick overhead weighs most. The preset's last phase (every
     # layer moves) from tick 0, since the bench runs far fewer ticks than its phases span. On a CPU: a
@@ -156,31 +160,63 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bare_loop(start: Path, cfg, steps: int, device: torch.device) -> float:
-    """Steps/s of plain SGD on the search's model, data pipeline and settings."""
-    mode = load_mode(start)
-    data = load_dataset(mode.meta.dataset).to(device)
-    model = build_model(mode.meta.model, **mode.meta.model_kwargs).to(device)
-    model.load_state_dict(mode.model.state_dict())
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr)
-    stream = BatchStream(data, cfg.train.batch_size, torch.Generator(device).manual_seed(cfg.seed),
-                         channels_last=cfg.channels_last)
-    model.train()
-    total = torch.zeros((), device=device)
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        x, y = stream.next()
-        with autocast(device, cfg.dtype):
-            loss = F.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.detach()
-    total.item()
-    return steps / (time.perf_counter() - t0)
+class BareLoop:
+    """Plain SGD on the search's model, data pipeline and settings, run a given number of steps at a time."""
+
+    def __init__(self, start: Path, cfg, device: torch.device):
+        mode = load_mode(start)
+        self.cfg, self.device = cfg, device
+        data = load_dataset(mode.meta.dataset).to(device)
+        self.model = build_model(mode.meta.model, **mode.meta.model_kwargs).to(device)
+        self.model.load_state_dict(mode.model.state_dict())
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.train.lr)
+        self.stream = BatchStream(data, cfg.train.batch_size, torch.Generator(device).manual_seed(cfg.seed),
+                                  channels_last=cfg.channels_last)
+        self.model.train()
+        self.steps, self.seconds = 0, 0.0
+
+    def run(self, steps: int) -> None:
+        """Run ``steps`` SGD steps and add them and their time to the totals."""
+        sync(self.device)
+        t0 = time.perf_counter()
+        total = torch.zeros((), device=self.device)
+        for _ in range(steps):
+            x, y = self.stream.next()
+            with autocast(self.device, self.cfg.dtype):
+                loss = F.cross_entropy(self.model(x).float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach()
+        total.item()
+        self.seconds += time.perf_counter() - t0
+        self.steps += steps
+
+
+class Alternate:
+    """A search's tick callback that runs the bare loop in turns with it: after every ``window`` seconds of
+    search, as many bare steps as the search took meanwhile. ``seconds`` is the time spent here, which is
+    taken off the search's wall time."""
+
+    def __init__(self, bare: BareLoop, window: float):
+        self.bare, self.window = bare, window
+        self.pending, self.seconds = 0, 0.0
+        self.since = time.perf_counter()
+
+    def __call__(self, event) -> None:
+        self.pending += event.metrics["iterations"]
+        if self.pending and time.perf_counter() - self.since >= self.window:
+            self.flush()
+
+    def flush(self) -> None:
+        sync(self.bare.device)  # the search's queued work is the search's time
+        t0 = time.perf_counter()
+        self.bare.run(self.pending)
+        self.pending = 0
+        self.since = time.perf_counter()
+        self.seconds += self.since - t0
 
 
 def step_flops(start: Path, cfg, device: torch.device) -> float:
@@ -197,33 +233,33 @@ def step_flops(start: Path, cfg, device: torch.device) -> float:
     return float(counter.get_total_flops())
 
 
-def run_case(name: str, case: Case, device: torch.device, cache: Path, extra: list[str]) -> dict:
+def run_case(name: str, case: Case, device: torch.device, cache: Path, extra: list[str], window: float) -> dict:
     a, b = make_modes(case, device, cache)
     overrides = case.overrides.get(device.type, []) + extra
     cfg = apply_overrides(dataclasses.replace(load_preset(case.preset), device=str(device)), overrides)
-    bare_loop(a, cfg, 20, device)  # warm-up (allocator, kernel selection); not counted
-    before_steps = cfg.ticks * cfg.train.min_iters  # the search's steps are known only after it: its minimum
-    before = bare_loop(a, cfg, before_steps, device)
+    bare = BareLoop(a, cfg, device)
+    bare.run(20)  # warm-up (allocator, kernel selection); not counted
+    bare.steps, bare.seconds = 0, 0.0
     with tempfile.TemporaryDirectory() as tmp:
         timers = Timers()
         try:
             sync(device)
             t0 = time.perf_counter()
-            run = run_search(a, b, cfg, Path(tmp) / "run", stop_event=threading.Event())
+            alternate = Alternate(bare, window)
+            run = run_search(a, b, cfg, Path(tmp) / "run", stop_event=threading.Event(), on_tick=alternate)
             sync(device)
-            wall = time.perf_counter() - t0
+            wall = time.perf_counter() - t0 - alternate.seconds
         finally:
             timers.remove()
+        alternate.flush()
         steps = int(run.metrics["iterations"].sum())
-    after = bare_loop(a, cfg, steps, device)
-    bare = (before_steps + steps) / (before_steps / before + steps / after)  # both runs' steps over their time
+    assert bare.steps == steps, (bare.steps, steps)
     setup = timers.seconds["set-up (data, models, tick 0, baseline)"]
-    result = {"case": name, "ticks": cfg.ticks, "steps": steps, "wall": wall, "bare": bare,
-              "bare_runs": (before, after), "search": steps / wall,
-              "search_loop": steps / (wall - setup), "overrides": overrides,
+    result = {"case": name, "ticks": cfg.ticks, "steps": steps, "wall": wall, "bare": steps / bare.seconds,
+              "search": steps / wall, "search_loop": steps / (wall - setup), "overrides": overrides,
               "parts": dict(timers.seconds), "calls": dict(timers.calls)}
-    result["ratio"] = result["search"] / bare
-    result["ratio_loop"] = result["search_loop"] / bare
+    result["ratio"] = result["search"] / result["bare"]
+    result["ratio_loop"] = result["search_loop"] / result["bare"]
     if device.type == "cuda":
         result["flops"] = step_flops(a, cfg, device)
     return result
@@ -232,8 +268,7 @@ def run_case(name: str, case: Case, device: torch.device, cache: Path, extra: li
 def report(r: dict, device: torch.device) -> None:
     print(f"\n{r['case']} on {device} ({torch.get_num_threads()} threads): {r['ticks']} ticks, {r['steps']} SGD "
           f"steps{', --set ' + ' '.join(r['overrides']) if r['overrides'] else ''}")
-    print(f"  (a) bare loop  {r['bare']:9.1f} steps/s   (before the search {r['bare_runs'][0]:.1f}, "
-          f"after it {r['bare_runs'][1]:.1f})")
+    print(f"  (a) bare loop  {r['bare']:9.1f} steps/s   (in turns with the search)")
     print(f"  (b) search     {r['search']:9.1f} steps/s   ratio b/a = {r['ratio']:.3f}")
     print(f"      without set-up {r['search_loop']:9.1f} steps/s   ratio b/a = {r['ratio_loop']:.3f}")
     print(f"      {'breakdown of the search wall time':<42} {r['wall']:8.2f} s   calls   ms/call")
@@ -261,6 +296,8 @@ def main() -> None:
                         help="extra config overrides for every case (e.g. dtype=bfloat16)")
     parser.add_argument("--cache", type=Path, default=None, help="folder for the trained modes")
     parser.add_argument("--threads", type=int, help="torch intra-op threads for (a) and (b) alike")
+    parser.add_argument("--window", type=float, default=0.5,
+                        help="seconds of search between turns of the bare loop (default 0.5)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -272,7 +309,7 @@ def main() -> None:
     for name in args.case or DEFAULT_CASES[device.type]:
         results = []
         for _ in range(args.repeat):
-            results.append(run_case(name, CASES[name], device, cache, args.set))
+            results.append(run_case(name, CASES[name], device, cache, args.set, args.window))
             report(results[-1], device)
         if args.repeat > 1:
             med = {k: statistics.median(r[k] for r in results) for k in ("bare", "search", "ratio", "ratio_loop")}
