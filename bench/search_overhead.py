@@ -219,17 +219,15 @@ class Alternate:
         self.seconds += self.since - t0
 
 
-def step_flops(start: Path, cfg, device: torch.device) -> float:
-    """FLOPs of one training step (forward and backward), counted by torch's FlopCounterMode."""
+def step_flops(bare: BareLoop) -> float:
+    """FLOPs of one training step (forward and backward) of the bare loop's model and batches, counted by
+    torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    mode = load_mode(start)
-    model = build_model(mode.meta.model, **mode.meta.model_kwargs).to(device).train()
-    x, y = BatchStream(load_dataset(mode.meta.dataset).to(device), cfg.train.batch_size,
-                       torch.Generator(device).manual_seed(0)).next()
+    x, y = bare.stream.next()
     with FlopCounterMode(display=False) as counter:
-        with autocast(device, cfg.dtype):
-            F.cross_entropy(model(x).float(), y).backward()
+        with autocast(bare.device, bare.cfg.dtype):
+            F.cross_entropy(bare.model(x).float(), y).backward()
     return float(counter.get_total_flops())
 
 
@@ -261,7 +259,7 @@ def run_case(name: str, case: Case, device: torch.device, cache: Path, extra: li
     result["ratio"] = result["search"] / result["bare"]
     result["ratio_loop"] = result["search_loop"] / result["bare"]
     if device.type == "cuda":
-        result["flops"] = step_flops(a, cfg, device)
+        result["flops"] = step_flops(bare)
     return result
 
 

@@ -50,12 +50,6 @@ class VarianceCorrection:
         torch._foreach_add_(xs, means)
 
 
-def correct_variance_(xs: list[torch.Tensor], targets: list[torch.Tensor] | torch.Tensor, eps: float) -> None:
-    """Rescale each tensor about its own mean so its variance moves to the target (in place); see
-    ``VarianceCorrection``, which a loop that corrects the same tensors again and again should keep."""
-    VarianceCorrection(xs, eps)(targets if isinstance(targets, torch.Tensor) else torch.stack(list(targets)))
-
-
 def step_length(dist: torch.Tensor, step_a: float, step_f: float, step_c_len: torch.Tensor | float,
                 clamp: bool) -> torch.Tensor:
     """L = max(step_f + C, step_a * ||d||), clamped to ||d|| by default (product decision 1)."""

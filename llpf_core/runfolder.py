@@ -6,6 +6,7 @@ always before a checkpoint, a status change or the end; on resume, rows after th
 are cut off, so every tick appears exactly once. A failed read or write (disk full, no permission) is a one-line
 ``UserError`` naming the path.
 """
+import csv
 import io
 import json
 import os
@@ -41,7 +42,8 @@ class RunWriter:
         self.path = Path(path)
         self.info: dict = {}
         self._files: dict[str, object] = {}
-        self._rows: dict[str, list[str]] = {table: [] for table in TABLES}  # formatted, not written yet
+        self._rows = {table: io.StringIO() for table in TABLES}  # CSV lines not written yet
+        self._csv = {table: csv.writer(buffer, lineterminator="\n") for table, buffer in self._rows.items()}
         self._written = time.monotonic()
 
     # run.json
@@ -69,16 +71,16 @@ class RunWriter:
 
     # CSV tables
     def append(self, table: str, rows: list[dict]) -> None:
-        if rows:
-            columns = TABLES[table]
-            self._rows[table].extend(",".join(_fmt(row.get(c)) for c in columns) + "\n" for row in rows)
+        columns = TABLES[table]
+        self._csv[table].writerows([_fmt(row.get(c)) for c in columns] for row in rows)
         if time.monotonic() - self._written >= FLUSH_S:
             self.flush()
 
     def flush(self) -> None:
         """Write the rows waiting in memory, whole lines in one write per table."""
         self._written = time.monotonic()
-        for table, lines in self._rows.items():
+        for table, buffer in self._rows.items():
+            lines = buffer.getvalue()
             if not lines:
                 continue
             path = self.path / f"{table}.csv"
@@ -88,15 +90,15 @@ class RunWriter:
                     new = not path.exists() or path.stat().st_size == 0
                     f = self._files[table] = open(path, "a", newline="")
                     if new:
-                        lines.insert(0, ",".join(TABLES[table]) + "\n")
-                f.write("".join(lines))
+                        lines = ",".join(TABLES[table]) + "\n" + lines
+                f.write(lines)
                 f.flush()
             except OSError as e:
                 self._discard(table)  # a torn last row is cut off by the next resume
-                for rows in self._rows.values():  # the run fails here; a resume redoes these ticks
-                    rows.clear()
+                for pending in self._rows.values():  # the run fails here; a resume redoes these ticks
+                    _clear(pending)
                 raise os_error(e, "append to", path) from None
-            lines.clear()
+            _clear(buffer)
 
     def truncate_after(self, tick: int) -> None:
         """Drop CSV rows of ticks after ``tick`` (written after the checkpoint a resume starts from)."""
@@ -165,14 +167,16 @@ class RunWriter:
                 pass
 
 
-def _fmt(v) -> str:
+def _fmt(v):
+    """CSV cell: None is empty, floats keep every digit (repr); csv.writer quotes where needed."""
     if v is None:
         return ""
-    if isinstance(v, float):
-        return repr(v)
-    if isinstance(v, str) and any(c in v for c in ',"\n\r'):
-        return '"' + v.replace('"', '""') + '"'  # CSV quoting (layer names never need it, but to be safe)
-    return str(v)
+    return repr(v) if isinstance(v, float) else v
+
+
+def _clear(buffer: io.StringIO) -> None:
+    buffer.seek(0)
+    buffer.truncate()
 
 
 def _row_tick(line: str) -> int:

@@ -6,8 +6,8 @@ import torch
 
 from llpf_core import TrainSpec
 from llpf_core.geometry import (
+    VarianceCorrection,
     angle_conformal_lr,
-    correct_variance_,
     cosine,
     distance,
     geodesic,
@@ -65,14 +65,14 @@ def test_variance_factor_with_eps():
 
 def test_variance_correction_rescales_about_the_mean():
     x = t(1, 3)  # mean 2, unbiased variance 2
-    correct_variance_([x], [torch.tensor(8.0)], eps=0.0)  # k = 2
+    VarianceCorrection([x], eps=0.0)(torch.tensor([8.0]))  # k = 2
     assert torch.allclose(x, t(0, 4))
     x = t(1, 3)
-    correct_variance_([x], [torch.tensor(8.0)], eps=1e-4)
+    VarianceCorrection([x], eps=1e-4)(torch.tensor([8.0]))
     k = math.sqrt(8.0001 / 2.0001)
     assert torch.allclose(x, t(2 - k, 2 + k), atol=1e-6)
     scalar = t(5)
-    correct_variance_([scalar], [torch.tensor(0.0)], eps=1e-4)  # single elements stay
+    VarianceCorrection([scalar], eps=1e-4)(torch.tensor([0.0]))  # single elements stay
     assert scalar.item() == 5
     assert variance(t(1, 3)).item() == 2 and variance(t(7)).item() == 0
 
