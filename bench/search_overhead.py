@@ -73,7 +73,7 @@ class Case:
 ALL_LAYERS = 'phases=[{"start_tick": 0, "layers": ["*"], "step_a": 0.001}]'
 CASES = {
     "mlp-digits-m2m": Case("mlp", "digits", "mlp-digits-m2m", "mlp-digits", {}),
-    # All of the preset's 2,000 ticks (about 10 minutes on a CPU); --set ticks=200 gives a quick look, where
+    # All of the preset's 2,000 ticks (about 14 minutes on a CPU); --set ticks=200 gives a quick look, where
     # the one-off set-up (the 11-point baseline, about 3 s) weighs ten times more.
     "lenet5-fashion-mnist-m2m": Case("lenet5", "fashion-mnist", "lenet5-fashion-mnist-m2m", "lenet5-fashion-mnist",
                                      {}),
