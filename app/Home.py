@@ -24,9 +24,14 @@ page = st.navigation([
 with st.sidebar:
     st.text_input("Workspace folder", value=str(workspace_dir()), key=state.WORKSPACE,
                   help="Holds modes/, runs/ and data/ ($LLPF_HOME, default ./llpf-workspace).")
+    machine = st.container()
+
+page.run()
+
+# After the page: the device and the jobs need torch, whose first import takes seconds, and the page's
+# own text should not wait for it.
+with machine:
     st.caption(state.device_label())
     live = [job for job in state.registry().jobs() if job.live]
     if live:
         st.caption("Background jobs: " + ", ".join(j.name for j in live))
-
-page.run()

@@ -2,20 +2,29 @@
 
 Per-session values live in ``st.session_state`` under the keys named here. Objects shared by every
 session come from ``st.cache_resource``: the one job registry (mutable, guarded by its own lock) and
-loaded modes (read-only; ``run_search`` copies their weights).
+loaded modes (read-only; ``run_search`` copies their weights). Importing this module costs no torch or
+pandas (they take seconds on a small machine): they load with the first function that needs them, so
+the Home page's text and demo button are on screen before that.
 """
 from __future__ import annotations
 
 import os
+import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import streamlit as st
-import torch
-from runner import Registry
 from streamlit.errors import StreamlitPageNotFoundError
 
-from llpf_core import Mode, Run, UserError, load_mode, load_run, workspace_dir
+import llpf_core
+from llpf_core import UserError, workspace_dir
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from runner import Registry
+
+    from llpf_core import Mode, Run
 
 WORKSPACE = "workspace"  # the workspace folder of this session
 SELECTED_RUN = "selected_run"  # the run shown by the live view and Explore
@@ -27,9 +36,21 @@ REFRESH_S = 1.0
 CHART_REFRESH_S = 5.0
 
 
+def before_first_torch_import() -> None:
+    """Let the server send what the page has drawn so far before torch is first imported.
+
+    The import holds the GIL for long stretches (loading its C++ libraries), during which the server's
+    event loop cannot send anything, so without this pause the Home page's text and demo button, drawn
+    already, reached the browser only after the import. Only the server's first page run pays it.
+    """
+    if "torch" not in sys.modules:
+        time.sleep(0.2)
+
+
 @st.cache_resource
 def registry() -> Registry:
     """The job registry of this server process, shared by every session and tab."""
+    from runner import Registry
     return Registry()
 
 
@@ -48,7 +69,9 @@ def runs_dir() -> Path:
     return workspace() / "runs"
 
 
+@st.cache_resource(show_spinner=False)
 def device_label() -> str:
+    import torch
     if torch.cuda.is_available():
         return f"GPU: {torch.cuda.get_device_name(0)}"
     return f"CPU ({os.cpu_count()} cores), no GPU"
@@ -61,7 +84,7 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 @st.cache_resource(max_entries=64, show_spinner=False)
 def _load_mode(path: str, version: tuple[int, int]) -> Mode:
-    return load_mode(path)
+    return llpf_core.load_mode(path)
 
 
 def mode(path: Path) -> Mode:
@@ -75,6 +98,7 @@ def mode_files() -> list[Path]:
 
 def modes_table() -> pd.DataFrame:
     """One row per file in modes/: metadata and metrics, or the reason it is not a valid mode."""
+    import pandas as pd
     rows = []
     for path in mode_files():
         try:
@@ -97,14 +121,14 @@ def run_dirs() -> list[Path]:
 
 def read_run(path: Path) -> Run | None:
     try:
-        return load_run(path)
+        return llpf_core.load_run(path)
     except UserError:
         return None
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _table(path: str, name: str, version: tuple[int, int]) -> pd.DataFrame:
-    return getattr(load_run(Path(path).parent), name)
+    return getattr(llpf_core.load_run(Path(path).parent), name)
 
 
 def table(run: Run, name: str) -> pd.DataFrame:

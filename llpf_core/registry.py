@@ -1,14 +1,20 @@
 """Model registry: ``@register_model`` entry points, ``build_model`` and ``list_models``.
 
 Every builder takes keyword-only arguments. A mode file stores the registry name and the kwargs,
-so ``build_model(name, **kwargs)`` rebuilds the exact architecture.
+so ``build_model(name, **kwargs)`` rebuilds the exact architecture. The zoo's families register
+themselves when first needed (``models.ZOO``); other code registers with the decorator.
 """
-from fnmatch import fnmatch
-from typing import Callable
+from __future__ import annotations
 
-from torch import nn
+from fnmatch import fnmatch
+from importlib import import_module
+from typing import TYPE_CHECKING, Callable
 
 from .errors import UserError
+from .models import ZOO
+
+if TYPE_CHECKING:
+    from torch import nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -23,12 +29,14 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 
 def list_models(pattern: str = "") -> list[str]:
-    """Registered model names, sorted, optionally filtered by an fnmatch pattern."""
-    return sorted(n for n in _MODELS if not pattern or fnmatch(n, pattern))
+    """Registered model names (the zoo's included), sorted, optionally filtered by an fnmatch pattern."""
+    return sorted(n for n in set(_MODELS) | set(ZOO) if not pattern or fnmatch(n, pattern))
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
     """Build a freshly initialised model. ``kwargs`` go to the builder (num_classes, in_channels, ...)."""
+    if name not in _MODELS and name in ZOO:
+        import_module(f"{__package__}.models.{ZOO[name]}")
     if name not in _MODELS:
         raise UserError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
     try:

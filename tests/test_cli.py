@@ -71,12 +71,12 @@ def test_presets_lists_every_preset_and_recipe(capsys):
 def test_out_of_memory_in_train_is_one_line(monkeypatch, tmp_path, capsys):
     import torch
 
-    import llpf_core.cli
+    import llpf_core.commands
 
     def no_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(llpf_core.cli, "train_mode", no_memory)
+    monkeypatch.setattr(llpf_core.commands, "train_mode", no_memory)
     assert main(["train", "--model", "mlp", "--seed", "1", "--out", str(tmp_path / "m.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: out of memory: lower the batch size") and err.count("\n") == 1

@@ -34,12 +34,12 @@ if st.button("Run the demo", type="primary", key="run_demo"):
     else:
         state.open_run(job.name)
 
+state.before_first_torch_import()
 st.subheader("Workspace")
-runs = [state.read_run(p) for p in state.run_dirs()]
 jobs = state.registry().jobs()
 cols = st.columns(4)
 cols[0].metric("Modes", len(state.mode_files()))
-cols[1].metric("Runs", len(runs))
+cols[1].metric("Runs", len(state.run_dirs()))
 cols[2].metric("Running now", sum(job.live for job in jobs))
 cols[3].metric("Device", "GPU" if "GPU" in state.device_label() else "CPU")
 st.caption(f"Folder: `{state.workspace().resolve()}` · {state.device_label()}")
