@@ -29,12 +29,12 @@ def config(ticks: int):
 def test_start_progress_pause_resume_stop_resume_from_checkpoint_finish(digits_modes, tmp_path):
     registry = Registry()
     out = tmp_path / "run"
-    job = registry.start_search("life", digits_modes[0].path, digits_modes[1].path, config(200), out)
+    job = registry.start_search("life", digits_modes[0].path, digits_modes[1].path, config(400), out)
     assert job.kind == "search" and job.live
 
     until(lambda: registry.get("life").progress.tick >= 10, what="progress")
     job = registry.get("life")
-    assert job.status == "running" and job.progress.total == 200 and job.progress.ticks_per_s > 0
+    assert job.status == "running" and job.progress.total == 400 and job.progress.ticks_per_s > 0
     assert job.progress.eta_s > 0
 
     registry.pause("life")
@@ -52,7 +52,7 @@ def test_start_progress_pause_resume_stop_resume_from_checkpoint_finish(digits_m
     job = registry.wait("life", 60)
     assert job.status == "stopped" and load_run(out).status == "stopped"
     stopped_at = int(load_run(out).metrics["tick"].iloc[-1])
-    assert stopped_at < 200
+    assert stopped_at < 400
     with pytest.raises(UserError, match="no running job"):
         registry.pause("life")
 
@@ -60,8 +60,8 @@ def test_start_progress_pause_resume_stop_resume_from_checkpoint_finish(digits_m
     job = registry.wait("life", 120)
     assert job.status == "finished", job
     run = load_run(out)
-    assert run.status == "finished" and list(run.metrics["tick"]) == list(range(201))
-    plain = run_search(*digits_modes, config(200), tmp_path / "plain")
+    assert run.status == "finished" and list(run.metrics["tick"]) == list(range(401))
+    plain = run_search(*digits_modes, config(400), tmp_path / "plain")
     assert run.metrics["distance"].iloc[-1] == pytest.approx(plain.metrics["distance"].iloc[-1], rel=1e-5)
 
 

@@ -31,7 +31,7 @@ import pytest
 from llpf_core import load_mode, load_run
 from tests.test_cli_errors import REPO, Result, assert_user_error, cli_env, snapshot
 
-TICKS = 32  # the killed run: the digits MLP preset, shortened
+TICKS = 160  # the killed run: the digits MLP preset, shortened
 
 
 def start_cli(args: list, env: dict[str, str], preexec_fn=None) -> subprocess.Popen:
@@ -173,16 +173,19 @@ def kill_and_resume(digits_modes, root: Path):
     ref_args = connect_args(digits_modes, reference, "--ticks", TICKS, "--seed", 3, "--set", "continuity.every=1",
                             "--set", "checkpoint_every=4", "--set", "save_every=4", "--device", "auto")
     rng = random.Random(5)
-    late = 26 + rng.randrange(4)
-    # Each trigger fires on a state of the run folder, then the kill waits a seeded random delay:
-    # before the first checkpoint, mid-tick, right after a checkpoint, right after a point, late.
-    # Each one lies past the previous kill, so it fires on progress made by the current process.
+    late = 52 + 4 * rng.randrange(3)
+    # Each trigger fires on a file the run writes at a given tick, at once (checkpoints and points; the
+    # CSV rows can lag by up to 0.5 s), then the kill waits a seeded delay of at most about one tick:
+    # before the first checkpoint, mid-tick, right after a checkpoint, right after a point, late. The
+    # triggers lie 16 ticks or more apart and the last leaves 100 ticks of work, so each one fires on
+    # progress made by the current process and the run cannot finish before its kill, however fast the
+    # machine (here a tick takes 10 to 15 ms).
     triggers = [
         ("run.json written", lambda: (out / "run.json").exists(), 0.0),
-        ("tick 6 logged", lambda: last_tick(out) >= 6, rng.uniform(0, 0.15)),
-        ("checkpoint of tick 12", lambda: checkpoint_tick(out) >= 12, 0.0),
-        ("point 20 saved", lambda: (out / "points" / "000020.safetensors").exists(), 0.0),
-        (f"tick {late} logged", lambda: last_tick(out) >= late, rng.uniform(0, 0.15)),
+        ("checkpoint of tick 8, then mid-tick", lambda: checkpoint_tick(out) >= 8, rng.uniform(0, 0.015)),
+        ("checkpoint of tick 24", lambda: checkpoint_tick(out) >= 24, 0.0),
+        ("point 40 saved", lambda: (out / "points" / "000040.safetensors").exists(), 0.0),
+        (f"checkpoint of tick {late}, then mid-tick", lambda: checkpoint_tick(out) >= late, rng.uniform(0, 0.015)),
     ]
     poller = JsonPoller(out / "run.json")
     poller.start()
@@ -203,7 +206,7 @@ def kill_and_resume(digits_modes, root: Path):
             kills.append((what, last_tick(out), checkpoint_tick(out), load_run(out).status))
         # A kill inside an atomic write leaves its temp file; plant two, which resume must delete.
         (out / ".run.json.killed.tmp").write_text('{"half')
-        (out / "points" / ".000033.safetensors.killed.tmp").write_bytes(b"\0" * 10)
+        (out / "points" / ".000161.safetensors.killed.tmp").write_bytes(b"\0" * 10)
         final = run(resume_args, env)
     finally:
         poller.stop.set()
@@ -218,7 +221,7 @@ def test_sigkill_at_five_moments_then_resume_finishes(killed):
     for what, tick, ckpt, status in killed.kills:
         assert status == "running", (what, status)  # a killed run is marked by nobody
         assert ckpt <= tick, (what, tick, ckpt)
-    assert killed.kills[-1][1] >= 26  # the kills spread over the run
+    assert killed.kills[-1][2] >= 52  # the kills spread over the run
     run = load_run(killed.out)
     assert run.status == "finished" and run.error is None
     assert_each_tick_once(killed.out, TICKS)
