@@ -56,6 +56,16 @@ def loss_figure(metrics: pd.DataFrame, baseline: pd.DataFrame | None = None) -> 
     return _layout(fig, "Train loss", "tick", "loss")
 
 
+def distance_figure(metrics: pd.DataFrame) -> go.Figure:
+    """The whole model's distance to the destination, relative to tick 0: it falls while the loss stays low."""
+    m = thin(metrics)
+    fig = go.Figure()
+    _line(fig, m, "tick", "distance_rel", "distance to the destination", line=dict(width=2, color=EVAL))
+    fig = _layout(fig, "Distance to the destination", "tick", "distance / distance at tick 0")
+    fig.update_yaxes(rangemode="tozero")
+    return fig
+
+
 def accuracy_figure(metrics: pd.DataFrame) -> go.Figure:
     m = thin(metrics)
     fig = go.Figure()
@@ -82,7 +92,10 @@ def _layer_lines(layers: pd.DataFrame, column: str, highlight: set[str], title: 
     for name, rows in frame.groupby("layer", sort=False):
         hot = not highlight or name in highlight
         _line(fig, rows, "tick", column, name, line=dict(width=2.5 if hot else 1), opacity=1.0 if hot else 0.35)
-    return _layout(fig, title, "tick", y)
+    fig = _layout(fig, title, "tick", y)
+    # One entry per layer: a legend above the plot would wrap onto the title, so it stands to the right.
+    fig.update_layout(legend=dict(orientation="v", x=1.02, xanchor="left", y=1.0, yanchor="top"))
+    return fig
 
 
 def layer_distance_figure(layers: pd.DataFrame, highlight: list[str] = ()) -> go.Figure:

@@ -31,9 +31,21 @@ SELECTED_RUN = "selected_run"  # the run shown by the live view and Explore
 # While a search runs, its progress line updates every REFRESH_S and its charts every CHART_REFRESH_S.
 # Redrawing the plotly charts is the browser's main cost while watching (0.3 of a core with a redraw
 # every 3 s, against 0.1 for the progress line every second), and on a small machine every busy core
-# slows the search (bench/dashboard_overhead.py), so charts redraw less often.
+# slows the search (bench/dashboard_overhead.py), so charts redraw less often. A young run is the
+# exception: in its first YOUNG_RUN_S of search the charts redraw every YOUNG_CHART_REFRESH_S, so the
+# first curves appear as soon as the first rows are written and visibly grow (the demo's whole search
+# takes about 6 s).
 REFRESH_S = 1.0
 CHART_REFRESH_S = 5.0
+YOUNG_CHART_REFRESH_S = 1.0
+YOUNG_RUN_S = 30.0
+
+
+def chart_refresh_s(metrics: pd.DataFrame | None) -> float:
+    """How often a live run's charts redraw, given the metrics written so far (None: no run.json yet)."""
+    if metrics is None or not len(metrics) or float(metrics["wall_s"].iloc[-1]) < YOUNG_RUN_S:
+        return YOUNG_CHART_REFRESH_S
+    return CHART_REFRESH_S
 
 
 def before_first_torch_import() -> None:

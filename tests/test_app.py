@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO / "app"))  # as `streamlit run app/Home.py` does for
 
 import charts  # noqa: E402
 import layer_order  # noqa: E402
+import state  # noqa: E402
 import uploads  # noqa: E402
 
 
@@ -70,6 +71,16 @@ def test_charts_build_from_a_real_run(workspace):
     assert path.data[0].x[0] == 0 and path.data[0].x[-1] == 1
     for fig in (charts.accuracy_figure(m), charts.test_figure(m), charts.continuity_figure(m)):
         assert isinstance(fig, go.Figure) and len(fig.data) >= 2
+    distance = charts.distance_figure(m)
+    assert distance.data[0].y[0] == pytest.approx(1.0) and distance.data[0].y[-1] < 1.0  # it falls toward B
+    assert dist.layout.legend.orientation == "v"  # the layers' legend stands beside the plot, off the title
+
+
+def test_young_runs_redraw_their_charts_every_second_then_every_five():
+    assert state.chart_refresh_s(None) == state.YOUNG_CHART_REFRESH_S == 1.0  # no run.json yet
+    assert state.chart_refresh_s(pd.DataFrame({"wall_s": []})) == 1.0  # no row yet
+    assert state.chart_refresh_s(pd.DataFrame({"wall_s": [0.1, 29.0]})) == 1.0
+    assert state.chart_refresh_s(pd.DataFrame({"wall_s": [0.1, 30.0]})) == state.CHART_REFRESH_S == 5.0
 
 
 def test_charts_thin_long_runs_and_band_several():
@@ -205,7 +216,7 @@ def test_runs_page_shows_a_run_and_its_views(ws):
     assert not at.exception
     assert at.selectbox(key="live_run").value == "first"
     assert "finished" in at.markdown[0].value or any("finished" in m.value for m in at.markdown)
-    assert len(at.get("plotly_chart")) == 3
+    assert len(at.get("plotly_chart")) == 4  # loss, distance, accuracy, test
     for view, charts_shown in (("Layers", 3), ("Continuity", 2)):
         at.segmented_control(key="live_view").set_value(view).run()
         assert not at.exception and len(at.get("plotly_chart")) == charts_shown

@@ -83,6 +83,7 @@ def read_job_and_run():
 JOB, RUN = read_job_and_run()
 LIVE = is_live(JOB, RUN)
 STATUS = current_status(JOB, RUN)
+CHART_EVERY = state.chart_refresh_s(state.table(RUN, "metrics") if RUN else None)
 controls(JOB, RUN)
 
 
@@ -111,21 +112,25 @@ def live_status() -> None:
         st.caption("Not started from this dashboard: following its run folder.")
 
 
-@st.fragment(run_every=state.CHART_REFRESH_S if LIVE else None)
+@st.fragment(run_every=CHART_EVERY if LIVE else None)
 def live_charts() -> None:
-    """The run's charts, redrawn every CHART_REFRESH_S while it is live."""
+    """The run's charts, redrawn every CHART_EVERY seconds while it is live: often while the run is young,
+    then less often (a full rerun switches the interval, as a fragment cannot change its own)."""
     if not (run_dir / "run.json").exists():
         return
     run = state.read_run(run_dir)
     metrics = state.table(run, "metrics")
+    if LIVE and state.chart_refresh_s(metrics) != CHART_EVERY:
+        st.rerun()
     if not len(metrics):
         return
     view = st.segmented_control("Charts", VIEWS, default=VIEWS[0], key="live_view") or VIEWS[0]
     if view == VIEWS[0]:
         left, right = st.columns(2)
         left.plotly_chart(charts.loss_figure(metrics, state.table(run, "baseline")), key="c_loss")
-        right.plotly_chart(charts.accuracy_figure(metrics), key="c_acc")
-        left.plotly_chart(charts.test_figure(metrics), key="c_test")
+        right.plotly_chart(charts.distance_figure(metrics), key="c_distance")
+        left.plotly_chart(charts.accuracy_figure(metrics), key="c_acc")
+        right.plotly_chart(charts.test_figure(metrics), key="c_test")
     elif view == VIEWS[1]:
         layers = state.table(run, "layers")
         if len(layers):
@@ -144,7 +149,7 @@ def live_charts() -> None:
             tick = st.select_slider("Drill into tick", ticks, value=worst, key="cont_tick")
             st.plotly_chart(charts.continuity_detail_figure(continuity, int(tick)), key="c_cont_detail")
     st.caption(f"last tick {int(metrics['tick'].iloc[-1])} · status {run.status}"
-               + (f" · charts redraw every {state.CHART_REFRESH_S:g} s while the run is live" if LIVE else ""))
+               + (f" · charts redraw every {CHART_EVERY:g} s while the run is live" if LIVE else ""))
 
 
 live_status()

@@ -37,10 +37,10 @@ if not modes:
     st.stop()
 
 # --- what to connect ---------------------------------------------------------------------------------
-left, right = st.columns(2)
-algorithm = left.radio("Algorithm", ALGORITHMS, horizontal=True, key="algorithm",
-                       help="m2m: mode to mode · m2o: shrink toward the origin (or onto the end's sphere) · "
-                            "to_vs: onto the end's variance sphere · cross_sphere: to_vs, then m2m")
+algorithm = st.radio("Algorithm", ALGORITHMS, horizontal=True, key="algorithm",
+                     help="m2m: mode to mode · m2o: shrink toward the origin (or onto the end's sphere) · "
+                          "to_vs: onto the end's variance sphere · cross_sphere: to_vs, then m2m")
+left, right = st.columns(2)  # start and end side by side; the preset and device below them
 start_name = left.selectbox("Start mode", list(modes), key="start_mode")
 start = modes[start_name]
 
@@ -70,7 +70,7 @@ fallback = default_preset(model, dataset, algorithm)
 if not presets or fallback is None:
     st.error(f"No preset for model {model}; add one to assets/presets.")
     st.stop()
-preset = right.selectbox("Preset", presets, index=presets.index(fallback) if fallback in presets else 0,
+preset = left.selectbox("Preset", presets, index=presets.index(fallback) if fallback in presets else 0,
                          key=f"preset_{model}_{dataset}_{algorithm}")
 device = right.selectbox("Device", ["auto", "cpu", "cuda"], key="device",
                          help="auto: the GPU when there is one, else the CPU")
