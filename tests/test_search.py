@@ -106,9 +106,18 @@ def _with_shape(model):
 
 
 def _connect_args(modes, out):
+    """150 ticks with continuity checked every tick (about 10 ms a tick here), checkpoints every 10."""
     return [sys.executable, "-m", "llpf_core", "connect", str(modes[0].path), str(modes[1].path),
             "--out", str(out), "--quiet", "--set", "ticks=150", "--set", "checkpoint_every=10",
-            "--set", "save_every=25", "--seed", "7"]
+            "--set", "save_every=25", "--set", "continuity.every=1", "--seed", "7"]
+
+
+def _checkpoint_tick(out) -> int:
+    """The tick of the last checkpoint: written at its tick, unlike CSV rows, which can lag by 0.5 s."""
+    try:
+        return json.loads((out / "checkpoint.json").read_text())["tick"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return -1
 
 
 def _comparable(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -123,17 +132,15 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(digits_modes, tmp_pat
     proc = subprocess.Popen(_connect_args(digits_modes, killed), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline:  # kill after the checkpoint of tick >= 40, with rows written past it
-        metrics = killed / "metrics.csv"
-        if (killed / "checkpoint.json").exists() and metrics.exists() and \
-                len(metrics.read_text().splitlines()) > 45:
-            break
-        time.sleep(0.01)
+    # Kill at the checkpoint of tick 40: 110 ticks are left, so the run cannot finish first.
+    while _checkpoint_tick(killed) < 40:
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.002)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert load_run(killed).status == "running"  # killed: nobody marked it
     rows_before = len(load_run(killed).metrics)
-    assert 40 < rows_before < 151
+    assert 40 <= rows_before < 151
 
     resumed = subprocess.run(_connect_args(digits_modes, killed) + ["--resume"], cwd=REPO,
                              capture_output=True, text=True)
@@ -288,9 +295,9 @@ def test_ctrl_c_stops_with_a_checkpoint_and_resume_finishes(digits_modes, tmp_pa
     args = _connect_args(digits_modes, out)
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not ((out / "metrics.csv").exists() and
-                                          len((out / "metrics.csv").read_text().splitlines()) > 20):
-        time.sleep(0.01)
+    while _checkpoint_tick(out) < 20:  # 130 ticks are left: the run cannot finish before the signal
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.002)
     proc.send_signal(signal.SIGINT)
     stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "--resume" in stdout
