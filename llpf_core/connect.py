@@ -169,7 +169,8 @@ def run_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
             raise UserError("the start mode cannot be 'origin'")
     validate(cfg)
     check_compatible(start_mode, end_mode, cfg)
-    search = _Search(writer, cfg, start_mode, end_mode, data_root, on_tick, stop_event, pause_event, recorded)
+    search = _Search(writer, cfg, start_mode, end_mode, data_root, on_tick, stop_event, pause_event,
+                     recorded)
     if not exists:
         writer.create({"name": out_dir.name, "algorithm": cfg.algorithm,
                        "start": _endpoint(start_mode), "end": _endpoint(end_mode),
@@ -200,7 +201,8 @@ class _Search:
     """The state of one search while it runs. ``run`` reads like llpf-algorithm.md 1.4."""
 
     def __init__(self, writer: RunWriter, cfg: SearchConfig, start: Mode, end: Mode | None,
-                 data_root, on_tick, stop_event, pause_event=None, thresholds: dict[str, float] | None = None):
+                 data_root, on_tick, stop_event, pause_event=None,
+                 thresholds: dict[str, float] | None = None):
         self.writer, self.cfg, self.on_tick = writer, cfg, on_tick
         self.stop_event = stop_event or threading.Event()
         self.pause_event = pause_event or threading.Event()
@@ -241,8 +243,9 @@ class _Search:
                                            self.device)
         self.threshold_records: dict[str, dict] | None = None  # run.json's loss_thresholds (new runs)
         if thresholds is None:  # a new run: follow the endpoints' own train losses
-            loss = max(endpoint_train_loss(m, lambda m: self.evaluator.evaluate(m.model.state_dict())["train_loss"])
-                       for m in (start, end) if m is not None)
+            def evaluate(mode: Mode) -> float:
+                return self.evaluator.evaluate(mode.model.state_dict())["train_loss"]
+            loss = max(endpoint_train_loss(m, evaluate) for m in (start, end) if m is not None)
             self.threshold_records = {k: threshold_record(spec, loss) for k, spec in _train_specs(cfg).items()}
             thresholds = {k: r["used"] for k, r in self.threshold_records.items()}
         self.stages = _stages(cfg, end is not None, thresholds)
@@ -528,11 +531,14 @@ class _Search:
         with torch.no_grad():
             xs = [self.xs[i] for i in self.sphere_list]
             if stage.kind == "m2o":
-                ratio = torch.stack([variance(x) for x in xs]) / self.target_var[self.sphere_index].clamp_min(1e-30)
+                target = self.target_var[self.sphere_index]
+                ratio = torch.stack([variance(x) for x in xs]) / target.clamp_min(1e-30)
                 gap = ratio - 1
             else:
-                ratio = distances(xs, None) / self.end_norm[self.sphere_index].clamp_min(1e-30)
+                target = self.end_norm[self.sphere_index]
+                ratio = distances(xs, None) / target.clamp_min(1e-30)
                 gap = (ratio - 1).abs()
+            gap = torch.where(target > 0, gap, torch.zeros_like(gap))  # a zero end layer counts as reached
             worst = int(gap.argmax())
         return self.sphere_names[worst], float(ratio[worst])
 
@@ -547,10 +553,10 @@ class _Search:
                   "farthest_layer": layer, "ratio": ratio}
         if not reached:
             what = "variance" if stage.kind == "m2o" else "norm"
-            record["note"] = (f"{stage.kind} used all its {ticks} ticks without reaching the end mode's sphere: "
-                              f"{layer}'s {what} is {ratio:.4g} times the end's. In networks without normalisation layers "
-                              f"training pushes the norms back up while the loss is above the threshold; raise "
-                              f"the stage's ticks or step_a")
+            record["note"] = (f"{stage.kind} used all its {ticks} ticks without reaching the end mode's "
+                              f"sphere: {layer}'s {what} is {ratio:.4g} times the end's. In networks without "
+                              f"normalisation layers training pushes the norms back up while the loss is above "
+                              f"the threshold; raise the stage's ticks or step_a")
         self.writer.update(sphere=record)
 
     def _variance_targets(self) -> torch.Tensor:
