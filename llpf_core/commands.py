@@ -179,6 +179,13 @@ def _print_run_summary(run) -> None:
             ("test loss start -> end", f"{_fmt(s.get('start_test_loss'))} -> {_fmt(s.get('end_test_loss'))}"),
             ("test acc start -> end", f"{_fmt(s.get('start_test_acc'))} -> {_fmt(s.get('end_test_acc'))}"),
             ("wall time (s)", s["wall_s"])]
+    for spec, t in run.info.get("loss_thresholds", {}).items():
+        rows.append((f"{spec} loss threshold used", f"{t['used']:.4g} (configured {t['configured']:g}, "
+                     f"floor {t['loss_floor_factor']:g} x endpoint train loss {t['endpoint_train_loss']:.4g})"))
+    sphere = run.info.get("sphere")
+    if sphere:
+        rows.append((f"{sphere['stage']} on the end's sphere",
+                     f"reached after {sphere['ticks']} ticks" if sphere["reached"] else sphere["note"]))
     if run.error:
         rows.append(("error", run.error))
     _print_table(rows)

@@ -24,6 +24,9 @@ class TrainSpec:
     loss_threshold: float = 0.1  # stop once the rolling loss is at or below this ...
     min_iters: int = 5  # ... and at least this many iterations ran; also the rolling-window size
     max_iters: int = 5  # hard cap per tick
+    # The threshold used is at least this times the larger of the endpoints' own train losses, so
+    # training does not chase losses the end mode itself does not reach; 0 = loss_threshold as given.
+    loss_floor_factor: float = 1.1
 
 
 @dataclass
@@ -133,8 +136,16 @@ def _coerce(tp, value, key: str):
 
 
 def apply_overrides(cfg: SearchConfig, overrides: list[str]) -> SearchConfig:
-    """Apply ``key=value`` strings (dotted keys, list indices as numbers: ``phases.0.step_a=1e-3``)."""
+    """Apply ``key=value`` strings (dotted keys, list indices as numbers: ``phases.0.step_a=1e-3``).
+
+    A ``train.loss_threshold`` or ``bridge.train.loss_threshold`` given here is used exactly as
+    given: its ``loss_floor_factor`` becomes 0 unless that is given too.
+    """
     data = cfg.to_dict()
+    keys = [item.partition("=")[0].strip() for item in overrides]
+    for spec in ("train", "bridge.train"):
+        if f"{spec}.loss_threshold" in keys and f"{spec}.loss_floor_factor" not in keys:
+            overrides = [*overrides, f"{spec}.loss_floor_factor=0"]
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -198,6 +209,8 @@ def validate(cfg: SearchConfig) -> None:
         need(spec.min_iters > 0, f"{name}.min_iters must be positive, got {spec.min_iters}")
         need(spec.max_iters >= spec.min_iters,
              f"{name}.max_iters ({spec.max_iters}) must be >= min_iters ({spec.min_iters})")
+        need(spec.loss_floor_factor >= 0,
+             f"{name}.loss_floor_factor must be >= 0 (0 = loss_threshold as given), got {spec.loss_floor_factor}")
     for name in ("eval_every", "save_every", "checkpoint_every", "bn_recal_batches"):
         need(getattr(cfg, name) > 0, f"{name} must be positive, got {getattr(cfg, name)}")
     need(cfg.eval_samples >= 0, f"eval_samples must be >= 0 (0 = whole split), got {cfg.eval_samples}")

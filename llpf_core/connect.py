@@ -8,7 +8,7 @@ two stages in one run folder: a bridge (to_vs or M2O) onto the end mode's sphere
 import hashlib
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +25,7 @@ from .geometry import VarianceCorrection, angle_conformal_lr, distances, geodesi
 from .modefile import Mode, ModeMeta, load_mode, versions
 from .registry import build_model
 from .runfolder import Run, RunWriter, load_run, read_run_json
+from .thresholds import endpoint_train_loss, threshold_record
 from .train import BatchStream, train_until
 
 ORIGIN = "origin"
@@ -53,13 +54,24 @@ class _Stage:
     variance_to_end: bool = False  # M2M after a bridge: correct toward the end mode's variances
 
 
-def _stages(cfg: SearchConfig, has_end: bool) -> list[_Stage]:
+def _stages(cfg: SearchConfig, has_end: bool, thresholds: dict[str, float]) -> list[_Stage]:
+    """The run's stages, each training with the loss threshold used for it (``thresholds``, by spec:
+    ``train``, ``bridge.train``)."""
+    train = replace(cfg.train, loss_threshold=thresholds["train"])
     if cfg.algorithm == "cross_sphere":
         b = cfg.bridge
-        bridge = _Stage(b.algorithm, b.ticks, [Phase(0, ["*"], b.step_a, b.step_f)], b.train, True)
-        return [bridge, _Stage("m2m", cfg.ticks, cfg.phases, cfg.train, False, variance_to_end=True)]
+        bridge_train = replace(b.train, loss_threshold=thresholds["bridge.train"])
+        bridge = _Stage(b.algorithm, b.ticks, [Phase(0, ["*"], b.step_a, b.step_f)], bridge_train, True)
+        return [bridge, _Stage("m2m", cfg.ticks, cfg.phases, train, False, variance_to_end=True)]
     to_sphere = cfg.algorithm == "to_vs" or (cfg.algorithm == "m2o" and has_end)
-    return [_Stage(cfg.algorithm, cfg.ticks, cfg.phases, cfg.train, to_sphere)]
+    return [_Stage(cfg.algorithm, cfg.ticks, cfg.phases, train, to_sphere)]
+
+
+def _train_specs(cfg: SearchConfig) -> dict[str, TrainSpec]:
+    specs = {"train": cfg.train}
+    if cfg.algorithm == "cross_sphere":
+        specs["bridge.train"] = cfg.bridge.train
+    return specs
 
 
 def _sha256(path: Path) -> str:
@@ -125,11 +137,15 @@ def run_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
         raise UserError(f"run folder {out_dir} already exists; pass --resume to continue it or choose "
                         f"another --out")
     writer = RunWriter(out_dir)
+    recorded = None  # the loss thresholds a resumed run used
     if exists:
         info = read_run_json(out_dir)
         if info["status"] == "finished":
             return load_run(out_dir)
         cfg = SearchConfig.from_dict(info["config"])
+        # Runs from before loss_floor_factor used their loss_threshold as given.
+        recorded = {k: v["used"] for k, v in info["loss_thresholds"].items()} if "loss_thresholds" in info \
+            else {k: spec.loss_threshold for k, spec in _train_specs(cfg).items()}
         for what in ("start", "end"):
             stored = info[what]
             if stored and stored["sha256"] and _sha256_or_none(stored["path"]) != stored["sha256"]:
@@ -153,11 +169,13 @@ def run_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
             raise UserError("the start mode cannot be 'origin'")
     validate(cfg)
     check_compatible(start_mode, end_mode, cfg)
-    search = _Search(writer, cfg, start_mode, end_mode, data_root, on_tick, stop_event, pause_event)
+    search = _Search(writer, cfg, start_mode, end_mode, data_root, on_tick, stop_event, pause_event,
+                     recorded)
     if not exists:
         writer.create({"name": out_dir.name, "algorithm": cfg.algorithm,
                        "start": _endpoint(start_mode), "end": _endpoint(end_mode),
-                       "config": cfg.to_dict(), "device_used": str(search.device), "versions": versions()})
+                       "config": cfg.to_dict(), "loss_thresholds": search.threshold_records,
+                       "device_used": str(search.device), "versions": versions()})
     try:
         search.run()
     except BaseException as e:
@@ -183,7 +201,8 @@ class _Search:
     """The state of one search while it runs. ``run`` reads like llpf-algorithm.md 1.4."""
 
     def __init__(self, writer: RunWriter, cfg: SearchConfig, start: Mode, end: Mode | None,
-                 data_root, on_tick, stop_event, pause_event=None):
+                 data_root, on_tick, stop_event, pause_event=None,
+                 thresholds: dict[str, float] | None = None):
         self.writer, self.cfg, self.on_tick = writer, cfg, on_tick
         self.stop_event = stop_event or threading.Event()
         self.pause_event = pause_event or threading.Event()
@@ -222,7 +241,14 @@ class _Search:
                                    cfg.bn_recal_batches, cfg.train.batch_size)
         self.continuity_idx = fixed_subset(len(self.train_data), cfg.continuity.samples, cfg.seed + 4,
                                            self.device)
-        self.stages = _stages(cfg, end is not None)
+        self.threshold_records: dict[str, dict] | None = None  # run.json's loss_thresholds (new runs)
+        if thresholds is None:  # a new run: follow the endpoints' own train losses
+            def evaluate(mode: Mode) -> float:
+                return self.evaluator.evaluate(mode.model.state_dict())["train_loss"]
+            loss = max(endpoint_train_loss(m, evaluate) for m in (start, end) if m is not None)
+            self.threshold_records = {k: threshold_record(spec, loss) for k, spec in _train_specs(cfg).items()}
+            thresholds = {k: r["used"] for k, r in self.threshold_records.items()}
+        self.stages = _stages(cfg, end is not None, thresholds)
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
         self.total_ticks = sum(s.ticks for s in self.stages)
         # The whole-model distance leaves out what never moves: norm layers in M2O.
@@ -324,6 +350,8 @@ class _Search:
             done = self.tick - self.stage_start >= stage.ticks or (stage.to_sphere and self._on_sphere())
             if not done:
                 return False
+            if stage.to_sphere:
+                self._record_sphere(stage)
             if self.stage_index + 1 == len(self.stages):
                 return True
             self._save_point()
@@ -495,6 +523,41 @@ class _Search:
                 reached = bool(reached.all())
             self.sphere_checked = ((self.stage_index, self.tick), reached)
         return self.sphere_checked[1]
+
+    def _sphere_gap(self) -> tuple[str, float]:
+        """The moved layer farthest from the end's sphere and its ratio to it: norm / end norm
+        (M2O: variance / target variance)."""
+        stage = self.stages[self.stage_index]
+        with torch.no_grad():
+            xs = [self.xs[i] for i in self.sphere_list]
+            if stage.kind == "m2o":
+                target = self.target_var[self.sphere_index]
+                ratio = torch.stack([variance(x) for x in xs]) / target.clamp_min(1e-30)
+                gap = ratio - 1
+            else:
+                target = self.end_norm[self.sphere_index]
+                ratio = distances(xs, None) / target.clamp_min(1e-30)
+                gap = (ratio - 1).abs()
+            gap = torch.where(target > 0, gap, torch.zeros_like(gap))  # a zero end layer counts as reached
+            worst = int(gap.argmax())
+        return self.sphere_names[worst], float(ratio[worst])
+
+    def _record_sphere(self, stage: _Stage) -> None:
+        """run.json's ``sphere``: whether the stage that heads for the end's sphere reached it, and
+        if not, how far off it ended and why."""
+        layer, ratio = self._sphere_gap()
+        reached = self._on_sphere()
+        ticks = self.tick - self.stage_start
+        record = {"stage": stage.kind, "ticks": ticks, "reached": reached,
+                  "tolerance": None if stage.kind == "m2o" else self.cfg.bridge.tolerance,
+                  "farthest_layer": layer, "ratio": ratio}
+        if not reached:
+            what = "variance" if stage.kind == "m2o" else "norm"
+            record["note"] = (f"{stage.kind} used all its {ticks} ticks without reaching the end mode's "
+                              f"sphere: {layer}'s {what} is {ratio:.4g} times the end's. In networks without "
+                              f"normalisation layers training pushes the norms back up while the loss is above "
+                              f"the threshold; raise the stage's ticks or step_a")
+        self.writer.update(sphere=record)
 
     def _variance_targets(self) -> torch.Tensor:
         """This tick's variance targets for the layers in the correction's scope.
