@@ -127,7 +127,7 @@ if not issues:
 
 # --- training, evaluation, saving ------------------------------------------------------------------------
 with st.expander("Training, evaluation, saving and checks", expanded=False):
-    c = st.columns(5)
+    c = st.columns(6)
     train = TrainSpec(lr=c[0].number_input("lr", value=base.train.lr, min_value=0.0, format="%.5f", key=f"lr_{preset}"),
                       batch_size=int(c[1].number_input("batch size", value=base.train.batch_size, min_value=1,
                                                        key=f"batch_size_{preset}")),
@@ -136,7 +136,12 @@ with st.expander("Training, evaluation, saving and checks", expanded=False):
                       min_iters=int(c[3].number_input("min iters", value=base.train.min_iters, min_value=1,
                                                       key=f"min_iters_{preset}")),
                       max_iters=int(c[4].number_input("max iters", value=base.train.max_iters, min_value=1,
-                                                      key=f"max_iters_{preset}")))
+                                                      key=f"max_iters_{preset}")),
+                      loss_floor_factor=c[5].number_input(
+                          "loss floor × endpoints", value=base.train.loss_floor_factor, min_value=0.0,
+                          format="%.2f", key=f"loss_floor_{preset}",
+                          help="The threshold used is at least this times the larger of the two modes' own "
+                               "train losses (0: the loss threshold as given)."))
     c = st.columns(5)
     eval_every = int(c[0].number_input("eval every", value=base.eval_every, min_value=1, key=f"eval_every_{preset}"))
     eval_samples = int(c[1].number_input("eval samples (0 = all)", value=base.eval_samples, min_value=0,
