@@ -10,10 +10,10 @@ budget, so each smaller budget T is read off the same run: each layer's variance
 at tick T, the whole-model norm relative to the start (``distance_rel``), and the path max train loss
 (and continuity loss) over ticks 0..T.
 
-Writes ``m2o_depth.csv`` (one row per seed, threshold, step size and budget) and ``m2o_depth.html``
-(plotly: each layer's variance ratio reached against the path max train loss) to ``--out`` (default
-``$LLPF_HOME/bench-results/m2o-depth``), and prints
-the per-configuration means over the seeds. Without kaleido no PNG is written.
+Writes ``m2o_depth.csv`` (one row per seed, threshold, step size and budget), ``m2o_depth_mean.csv``
+(the means over the seeds, also printed) and ``m2o_depth.html`` (plotly: each layer's variance ratio
+reached against the path max train loss) to ``--out`` (default ``$LLPF_HOME/bench-results/m2o-depth``).
+No PNG: kaleido is not a dependency.
 """
 import argparse
 import csv
