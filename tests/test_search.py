@@ -241,14 +241,18 @@ def test_cross_sphere_joins_modes_on_different_spheres(digits_modes, tmp_path):
 
 
 def test_m2o_shrinks_while_keeping_the_loss_low(digits_modes, tmp_path):
+    """The default preset's depth (bench/m2o_depth.py, seed 1: first layer's variance 0.19 of the start's,
+    whole-model norm 0.58, path max 0.044)."""
     run = run_search(digits_modes[0], "origin", load_preset("mlp-digits-m2o"), tmp_path / "run")
     m, layers = run.metrics, run.layers
     assert run.status == "finished" and run.info["end"] is None
     first, last = layers[layers.tick == 0], layers[layers.tick == 300]
     ratio = last["norm"].to_numpy() / first["norm"].to_numpy()
     assert (ratio < 0.95).all(), ratio  # every layer shrank, though training pulls the norms back up
-    assert m["distance_rel"].iloc[-1] < 0.7  # whole-model norm, relative to the start
-    assert m["train_loss"].max() < 0.05
+    var_rel = last.set_index("layer")["variance_rel"]
+    assert var_rel["layers.0.weight"] <= 0.3, var_rel
+    assert m["distance_rel"].iloc[-1] < 0.65  # whole-model norm, relative to the start
+    assert m["train_loss"].max() < 0.055
     assert (m["test_acc"] > 0.95).all()
 
 
