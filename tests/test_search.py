@@ -344,3 +344,19 @@ def test_channels_last_gives_the_run_of_the_default_layout(tmp_path):
     for (_, pa), (_, pb) in zip(default.points(), nhwc.points()):
         for k, v in load_file(pa).items():
             assert torch.allclose(v, load_file(pb)[k], rtol=1e-4, atol=1e-6), k
+
+
+def test_evaluation_does_not_depend_on_the_pass_size(monkeypatch):
+    """The CPU's smaller evaluation passes (a last, shorter one included) give the means of one big pass."""
+    import llpf_core.evaluate as evaluate
+
+    train, test = load_dataset("digits"), load_dataset("digits", "test")
+    torch.manual_seed(0)
+    state = build_model("mlp").state_dict()
+    results = []
+    for per_pass in (4096, evaluate.EVAL_BATCH_CPU, 7):
+        monkeypatch.setattr(evaluate, "EVAL_BATCH_CPU", per_pass)
+        results.append(evaluate.Evaluator(build_model("mlp"), train, test, 0, 0, 10, 32).evaluate(state))
+    assert len(train) % evaluate.EVAL_BATCH_CPU and len(train) > evaluate.EVAL_BATCH_CPU
+    for r in results[1:]:
+        assert r == pytest.approx(results[0], rel=1e-5)
