@@ -272,7 +272,8 @@ def run_case(name: str, case: Case, device: torch.device, cache: Path, extra: li
     assert bare.steps == plain.steps == steps, (bare.steps, plain.steps, steps)
     setup = timers.seconds["set-up (data, models, tick 0, baseline)"]
     result = {"case": name, "ticks": cfg.ticks, "steps": steps, "wall": wall, "bare": steps / bare.seconds,
-              "search": steps / wall, "plain": steps / plain.seconds, "search_loop": steps / (wall - setup), "overrides": overrides,
+              "search": steps / wall, "plain": steps / plain.seconds, "search_loop": steps / (wall - setup),
+              "overrides": overrides,
               "parts": dict(timers.seconds), "calls": dict(timers.calls)}
     result["ratio"] = result["search"] / result["bare"]
     result["ratio_loop"] = result["search_loop"] / result["bare"]

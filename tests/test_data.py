@@ -13,12 +13,12 @@ import torch
 
 from llpf_core import ImageData, UserError, list_datasets, load_dataset
 from llpf_core.data import (
-    Augmentation,
     DEBIAN_FASHION_MNIST,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     MNIST_MEAN,
     MNIST_STD,
+    Augmentation,
     _load,
 )
 
