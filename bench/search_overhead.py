@@ -13,6 +13,9 @@ For each case, in one process (after a short warm-up of the bare loop):
       machine's speed drifts by tens of percent within seconds, so a bare loop timed only before or after
       the search compares the two at different speeds; in alternating windows both see the same machine.
       The bare loop reads no loss until the end of each window, so it never waits for the host.
+  (p) the plain loop, in the same turns: what a user would write by hand, the same model, starting weights,
+      batch size and optimizer, but no augmentation and PyTorch's default memory format. Its ratio is the
+      one a user sees who times a search against their own training loop.
 The breakdown times the engine's own functions with light wrappers (each call is attributed to the
 outermost timed function, so the baseline inside set-up counts as set-up). On CUDA these are host
 times: work that was queued asynchronously is waited for, and counted, by the next function that reads a
@@ -68,6 +71,7 @@ class Case:
     preset: str
     recipe: str  # "-": seeded random initialisations
     overrides: dict[str, list[str]]  # per device type: --set items a case needs to run in bench time
+    epochs: int | None = None  # train the modes for this many epochs instead of the recipe's
 
 
 ALL_LAYERS = 'phases=[{"start_tick": 0, "layers": ["*"], "step_a": 0.001}]'
@@ -77,6 +81,12 @@ CASES = {
     # the one-off set-up (the 11-point baseline, about 3 s) weighs ten times more.
     "lenet5-fashion-mnist-m2m": Case("lenet5", "fashion-mnist", "lenet5-fashion-mnist-m2m", "lenet5-fashion-mnist",
                                      {}),
+    # The short search a user tries first: 200 ticks of the preset between two 1-epoch modes (about 6,400
+    # steps: their loss is above the threshold, so ticks run long), where the set-up (the 11-point
+    # baseline, the first evaluation) weighs ten times more than over 2,000 ticks.
+    "lenet5-fashion-mnist-m2m-200": Case("lenet5", "fashion-mnist", "lenet5-fashion-mnist-m2m",
+                                         "lenet5-fashion-mnist", {"cpu": ["ticks=200"], "cuda": ["ticks=200"]},
+                                         epochs=1),
     # Random labels never reach the loss threshold, so every tick is capped at min_iters = 20 steps: the
     # shortest tick the preset allows, where per-tick overhead weighs most. The preset's last phase (every
     # layer moves) from tick 0, since the bench runs far fewer ticks than its phases span. On a CPU: a
@@ -137,7 +147,8 @@ class Timers:
 
 
 def make_modes(case: Case, device: torch.device, cache: Path) -> list[Path]:
-    folder = cache / case.model / case.dataset / ("random" if case.recipe == "-" else case.recipe)
+    recipe = "random" if case.recipe == "-" else case.recipe + (f"-{case.epochs}-epochs" if case.epochs else "")
+    folder = cache / case.model / case.dataset / recipe
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for seed in (1, 2):
@@ -145,7 +156,9 @@ def make_modes(case: Case, device: torch.device, cache: Path) -> list[Path]:
         if not path.exists():
             if case.recipe != "-":
                 print(f"  training mode {path} (once; kept for later runs)", flush=True)
-                train_mode(case.model, case.dataset, seed, path, load_recipe(case.recipe), str(device),
+                epochs = {"epochs": case.epochs} if case.epochs else {}
+                train_mode(case.model, case.dataset, seed, path,
+                           dataclasses.replace(load_recipe(case.recipe), **epochs), str(device),
                            recipe_name=case.recipe)
             else:
                 torch.manual_seed(seed)
@@ -161,19 +174,22 @@ def sync(device: torch.device) -> None:
 
 
 class BareLoop:
-    """Plain SGD on the search's model, data pipeline and settings, run a given number of steps at a time."""
+    """Plain SGD on the search's model and settings, run a given number of steps at a time: by default with
+    the search's data pipeline (augmentation, memory format); ``plain=True`` without augmentation, in
+    PyTorch's default memory format."""
 
-    def __init__(self, start: Path, cfg, device: torch.device):
+    def __init__(self, start: Path, cfg, device: torch.device, plain: bool = False):
         mode = load_mode(start)
         self.cfg, self.device = cfg, device
         data = load_dataset(mode.meta.dataset).to(device)
         self.model = build_model(mode.meta.model, **mode.meta.model_kwargs).to(device)
         self.model.load_state_dict(mode.model.state_dict())
-        if cfg.channels_last:
+        channels_last = cfg.channels_last and not plain
+        if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.train.lr)
         self.stream = BatchStream(data, cfg.train.batch_size, torch.Generator(device).manual_seed(cfg.seed),
-                                  channels_last=cfg.channels_last)
+                                  augment=not plain, channels_last=channels_last)
         self.model.train()
         self.steps, self.seconds = 0, 0.0
 
@@ -196,12 +212,12 @@ class BareLoop:
 
 
 class Alternate:
-    """A search's tick callback that runs the bare loop in turns with it: after every ``window`` seconds of
-    search, as many bare steps as the search took meanwhile. ``seconds`` is the time spent here, which is
-    taken off the search's wall time."""
+    """A search's tick callback that runs the bare loops in turns with it: after every ``window`` seconds of
+    search, as many steps of each loop as the search took meanwhile. ``seconds`` is the time spent here,
+    which is taken off the search's wall time."""
 
-    def __init__(self, bare: BareLoop, window: float):
-        self.bare, self.window = bare, window
+    def __init__(self, loops: list[BareLoop], window: float):
+        self.loops, self.window = loops, window
         self.pending, self.seconds = 0, 0.0
         self.since = time.perf_counter()
 
@@ -211,9 +227,10 @@ class Alternate:
             self.flush()
 
     def flush(self) -> None:
-        sync(self.bare.device)  # the search's queued work is the search's time
+        sync(self.loops[0].device)  # the search's queued work is the search's time
         t0 = time.perf_counter()
-        self.bare.run(self.pending)
+        for loop in self.loops:
+            loop.run(self.pending)
         self.pending = 0
         self.since = time.perf_counter()
         self.seconds += self.since - t0
@@ -235,15 +252,16 @@ def run_case(name: str, case: Case, device: torch.device, cache: Path, extra: li
     a, b = make_modes(case, device, cache)
     overrides = case.overrides.get(device.type, []) + extra
     cfg = apply_overrides(dataclasses.replace(load_preset(case.preset), device=str(device)), overrides)
-    bare = BareLoop(a, cfg, device)
-    bare.run(20)  # warm-up (allocator, kernel selection); not counted
-    bare.steps, bare.seconds = 0, 0.0
+    bare, plain = BareLoop(a, cfg, device), BareLoop(a, cfg, device, plain=True)
+    for loop in (bare, plain):
+        loop.run(20)  # warm-up (allocator, kernel selection); not counted
+        loop.steps, loop.seconds = 0, 0.0
     with tempfile.TemporaryDirectory() as tmp:
         timers = Timers()
         try:
             sync(device)
             t0 = time.perf_counter()
-            alternate = Alternate(bare, window)
+            alternate = Alternate([bare, plain], window)
             run = run_search(a, b, cfg, Path(tmp) / "run", stop_event=threading.Event(), on_tick=alternate)
             sync(device)
             wall = time.perf_counter() - t0 - alternate.seconds
@@ -251,13 +269,15 @@ def run_case(name: str, case: Case, device: torch.device, cache: Path, extra: li
             timers.remove()
         alternate.flush()
         steps = int(run.metrics["iterations"].sum())
-    assert bare.steps == steps, (bare.steps, steps)
+    assert bare.steps == plain.steps == steps, (bare.steps, plain.steps, steps)
     setup = timers.seconds["set-up (data, models, tick 0, baseline)"]
     result = {"case": name, "ticks": cfg.ticks, "steps": steps, "wall": wall, "bare": steps / bare.seconds,
-              "search": steps / wall, "search_loop": steps / (wall - setup), "overrides": overrides,
+              "search": steps / wall, "plain": steps / plain.seconds, "search_loop": steps / (wall - setup),
+              "overrides": overrides,
               "parts": dict(timers.seconds), "calls": dict(timers.calls)}
     result["ratio"] = result["search"] / result["bare"]
     result["ratio_loop"] = result["search_loop"] / result["bare"]
+    result["ratio_plain"] = result["search"] / result["plain"]
     if device.type == "cuda":
         result["flops"] = step_flops(bare)
     return result
@@ -269,6 +289,8 @@ def report(r: dict, device: torch.device) -> None:
     print(f"  (a) bare loop  {r['bare']:9.1f} steps/s   (in turns with the search)")
     print(f"  (b) search     {r['search']:9.1f} steps/s   ratio b/a = {r['ratio']:.3f}")
     print(f"      without set-up {r['search_loop']:9.1f} steps/s   ratio b/a = {r['ratio_loop']:.3f}")
+    print(f"  (p) plain loop {r['plain']:9.1f} steps/s   (no augmentation, default memory format)   "
+          f"ratio b/p = {r['ratio_plain']:.3f}")
     print(f"      {'breakdown of the search wall time':<42} {r['wall']:8.2f} s   calls   ms/call")
     for label, secs in r["parts"].items():
         calls = r["calls"].get(label, 0)
@@ -310,10 +332,13 @@ def main() -> None:
             results.append(run_case(name, CASES[name], device, cache, args.set, args.window))
             report(results[-1], device)
         if args.repeat > 1:
-            med = {k: statistics.median(r[k] for r in results) for k in ("bare", "search", "ratio", "ratio_loop")}
-            print(f"\n  median of {args.repeat} runs: bare {med['bare']:.1f} steps/s, search {med['search']:.1f} "
-                  f"steps/s, ratio {med['ratio']:.3f} (without set-up {med['ratio_loop']:.3f}); ratios "
-                  + ", ".join(f"{r['ratio']:.3f}" for r in results))
+            keys = ("bare", "plain", "search", "ratio", "ratio_loop", "ratio_plain")
+            med = {k: statistics.median(r[k] for r in results) for k in keys}
+            print(f"\n  median of {args.repeat} runs: bare {med['bare']:.1f} steps/s, plain {med['plain']:.1f} "
+                  f"steps/s, search {med['search']:.1f} steps/s, ratio b/a {med['ratio']:.3f} (without set-up "
+                  f"{med['ratio_loop']:.3f}), ratio b/p {med['ratio_plain']:.3f}; ratios b/a "
+                  + ", ".join(f"{r['ratio']:.3f}" for r in results) + "; b/p "
+                  + ", ".join(f"{r['ratio_plain']:.3f}" for r in results))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ class SearchConfig:
     seed: int = 0  # data order, augmentation, evaluation subsets (decision 7)
     device: str = "auto"  # cpu | cuda | cuda:N | auto
     dtype: str = "float32"  # float32 | bfloat16 (autocast)
-    channels_last: bool = False  # NHWC memory format for convolutional models (faster on GPUs)
+    channels_last: bool = False  # NHWC memory format for convolutional models (faster on GPUs; LeNet-5 on CPUs)
     phases: list[Phase] = field(default_factory=lambda: [Phase(step_a=1e-3)])
     merge_bias: bool = False  # move X.weight and X.bias as one vector
     clamp_step: bool = True  # decision 1: never step past the destination

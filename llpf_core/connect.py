@@ -237,6 +237,8 @@ class _Search:
                 raise UserError(f"the start mode's {key} is {start.meta.model_kwargs[key]} but {start.meta.dataset} "
                                 f"has {fits[key]}; use a mode trained on {start.meta.dataset}")
         scratch = build_model(start.meta.model, **start.meta.model_kwargs).to(self.device)
+        if cfg.channels_last:  # evaluation in the training's layout: LeNet-5's CPU pooling is 2x faster in it
+            scratch.to(memory_format=torch.channels_last)
         self.evaluator = Evaluator(scratch, self.train_data, self.test_data, cfg.eval_samples, cfg.seed,
                                    cfg.bn_recal_batches, cfg.train.batch_size)
         self.continuity_idx = fixed_subset(len(self.train_data), cfg.continuity.samples, cfg.seed + 4,

@@ -41,10 +41,11 @@ class Augmentation:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """x: (B, C, H, W) in [0, 1], before normalisation, so that fills are black pixels."""
-        if self.rotate_degrees:
-            x = _random_rotation(x, self.rotate_degrees, generator)
-        if self.crop_padding:
-            x = _random_crop(x, self.crop_padding, self.crop_reflect, generator)
+        shift = self.crop_padding if not self.crop_reflect else 0
+        if self.rotate_degrees or shift:  # a black-padded crop is a shift: one resampling does both
+            x = _random_rotation_and_shift(x, self.rotate_degrees, shift, generator)
+        if self.crop_padding and self.crop_reflect:
+            x = _random_crop(x, self.crop_padding, generator)
         if self.hflip:
             flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
@@ -55,17 +56,26 @@ MNIST_AUGMENTATION = Augmentation(rotate_degrees=5.0, crop_padding=2)
 CIFAR_AUGMENTATION = Augmentation(crop_padding=4, crop_reflect=True, hflip=True)
 
 
-def _random_rotation(x, degrees, generator):
-    angle = (torch.rand(x.shape[0], device=x.device, generator=generator) * 2 - 1) * math.radians(degrees)
-    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
-    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+def _random_rotation_and_shift(x, degrees, shift, generator):
+    """Rotate each image by a random angle in [-degrees, degrees] and shift it by a random whole number of
+    pixels in [-shift, shift] along each axis (RandomCrop with black padding), in one nearest-neighbour
+    resampling with black fill: output pixel p samples the input at R (p + s)."""
+    b, _, h, w = x.shape
+    angle = (torch.rand(b, device=x.device, generator=generator) * 2 - 1) * math.radians(degrees)
+    cos, sin = angle.cos(), angle.sin()
+    # the crop's offsets, as _random_crop draws them; in affine_grid's units, a pixel is 2 / size
+    sy = (torch.randint(0, 2 * shift + 1, (b,), device=x.device, generator=generator) - shift) * (2 / h)
+    sx = (torch.randint(0, 2 * shift + 1, (b,), device=x.device, generator=generator) - shift) * (2 / w)
+    theta = torch.stack([torch.stack([cos, -sin, cos * sx - sin * sy], 1),
+                         torch.stack([sin, cos, sin * sx + cos * sy], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
-def _random_crop(x, padding, reflect, generator):
+def _random_crop(x, padding, generator):
+    """RandomCrop with reflect padding: each image cut at a random offset out of its padded copy."""
     b, _, h, w = x.shape
-    padded = F.pad(x, (padding,) * 4, mode="reflect" if reflect else "constant")
+    padded = F.pad(x, (padding,) * 4, mode="reflect")
     dy = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=generator)
     dx = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=generator)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)

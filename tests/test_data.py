@@ -18,6 +18,7 @@ from llpf_core.data import (
     FASHION_MNIST_STD,
     MNIST_MEAN,
     MNIST_STD,
+    Augmentation,
     _load,
 )
 
@@ -230,3 +231,19 @@ def test_augmentation_does_not_change_the_stored_images(mnist_train):
     before = mnist_train.images.clone()
     mnist_train.batch(torch.arange(20), augment=True, generator=torch.Generator().manual_seed(0))
     assert torch.equal(mnist_train.images, before)
+
+
+def test_black_padded_crop_is_the_same_shift_as_cutting_the_padded_image(mnist_train):
+    """Without rotation, the one resampling that does rotation and crop cuts exactly the window that
+    RandomCrop(28, padding 2) would, at the offsets drawn from the same generator."""
+    idx = torch.arange(20)
+    x, _ = mnist_train.batch(idx, augment=False)
+    crop_only = Augmentation(crop_padding=2)
+    shifted = crop_only(x, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    torch.rand(20, generator=g)  # the angles' draw, which crop_only makes too
+    dy, dx = (torch.randint(0, 5, (20,), generator=g) for _ in range(2))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    expected = torch.stack([padded[i, :, dy[i]:dy[i] + 28, dx[i]:dx[i] + 28] for i in range(20)])
+    assert torch.equal(shifted, expected)
+    assert not torch.equal(shifted, x)

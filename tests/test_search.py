@@ -327,3 +327,47 @@ def test_out_of_memory_is_a_one_line_error_and_marks_the_run_failed(digits_modes
     run = load_run(tmp_path / "run")
     assert run.status == "failed" and run.error.startswith("out of memory")
     assert [t for t, _ in run.points()] == [0]  # what was written before stays
+
+
+def test_channels_last_gives_the_run_of_the_default_layout(tmp_path):
+    """The NHWC layout (training and evaluation) changes speed, not results: a convolutional search
+    with channels_last=true logs what the default layout's does, to float rounding."""
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        net = build_model("cnn", num_classes=10, in_channels=1, image_size=8)
+        save_mode(tmp_path / f"cnn{seed}.safetensors", net,
+                  ModeMeta(model="cnn", model_kwargs={"num_classes": 10, "in_channels": 1, "image_size": 8},
+                           dataset="digits", seed=seed))
+    runs = {}
+    for layout in (False, True):
+        cfg = SearchConfig(algorithm="m2m", ticks=6, phases=[Phase(step_a=0.1)], eval_every=3, save_every=3,
+                           train=TrainSpec(lr=0.01, min_iters=3, max_iters=3), baseline_points=3,
+                           continuity=dataclasses.replace(SearchConfig().continuity, points=4, every=3),
+                           channels_last=layout)
+        runs[layout] = run_search(tmp_path / "cnn1.safetensors", tmp_path / "cnn2.safetensors", cfg,
+                                  tmp_path / f"run-{layout}")
+    default, nhwc = runs[False], runs[True]
+    for table in ("metrics", "baseline", "continuity"):
+        a, b = getattr(default, table), getattr(nhwc, table)
+        a, b = a.drop(columns=["wall_s"], errors="ignore"), b.drop(columns=["wall_s"], errors="ignore")
+        assert len(a) and a.shape == b.shape, table
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-4, atol=1e-6)
+    for (_, pa), (_, pb) in zip(default.points(), nhwc.points()):
+        for k, v in load_file(pa).items():
+            assert torch.allclose(v, load_file(pb)[k], rtol=1e-4, atol=1e-6), k
+
+
+def test_evaluation_does_not_depend_on_the_pass_size(monkeypatch):
+    """The CPU's smaller evaluation passes (a last, shorter one included) give the means of one big pass."""
+    import llpf_core.evaluate as evaluate
+
+    train, test = load_dataset("digits"), load_dataset("digits", "test")
+    torch.manual_seed(0)
+    state = build_model("mlp").state_dict()
+    results = []
+    for per_pass in (4096, evaluate.EVAL_BATCH_CPU, 7):
+        monkeypatch.setattr(evaluate, "EVAL_BATCH_CPU", per_pass)
+        results.append(evaluate.Evaluator(build_model("mlp"), train, test, 0, 0, 10, 32).evaluate(state))
+    assert len(train) % evaluate.EVAL_BATCH_CPU and len(train) > evaluate.EVAL_BATCH_CPU
+    for r in results[1:]:
+        assert r == pytest.approx(results[0], rel=1e-5)
