@@ -27,6 +27,7 @@ from llpf_core import (
     save_mode,
 )
 from llpf_core.device import apply_cuda_settings, out_of_memory, resolve_device
+from llpf_core.geometry import angle_conformal_lr, variance
 from llpf_core.modefile import ModeMeta
 from llpf_core.runfolder import RunWriter, read_run_json
 from tests.conftest import REPO, run_cli
@@ -262,18 +263,21 @@ def test_pause_lands_inside_a_long_tick_with_a_consistent_checkpoint(digits_mode
 
 # --- 5. M2O: one optimizer group -------------------------------------------------------------------------
 
-class PerGroupSGD(torch.optim.SGD):
-    """The reference: M2O's optimizer before the change, one SGD group per parameter, each group's
-    lr set to lr * scale before the step."""
+def per_group_sgd(params, lr):
+    """M2O's optimizer before issue 15: one SGD group per parameter."""
+    return torch.optim.SGD([{"params": [p]} for p in params], lr=lr)
 
-    def __init__(self, params, lr):
-        super().__init__([{"params": [p]} for p in params], lr=lr)
-        self.lr0, self.scales = lr, [1.0] * len(self.param_groups)
 
-    def step(self, closure=None):
-        for group, scale in zip(self.param_groups, self.scales):
-            group["lr"] = self.lr0 * scale
-        return super().step(closure)
+def per_group_m2o_step(self, stage, phase):
+    """``_Search._step`` for M2O before issue 15: the angle-conformal rates set as each group's lr."""
+    with torch.no_grad():
+        self._move(stage, phase)
+        var_now = torch.stack([variance(x) for x in self.xs])
+        lrs = angle_conformal_lr(stage.train.lr, var_now, self.start_var.clamp_min(1e-30), self.cfg.lr_policy).tolist()
+        for group, name, lr, var0 in zip(self.optimizer.param_groups, self.names, lrs, (self.start_var > 0).tolist()):
+            if "weight" in name and name not in self.norm_names and var0:
+                group["lr"] = lr
+    return llpf_core.connect.train_until(self.model, self.optimizer, self.stream, stage.train, self.cfg.dtype)
 
 
 @pytest.mark.parametrize("end", ["origin", "mode"])
@@ -282,7 +286,8 @@ def test_m2o_with_one_optimizer_group_matches_one_group_per_parameter(digits_mod
     cfg = short("mlp-digits-m2o", "ticks=30", "algorithm=m2o", "phases.0.step_a=0.02", "train.loss_threshold=0.005")
     end = "origin" if end == "origin" else digits_modes[1]
     run = run_search(digits_modes[0], end, cfg, tmp_path / "one")
-    monkeypatch.setattr(llpf_core.connect, "PerParameterSGD", PerGroupSGD)
+    monkeypatch.setattr(llpf_core.connect, "PerParameterSGD", per_group_sgd)
+    monkeypatch.setattr(llpf_core.connect._Search, "_step", per_group_m2o_step)
     reference = run_search(digits_modes[0], end, cfg, tmp_path / "per-group")
     a, b = run.metrics, reference.metrics
     assert list(a["iterations"]) == list(b["iterations"]) and (a["iterations"] > 5).any()
