@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algorithm", choices=["m2m", "m2o", "to_vs", "cross_sphere"])
     p.add_argument("--ticks", type=int)
     p.add_argument("--seed", type=int)
-    _add_device_option(p, default="the preset's, auto")
+    _add_device_option(p, default="the preset's, auto; with --resume, the device to continue on")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.lr=0.01 --set phases.0.step_a=0.02")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train two digits modes, connect them and print the checks (~1 min)")
     p.add_argument("--out", help="folder for the demo's modes and run (default: $LLPF_HOME/demo-<time>)")
-    _add_device_option(p)
+    _add_device_option(p, default="cpu")
     _add_quiet_option(p)
     p.set_defaults(command_name="demo")
 

@@ -132,9 +132,9 @@ def cmd_connect(args) -> int:
     out = Path(args.out)
     resuming = args.resume and (out / "run.json").exists()
     if resuming:
-        if args.set or args.preset or args.ticks or args.algorithm:
-            warn("--resume continues with the config stored in run.json; --preset, --set, --ticks and "
-                 "--algorithm are ignored")
+        if args.set or args.preset or args.ticks or args.algorithm or args.seed is not None:
+            warn("--resume continues with the config stored in run.json; --preset, --set, --ticks, --seed "
+                 "and --algorithm are ignored (--device is used)")
         cfg, start, end, preset = None, args.start, args.end, "(from run.json)"
     else:
         start = load_mode(args.start, "start mode file")
@@ -158,7 +158,7 @@ def cmd_connect(args) -> int:
     with _ctrl_c_stops(stop):
         try:
             run = run_search(start, end, cfg, out, on_tick=on_tick, stop_event=stop, resume=args.resume,
-                             data_root=args.data_root)
+                             data_root=args.data_root, device=_device(args) if resuming else None)
         finally:
             if bar is not None:
                 bar.close()
@@ -240,7 +240,7 @@ def cmd_independence(args) -> int:
 def cmd_demo(args) -> int:
     out = Path(args.out) if args.out else workspace_dir() / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     t0 = time.perf_counter()
-    device = _device(args) or "auto"
+    device = _device(args) or "cpu"  # the demo's tiny MLP is faster on the CPU than on a GPU
     recipe = load_recipe("mlp-digits")
     modes = []
     for seed in (1, 2):

@@ -67,6 +67,9 @@ class SearchConfig:
     device: str = "auto"  # cpu | cuda | cuda:N | auto
     dtype: str = "float32"  # float32 | bfloat16 (autocast)
     channels_last: bool = False  # NHWC memory format for convolutional models (faster on GPUs; LeNet-5 on CPUs)
+    # Opt-in CUDA speed settings (they change the numerics; ignored on the CPU):
+    tf32: bool = False  # float32 matmuls in TF32 (torch.set_float32_matmul_precision("high"))
+    cudnn_benchmark: bool = False  # cuDNN autotuning (torch.backends.cudnn.benchmark)
     phases: list[Phase] = field(default_factory=lambda: [Phase(step_a=1e-3)])
     merge_bias: bool = False  # move X.weight and X.bias as one vector
     clamp_step: bool = True  # decision 1: never step past the destination

@@ -17,7 +17,7 @@ import torch
 from .checks import run_summary
 from .config import Phase, SearchConfig, TrainSpec, validate
 from .data import load_dataset
-from .device import out_of_memory, resolve_device
+from .device import apply_cuda_settings, out_of_memory, out_of_memory_is_user_error, resolve_device, warn
 from .errors import UserError
 from .evaluate import Evaluator, fixed_subset
 from .flow import match_layers, norm_layer_names
@@ -26,7 +26,7 @@ from .modefile import Mode, ModeMeta, load_mode, versions
 from .registry import build_model
 from .runfolder import Run, RunWriter, load_run, read_run_json
 from .thresholds import endpoint_train_loss, threshold_record
-from .train import BatchStream, train_until
+from .train import BatchStream, PerParameterSGD, train_until
 
 ORIGIN = "origin"
 
@@ -121,15 +121,18 @@ def run_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
                config: SearchConfig | None, out_dir: str | Path, *,
                on_tick: Callable[[TickEvent], None] | None = None,
                stop_event: threading.Event | None = None, pause_event: threading.Event | None = None,
-               resume: bool = False, data_root: str | Path | None = None) -> Run:
+               resume: bool = False, data_root: str | Path | None = None,
+               device: str | None = None) -> Run:
     """Run (or resume) a path search, blocking until it finishes or ``stop_event`` is set.
 
-    While ``pause_event`` is set, the search checkpoints at the end of its current tick, marks the run
+    A stop or a pause ends the current tick early (within ``train.INTERRUPT_EVERY`` SGD steps).
+    While ``pause_event`` is set, the search checkpoints at the end of that tick, marks the run
     ``paused`` and waits (holding its memory) until the event is cleared or ``stop_event`` is set.
 
     ``end`` is a mode, or ``"origin"``/None for M2O. With ``resume=True`` and an existing run folder,
     the run continues from its checkpoint with the config stored in run.json (``start``, ``end`` and
-    ``config`` may then be None). Returns the run folder, read back.
+    ``config`` may then be None). ``device`` replaces the config's device (also on resume; a checkpoint
+    continues only on the device type that wrote it). Returns the run folder, read back.
     """
     out_dir = Path(out_dir)
     exists = (out_dir / "run.json").exists()
@@ -138,6 +141,7 @@ def run_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
                         f"another --out")
     writer = RunWriter(out_dir)
     recorded = None  # the loss thresholds a resumed run used
+    checkpoint = None
     if exists:
         info = read_run_json(out_dir)
         if info["status"] == "finished":
@@ -159,28 +163,35 @@ def run_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
                     _sha256(given_mode.path) != stored["sha256"]:
                 raise UserError(f"--resume: the {what} mode differs from the one this run started with "
                                 f"({stored['path']})")
+        if device is not None:
+            cfg = replace(cfg, device=device)
+        checkpoint = writer.load_checkpoint()
+        if checkpoint is not None:
+            _check_device_type(checkpoint[1], info, cfg.device)
         writer.reopen()
     else:
         if config is None:
             raise UserError("run_search needs a config for a new run")
-        cfg = config
+        cfg = config if device is None else replace(config, device=device)
         start_mode, end_mode = _as_mode(start, "start"), _as_mode(end, "end")
         if start_mode is None:
             raise UserError("the start mode cannot be 'origin'")
     validate(cfg)
     check_compatible(start_mode, end_mode, cfg)
-    search = _Search(writer, cfg, start_mode, end_mode, data_root, on_tick, stop_event, pause_event,
-                     recorded)
+    # Set-up puts the model, the data and the evaluator on the device, so it can run out of memory;
+    # nothing is written yet, so a new run can start again in the same folder.
+    with out_of_memory_is_user_error(f"setting up the search on {cfg.device}: {_OOM_HINT}"):
+        search = _Search(writer, cfg, start_mode, end_mode, data_root, on_tick, stop_event, pause_event,
+                         recorded)
     if not exists:
         writer.create({"name": out_dir.name, "algorithm": cfg.algorithm,
                        "start": _endpoint(start_mode), "end": _endpoint(end_mode),
                        "config": cfg.to_dict(), "loss_thresholds": search.threshold_records,
                        "device_used": str(search.device), "versions": versions()})
     try:
-        search.run()
+        search.run(checkpoint)
     except BaseException as e:
-        oom = out_of_memory(e, f"lower train.batch_size, eval_samples or continuity.samples (--set), then "
-                               f"continue with --resume (device {search.device})")
+        oom = out_of_memory(e, f"searching on {search.device}: {_OOM_HINT}")
         try:
             if isinstance(e, KeyboardInterrupt):
                 writer.update(status="stopped", error=None)
@@ -197,6 +208,21 @@ def run_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
     return load_run(out_dir)
 
 
+_OOM_HINT = ("start a new run with smaller settings, e.g. --set train.batch_size=N (also eval_samples, "
+             "continuity.samples); --resume keeps the stored config")
+
+
+def _check_device_type(checkpoint_info: dict, run_info: dict, device: str) -> None:
+    """A checkpoint continues only on the device type that wrote it: the batch stream's generator
+    state (and the CUDA random state) belongs to one device type."""
+    written = checkpoint_info.get("device_type") or torch.device(run_info["device_used"]).type
+    now = resolve_device(device)
+    if now.type != written:
+        raise UserError(f"--resume: this run's checkpoint was written on {written} and cannot continue on "
+                        f"{now} (device {device!r}): its random state belongs to {written}; resume with "
+                        f"--device {written} on a machine that has one, or start a new run")
+
+
 class _Search:
     """The state of one search while it runs. ``run`` reads like llpf-algorithm.md 1.4."""
 
@@ -207,6 +233,9 @@ class _Search:
         self.stop_event = stop_event or threading.Event()
         self.pause_event = pause_event or threading.Event()
         self.device = resolve_device(cfg.device)
+        apply_cuda_settings(self.device, cfg.tf32, cfg.cudnn_benchmark)
+        if self.device.type != "cuda" and (cfg.tf32 or cfg.cudnn_benchmark):
+            warn(f"tf32 and cudnn_benchmark apply on CUDA only; the search runs on {self.device} without them")
         self.meta = start.meta
         self.model = build_model(start.meta.model, **start.meta.model_kwargs).to(self.device)
         self.model.load_state_dict(start.model.state_dict())
@@ -221,7 +250,9 @@ class _Search:
         self.state = self.model.state_dict()
         self.norm_names = norm_layer_names(self.model)
         self.start_list = [x.clone() for x in self.xs]
-        self.end_state = None if end is None else {k: v.to(self.device) for k, v in end.model.state_dict().items()}
+        # In the model's memory format, so the fused ops over (point, end) pairs stay on the fast path.
+        self.end_state = None if end is None else {k: self._like_model(v.to(self.device))
+                                                   for k, v in end.model.state_dict().items()}
         self.end = None if end is None else [self.end_state[n] for n in self.names]
         self.end_norm = None if end is None else distances(self.end, None)
         self.end_var = None if end is None else torch.stack([variance(v) for v in self.end])
@@ -280,18 +311,23 @@ class _Search:
         self.sphere_list: list[int] = []  # their indices in self.names
         self.sphere_index = torch.zeros(0, dtype=torch.long, device=self.device)
         self.sphere_checked: tuple = (None, False)  # ((stage index, tick), on the sphere)
+        self.conformal: list[bool] | None = None  # M2O: the layers with angle-conformal rates, per stage
+
+    def _like_model(self, v: torch.Tensor) -> torch.Tensor:
+        """``v`` in the model's memory format (channels_last applies to 4-D tensors only)."""
+        return v.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last and v.dim() == 4 else v
 
     # --- the loop --------------------------------------------------------------------------------
 
-    def run(self) -> None:
-        checkpoint = self.writer.load_checkpoint()
+    def run(self, checkpoint: tuple[dict[str, torch.Tensor], dict] | None) -> None:
+        """From the start, or from ``checkpoint`` (the run folder's, read by run_search)."""
         self.t0 = time.perf_counter()
         if checkpoint is None:
             self.writer.truncate_after(-1)  # a run killed before its first checkpoint starts over
             self._begin()
         else:
             self._restore(*checkpoint)
-        self.writer.update(status="running", error=None)
+        self.writer.update(status="running", error=None, device_used=str(self.device))
         while not self._finished():
             stage = self.stages[self.stage_index]
             local = self.tick - self.stage_start
@@ -371,14 +407,14 @@ class _Search:
             if stage.kind == "m2m":
                 self.correction(targets)
             if stage.kind == "m2o":
+                if self.conformal is None:  # fixed for the stage: its start variances do not change
+                    self.conformal = [("weight" in n and n not in self.norm_names and var0)
+                                      for n, var0 in zip(self.names, (self.start_var > 0).tolist())]
                 var_now = torch.stack([variance(x) for x in self.xs])
-                lrs = angle_conformal_lr(stage.train.lr, var_now, self.start_var.clamp_min(1e-30),
-                                         cfg.lr_policy).tolist()
-                for group, name, lr, var0 in zip(self.optimizer.param_groups, self.names, lrs,
-                                                 (self.start_var > 0).tolist()):
-                    if "weight" in name and name not in self.norm_names and var0:
-                        group["lr"] = lr
-        training = train_until(self.model, self.optimizer, self.stream, stage.train, cfg.dtype)
+                ratios = angle_conformal_lr(1.0, var_now, self.start_var.clamp_min(1e-30), cfg.lr_policy).tolist()
+                self.optimizer.scales = [r if c else 1.0 for r, c in zip(ratios, self.conformal)]
+        training = train_until(self.model, self.optimizer, self.stream, stage.train, cfg.dtype,
+                               lambda: self.stop_event.is_set() or self.pause_event.is_set())
         if stage.kind == "m2m":
             with torch.no_grad():
                 self.correction(targets)
@@ -432,8 +468,9 @@ class _Search:
         if stage.to_sphere or stage.variance_to_end:
             self.target_var = self.end_var
         params = [self.params[n] for n in self.names]
-        if stage.kind == "m2o":  # one group per parameter, as angle-conformal rates need
-            self.optimizer = torch.optim.SGD([{"params": [p]} for p in params], lr=stage.train.lr)
+        self.conformal = None  # set on the stage's first tick, from its start variances
+        if stage.kind == "m2o":  # angle-conformal rates: a learning rate per parameter
+            self.optimizer = PerParameterSGD(params, lr=stage.train.lr)
         else:
             self.optimizer = torch.optim.SGD(params, lr=stage.train.lr)
         self.stream = BatchStream(self.train_data, stage.train.batch_size, self.generator,
@@ -661,6 +698,7 @@ class _Search:
                         "layer_dist0": self.layer_dist0})
         info = {"tick": self.tick, "stage_index": self.stage_index, "stage_start": self.stage_start,
                 "phase_index": self.phase_index, "stream_pos": stream["pos"], "dist0": self.dist0,
+                "device_type": self.device.type,
                 "wall_s": self.wall_offset + time.perf_counter() - self.t0,
                 "rolling_window": []}  # each tick starts a fresh window, so it is empty between ticks
         self.writer.save_checkpoint(tensors, info)
@@ -673,6 +711,7 @@ class _Search:
                                      "rng": tensors["stream/rng"]})
         self.start_var = torch.stack([tensors[f"start_var/{n}"] for n in self.names]).to(self.device)
         self.target_var = torch.stack([tensors[f"target_var/{n}"] for n in self.names]).to(self.device)
+        self.conformal = None  # from the restored start variances, not those _begin_stage measured
         torch.set_rng_state(tensors["torch_rng"])
         if "cuda_rng" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)

@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import TrainSpec
 from .data import ImageData, load_dataset
-from .device import autocast, resolve_device
+from .device import autocast, out_of_memory, out_of_memory_is_user_error, resolve_device
 from .errors import UserError
 from .evaluate import Evaluator
 from .modefile import Mode, ModeMeta, save_mode
@@ -57,6 +57,27 @@ class BatchStream:
         self.generator.set_state(state["rng"])
 
 
+class PerParameterSGD(torch.optim.SGD):
+    """Plain SGD (no momentum, no weight decay) with a learning rate per parameter, in ONE group.
+
+    ``step`` multiplies the gradients by ``scales`` (Python floats, one per parameter) and then takes
+    the group's step with ``lr``: parameter i moves by ``lr * scales[i]`` times its gradient. One
+    group keeps the fused multi-tensor kernels; a group per parameter launched them per parameter.
+    """
+
+    def __init__(self, params: list[nn.Parameter], lr: float):
+        super().__init__(params, lr=lr)
+        self.scales = [1.0] * len(self.param_groups[0]["params"])
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        pairs = [(p.grad, s) for p, s in zip(self.param_groups[0]["params"], self.scales) if p.grad is not None]
+        if pairs:
+            grads, scales = zip(*pairs)
+            torch._foreach_mul_(list(grads), list(scales))
+        return super().step(closure)
+
+
 def should_stop(iteration: int, rolling_loss: float, spec: TrainSpec) -> bool:
     """The per-tick stop rule: ``max_iters`` reached, or the rolling loss (window = ``min_iters``
     batches) at or below ``loss_threshold`` after at least ``min_iters`` iterations."""
@@ -71,11 +92,15 @@ class TickTraining:
 
 
 ACCURACY_BLOCK = 64  # iterations whose outputs are kept before their correct predictions are counted
+INTERRUPT_EVERY = 64  # iterations between two looks at the stop and pause requests
 
 
 def train_until(model: nn.Module, optimizer: torch.optim.Optimizer, stream: BatchStream,
-                spec: TrainSpec, dtype: str = "float32") -> TickTraining:
-    """Train all parameters until ``should_stop`` (llpf-algorithm.md 1.2 step 7).
+                spec: TrainSpec, dtype: str = "float32",
+                interrupted: Callable[[], bool] | None = None) -> TickTraining:
+    """Train all parameters until ``should_stop`` (llpf-algorithm.md 1.2 step 7), or until
+    ``interrupted()`` (asked every ``INTERRUPT_EVERY`` iterations: a stop or pause need not wait for
+    a tick of 20,000 steps) returns true: the tick then ends early with what it has trained.
 
     Nothing on the hot path waits for the device or adds work per step beyond the bare SGD step:
     - the batch losses stay on the device and the host reads them only when the stop rule can fire:
@@ -97,10 +122,10 @@ def train_until(model: nn.Module, optimizer: torch.optim.Optimizer, stream: Batc
         with autocast(x.device, dtype):
             out = model(x)
             loss = F.cross_entropy(out.float(), y)
-        if cuda:
+        if cuda:  # recorded on the loss's own device's stream: with cuda:N, N > 0, it is not the current one
             event = torch.cuda.Event()
             pending.append((loss.detach().to("cpu", non_blocking=True), event))
-            event.record()
+            event.record(torch.cuda.current_stream(loss.device))
         else:
             pending.append((loss.detach(), None))
         optimizer.zero_grad(set_to_none=True)
@@ -111,7 +136,8 @@ def train_until(model: nn.Module, optimizer: torch.optim.Optimizer, stream: Batc
         if len(outputs) == ACCURACY_BLOCK:
             correct = _count_correct(outputs) + correct  # stays on the device
             outputs.clear()
-        if iteration < spec.min_iters:
+        interrupt = interrupted is not None and iteration % INTERRUPT_EVERY == 0 and interrupted()
+        if iteration < spec.min_iters and not interrupt:
             continue  # the stop rule cannot fire yet: nothing to read
         values = _read_losses(pending)
         for i, value in enumerate(values, iteration - len(values) + 1):
@@ -120,7 +146,7 @@ def train_until(model: nn.Module, optimizer: torch.optim.Optimizer, stream: Batc
                 raise TrainingDiverged(f"training diverged: the loss became {value} (iteration {i}, "
                                        f"lr {lr:g}); lower the learning rate (train.lr)")
         window.extend(values)
-        if should_stop(iteration, sum(window) / len(window), spec):
+        if interrupt or should_stop(iteration, sum(window) / len(window), spec):
             correct = int(_count_correct(outputs) + correct)
             return TickTraining(sum(window) / len(window), correct / seen, iteration)
 
@@ -215,51 +241,56 @@ def train_mode(model_name: str, dataset: str, seed: int, out: str | Path, recipe
     if recipe.lr <= 0 or recipe.weight_decay < 0 or recipe.momentum < 0:
         raise UserError("lr must be positive; weight decay and momentum must be >= 0")
     dev = resolve_device(device)
-    train = load_dataset(dataset, "train", data_root, download).to(dev)
-    test = load_dataset(dataset, "test", data_root, download).to(dev)
-    kwargs = train.model_kwargs()
-    torch.manual_seed(seed)
-    model = build_model(model_name, **kwargs).to(dev)
-    try:  # a model built for bigger images fails here with a shape error, not mid-epoch
-        with torch.no_grad():
-            model.eval()(train.batch(torch.arange(2, device=dev))[0])
-    except RuntimeError as e:
-        raise UserError(f"model {model_name!r} cannot take {dataset}'s {train.in_channels}x{train.image_size}x"
-                        f"{train.image_size} images ({str(e).splitlines()[0]}); use a 32x32 dataset such as "
-                        f"cifar10 or fashion-mnist-rgb32") from None
-    if recipe.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    elif recipe.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                    weight_decay=recipe.weight_decay)
-    else:
-        raise UserError(f"unknown optimizer {recipe.optimizer!r}; use sgd or adamw")
-    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
-    scheduler = _scheduler(optimizer, recipe, steps_per_epoch)
-    stream = BatchStream(train, recipe.batch_size, torch.Generator(dev).manual_seed(seed),
-                         augment=recipe.augment)
-    model.train()
-    if on_start:
-        on_start()
-    for epoch in range(recipe.epochs):
-        total = torch.zeros((), device=dev)
-        for _ in range(steps_per_epoch):
-            x, y = stream.next()
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler:
-                scheduler.step()
-            total += loss.detach()
-        mean_loss = total.item() / steps_per_epoch
-        if not math.isfinite(mean_loss):
-            raise TrainingDiverged(f"training diverged in epoch {epoch + 1} (loss {mean_loss}); lower --lr")
-        if on_epoch:
-            on_epoch(epoch + 1, recipe.epochs, mean_loss)
-    scratch = build_model(model_name, **kwargs).to(dev)
-    metrics = Evaluator(scratch, train, test, 0, seed, 10, recipe.batch_size).evaluate(model.state_dict())
-    meta = ModeMeta(model=model_name, model_kwargs=kwargs, dataset=dataset, seed=seed,
-                    train_config={"recipe": recipe_name, **asdict(recipe)}, metrics=metrics)
-    save_mode(out, model, meta)
+    # The dashboard trains in its own process: an out-of-memory failure is one line there too.
+    with out_of_memory_is_user_error(f"training {model_name} on {dev}: lower the batch size "
+                                     f"(train --batch-size) or train on the CPU"):
+        train = load_dataset(dataset, "train", data_root, download).to(dev)
+        test = load_dataset(dataset, "test", data_root, download).to(dev)
+        kwargs = train.model_kwargs()
+        torch.manual_seed(seed)
+        model = build_model(model_name, **kwargs).to(dev)
+        try:  # a model built for bigger images fails here with a shape error, not mid-epoch
+            with torch.no_grad():
+                model.eval()(train.batch(torch.arange(2, device=dev))[0])
+        except RuntimeError as e:
+            if out_of_memory(e, "") is not None:
+                raise
+            raise UserError(f"model {model_name!r} cannot take {dataset}'s {train.in_channels}x{train.image_size}x"
+                            f"{train.image_size} images ({str(e).splitlines()[0]}); use a 32x32 dataset such as "
+                            f"cifar10 or fashion-mnist-rgb32") from None
+        if recipe.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+        elif recipe.optimizer == "sgd":
+            optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                        weight_decay=recipe.weight_decay)
+        else:
+            raise UserError(f"unknown optimizer {recipe.optimizer!r}; use sgd or adamw")
+        steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
+        scheduler = _scheduler(optimizer, recipe, steps_per_epoch)
+        stream = BatchStream(train, recipe.batch_size, torch.Generator(dev).manual_seed(seed),
+                             augment=recipe.augment)
+        model.train()
+        if on_start:
+            on_start()
+        for epoch in range(recipe.epochs):
+            total = torch.zeros((), device=dev)
+            for _ in range(steps_per_epoch):
+                x, y = stream.next()
+                loss = F.cross_entropy(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if scheduler:
+                    scheduler.step()
+                total += loss.detach()
+            mean_loss = total.item() / steps_per_epoch
+            if not math.isfinite(mean_loss):
+                raise TrainingDiverged(f"training diverged in epoch {epoch + 1} (loss {mean_loss}); lower --lr")
+            if on_epoch:
+                on_epoch(epoch + 1, recipe.epochs, mean_loss)
+        scratch = build_model(model_name, **kwargs).to(dev)
+        metrics = Evaluator(scratch, train, test, 0, seed, 10, recipe.batch_size).evaluate(model.state_dict())
+        meta = ModeMeta(model=model_name, model_kwargs=kwargs, dataset=dataset, seed=seed,
+                        train_config={"recipe": recipe_name, **asdict(recipe)}, metrics=metrics)
+        save_mode(out, model, meta)
     return Mode(model=model.cpu(), meta=meta, path=Path(out))

@@ -84,8 +84,9 @@ def test_two_searches_at_once_do_not_interfere_and_a_run_folder_is_not_reused(di
 
 
 def test_pause_and_stop_during_a_long_tick_leave_a_consistent_checkpoint(digits_modes, tmp_path):
-    """Ticks of 2,000 SGD steps (about a second each): pause and stop land between ticks, so
-    the checkpoint's tick is the last row written, and the resumed run has every tick exactly once."""
+    """Ticks of 2,000 SGD steps (about a second each): pause and stop end the tick early (within 64
+    steps) and land between ticks, so the checkpoint's tick is the last row written, and the resumed
+    run has every tick exactly once."""
     registry = Registry()
     cfg = config(8)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, loss_threshold=0.0, min_iters=2000,
