@@ -92,6 +92,14 @@ def modes_for(args, out: Path) -> tuple[list[Mode], list[float]]:
     return modes, seconds
 
 
+def search_config(preset: str, ticks: int | None, device: str, dtype: str, overrides: list[str]) -> SearchConfig:
+    """The preset, compressed into ``ticks`` if given, in ``dtype`` with channels-last, plus ``overrides``."""
+    cfg = load_preset(preset)
+    if ticks:
+        cfg = compress_phases(cfg, ticks)
+    return apply_overrides(cfg, [f"device={device}", f"dtype={dtype}", "channels_last=true", *overrides])
+
+
 def describe(device: torch.device, dtype: str) -> dict:
     """What this ran on: device name, torch and CUDA versions, dtype."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -127,11 +135,8 @@ def main() -> None:
         print(f"{info['device_name']}, torch {info['torch']}, CUDA {info['cuda']}, {args.dtype}", flush=True)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        cfg = search_config(args.preset, args.ticks, str(device), args.dtype, args.set)  # refused before training
         modes, train_seconds = modes_for(args, out)
-        cfg = load_preset(args.preset)
-        if args.ticks:
-            cfg = compress_phases(cfg, args.ticks)
-        cfg = apply_overrides(cfg, [f"device={device}", f"dtype={args.dtype}", "channels_last=true", *args.set])
     except (UserError, OSError) as e:  # OSError: unpacking
         sys.exit(f"error: {e}")
 

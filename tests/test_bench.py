@@ -65,7 +65,10 @@ def test_the_gpu_profile_names_cases_presets_and_tests_that_exist():
         assert "dtype=bfloat16" in cuda and "channels_last=true" in cuda
     assert "train.max_iters=100" in search_overhead.CASES[cases[1]].overrides["cuda"]
     run = profile["llpf_run"][1]
-    load_preset(run[run.index("--preset") + 1]), load_recipe(run[run.index("--recipe") + 1])
+    load_recipe(run[run.index("--recipe") + 1])
+    cfg = r18.search_config(run[run.index("--preset") + 1], int(run[run.index("--ticks") + 1]), "cpu",
+                            run[run.index("--dtype") + 1], [run[i + 1] for i, a in enumerate(run) if a == "--set"])
+    assert len(cfg.phases) == 6 and cfg.phases[-1].start_tick < cfg.ticks and cfg.channels_last
     for test_file in gpu_check.ENGINE_TESTS:
         text = (REPO / test_file).read_text()
         assert not re.search(r"^\s*(import|from) (streamlit|plotly|playwright|app)\b", text, re.M), test_file
