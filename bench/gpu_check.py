@@ -13,7 +13,7 @@ and the next one still runs; the whole check stops starting parts after ``--tota
   4. pytest: the engine's tests (not the app's, which need Streamlit) once on the device, with
      LLPF_TEST_DEVICE set to it (tests/conftest.py), leaving out the slow ones.
 
-Written to ``--out-dir`` (default ``$OUT``, else ./gpu-check-out), flat, at most 7 files: summary.json (every
+Written to ``--out-dir`` (default ``$OUT``, else ./gpu-check-out), flat, six files: summary.json (every
 part's status, time and figures), and per part its log and, for the benches, their JSON. Modes, runs and
 the unpacked data go to ``--work-dir`` (default ``$LLPF_HOME/gpu-check``), reused by a second try.
 
@@ -45,7 +45,21 @@ ENGINE_TESTS = ["tests/test_geometry.py", "tests/test_evaluate.py", "tests/test_
                 "tests/test_data.py", "tests/test_runfolder.py", "tests/test_thresholds.py", "tests/test_zoo.py",
                 "tests/test_cli.py", "tests/test_cli_errors.py", "tests/test_hardening.py",
                 "tests/test_lazy_imports.py"]
-DEBIAN_TEST = "tests/test_data.py::test_fashion_mnist_from_the_debian_package"
+
+
+def tests_that_cannot_run_here() -> dict[str, str]:
+    """Engine tests that check a tool of this repo's own machines, with the reason, where that tool is absent."""
+    from llpf_core.data import DEBIAN_FASHION_MNIST
+
+    absent = {}
+    if not DEBIAN_FASHION_MNIST.is_dir():
+        absent["tests/test_data.py::test_fashion_mnist_from_the_debian_package"] = (
+            f"no Debian package {DEBIAN_FASHION_MNIST} here")
+    if not (Path(sys.executable).parent / "hadolint").exists():
+        absent["tests/test_hardening.py::test_dockerfile_passes_hadolint"] = "no hadolint (requirements-test.txt) here"
+    return absent
+
+
 TOTAL_SECONDS = 470  # no part starts later than this; the parts' start-up and the summary fit in 8 minutes
 
 # Per profile: each part's time budget (s) and arguments. The GPU budgets add up to 7 minutes; with the
@@ -237,11 +251,11 @@ def main() -> None:
                 summary["parts"][name] = {"status": "skipped", "reason": "pytest is not installed here"}
                 save()
                 continue
-            from llpf_core.data import DEBIAN_FASHION_MNIST
-
-            if not DEBIAN_FASHION_MNIST.is_dir() and "tests/test_data.py" in command:
-                command += ["--deselect", DEBIAN_TEST]  # it checks the Debian package itself
-                summary["deselected"] = [f"{DEBIAN_TEST} (no Debian package {DEBIAN_FASHION_MNIST} here)"]
+            absent = {test: why for test, why in tests_that_cannot_run_here().items()
+                      if test.split("::")[0] in command}
+            for test in absent:
+                command += ["--deselect", test]
+            summary["deselected"] = absent
         print(f"[gpu_check] {name} (budget {min(budget, left):.0f} s)", flush=True)
         result = run_part(name, command, min(budget, left), out / f"{name}.log", env)
         if name == "pytest":

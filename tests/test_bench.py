@@ -127,3 +127,15 @@ def test_fashion_mnist_gz_files_unpack_into_torchvision_s_layout(tmp_path):
     raw = root / "FashionMNIST" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
     assert (raw / "t10k-images-idx3-ubyte").stat().st_size == 16 + 10000 * 28 * 28
+
+
+def test_tests_left_out_where_their_tool_is_absent_exist(monkeypatch, tmp_path):
+    import llpf_core.data
+
+    monkeypatch.setattr(llpf_core.data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python3"))
+    absent = gpu_check.tests_that_cannot_run_here()
+    assert len(absent) == 2
+    for test in absent:
+        path, name = test.split("::")
+        assert path in gpu_check.ENGINE_TESTS and f"def {name}(" in (REPO / path).read_text()
