@@ -2,6 +2,7 @@
 search's wall time goes.
 
     python bench/search_overhead.py [--device cpu|cuda] [--case NAME ...] [--repeat N] [--set key=value]
+                                    [--case-seconds S] [--json PATH]
 
 For each case, in one process (after a short warm-up of the bare loop):
   (b) the search, with the preset's defaults (the overrides a case needs are printed with it);
@@ -25,12 +26,22 @@ result (training reads its losses, evaluation its metrics).
 with on a small shared machine: with two OpenMP threads on two cores that other processes also use,
 every parallel op waits for a descheduled thread, and the timings swing by 5x and more.
 
+On CUDA the cases run in bf16 with channels-last, as a GPU search should, and the report adds the
+training step's FLOP rate (from the bare loop's steps/s, and from the search's), its share of the card's
+dense bf16 peak (which peak, and for which card name, is printed) and the peak memory allocated.
+``--case-seconds`` stops each search after that many seconds (the bare loops' turns included), so a run
+fits a time budget whatever the machine's speed; ``--json`` writes every run's figures to a file, rewritten
+after each run.
+
 Modes are trained once with the case's recipe and kept in ``--cache`` (default
 ``$LLPF_HOME/bench-modes``); cases with recipe ``-`` use seeded random initialisations (the synthetic
 data has random labels, so training modes on it is pointless).
 """
 import argparse
 import dataclasses
+import json
+import os
+import re
 import statistics
 import sys
 import tempfile
@@ -75,6 +86,7 @@ class Case:
 
 
 ALL_LAYERS = 'phases=[{"start_tick": 0, "layers": ["*"], "step_a": 0.001}]'
+CUDA_SPEED = ["dtype=bfloat16", "channels_last=true"]
 CASES = {
     "mlp-digits-m2m": Case("mlp", "digits", "mlp-digits-m2m", "mlp-digits", {}),
     # All of the preset's 2,000 ticks (about 14 minutes on a CPU); --set ticks=200 gives a quick look, where
@@ -90,13 +102,18 @@ CASES = {
     # Random labels never reach the loss threshold, so every tick is capped at min_iters = 20 steps: the
     # shortest tick the preset allows, where per-tick overhead weighs most. The preset's last phase (every
     # layer moves) from tick 0, since the bench runs far fewer ticks than its phases span. On a CPU: a
-    # few small ticks.
+    # few small ticks. On CUDA at the preset's batch of 256, in bf16 and channels-last.
     "resnet18-synthetic-m2m": Case("resnet18", "synthetic", "resnet18-cifar10-m2m-fdf", "-", {
         "cpu": [ALL_LAYERS, "ticks=3", "train.batch_size=32", "train.max_iters=20", "baseline_points=0"],
-        "cuda": [ALL_LAYERS, "ticks=300", "train.max_iters=20"]}),
+        "cuda": [ALL_LAYERS, "ticks=150", "train.max_iters=20"] + CUDA_SPEED}),
+    # The same with max_iters = 100: after min_iters, the stop rule reads the loss after every step (80
+    # per-step reads a tick), as the real presets do (max_iters 200 to 20,000).
+    "resnet18-synthetic-m2m-loss-read": Case("resnet18", "synthetic", "resnet18-cifar10-m2m-fdf", "-", {
+        "cpu": [ALL_LAYERS, "ticks=2", "train.batch_size=32", "train.max_iters=25", "baseline_points=0"],
+        "cuda": [ALL_LAYERS, "ticks=30", "train.max_iters=100"] + CUDA_SPEED}),
 }
 DEFAULT_CASES = {"cpu": ["mlp-digits-m2m", "lenet5-fashion-mnist-m2m", "resnet18-synthetic-m2m"],
-                 "cuda": ["resnet18-synthetic-m2m"]}
+                 "cuda": ["resnet18-synthetic-m2m", "resnet18-synthetic-m2m-loss-read"]}
 
 # label: functions whose (outermost) calls count toward it
 TIMED = {
@@ -111,7 +128,26 @@ TIMED = {
         (RunWriter, "append"), (RunWriter, "flush"), (RunWriter, "save_point"), (RunWriter, "save_checkpoint"),
         (RunWriter, "update")],
 }
-PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0}  # dense
+# Dense bf16 peaks from the vendors' datasheets: (pattern searched in torch.cuda.get_device_name, card,
+# TFLOP/s), the most specific first: "NVIDIA H100 PCIe" and "NVIDIA H200 NVL" must not take the SXM's peak.
+PEAK_BF16_TFLOPS = [
+    (r"H200 NVL", "H200 NVL", 835.0),
+    (r"H200", "H200 SXM", 989.4),
+    (r"H100 NVL", "H100 NVL", 835.0),
+    (r"H100 PCIe", "H100 PCIe", 756.0),
+    (r"H100", "H100 SXM", 989.4),
+    (r"A100", "A100", 312.0),
+    (r"L40S", "L40S", 362.1),
+    (r"\bL4\b", "L4", 121.0),
+]
+
+
+def bf16_peak(device_name: str) -> tuple[str, float] | None:
+    """(card, dense bf16 TFLOP/s) of the first PEAK_BF16_TFLOPS pattern found in ``device_name``."""
+    for pattern, card, peak in PEAK_BF16_TFLOPS:
+        if re.search(pattern, device_name, re.IGNORECASE):
+            return card, peak
+    return None
 
 
 class Timers:
@@ -248,10 +284,14 @@ def step_flops(bare: BareLoop) -> float:
     return float(counter.get_total_flops())
 
 
-def run_case(name: str, case: Case, device: torch.device, cache: Path, extra: list[str], window: float) -> dict:
+def run_case(name: str, case: Case, device: torch.device, cache: Path, extra: list[str], window: float,
+             seconds: float | None = None) -> dict:
+    """One run of a case; ``seconds``: stop the search after that long (the bare loops' turns included)."""
     a, b = make_modes(case, device, cache)
     overrides = case.overrides.get(device.type, []) + extra
     cfg = apply_overrides(dataclasses.replace(load_preset(case.preset), device=str(device)), overrides)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     bare, plain = BareLoop(a, cfg, device), BareLoop(a, cfg, device, plain=True)
     for loop in (bare, plain):
         loop.run(20)  # warm-up (allocator, kernel selection); not counted
@@ -262,30 +302,52 @@ def run_case(name: str, case: Case, device: torch.device, cache: Path, extra: li
             sync(device)
             t0 = time.perf_counter()
             alternate = Alternate([bare, plain], window)
-            run = run_search(a, b, cfg, Path(tmp) / "run", stop_event=threading.Event(), on_tick=alternate)
+            stop = threading.Event()
+            timer = threading.Timer(seconds, stop.set) if seconds else None
+            if timer:
+                timer.start()
+            run = run_search(a, b, cfg, Path(tmp) / "run", stop_event=stop, on_tick=alternate)
             sync(device)
             wall = time.perf_counter() - t0 - alternate.seconds
         finally:
             timers.remove()
+            if timer:
+                timer.cancel()
         alternate.flush()
         steps = int(run.metrics["iterations"].sum())
+        ticks_run, status = int(run.metrics["tick"].max()), run.status
     assert bare.steps == plain.steps == steps, (bare.steps, plain.steps, steps)
     setup = timers.seconds["set-up (data, models, tick 0, baseline)"]
-    result = {"case": name, "ticks": cfg.ticks, "steps": steps, "wall": wall, "bare": steps / bare.seconds,
+    result = {"case": name, "ticks": cfg.ticks, "ticks_run": ticks_run, "status": status,
+              "steps": steps, "wall": wall, "bare": steps / bare.seconds,
               "search": steps / wall, "plain": steps / plain.seconds, "search_loop": steps / (wall - setup),
-              "overrides": overrides,
+              "overrides": overrides, "dtype": cfg.dtype, "channels_last": cfg.channels_last,
+              "device": str(device), "torch": torch.__version__,
               "parts": dict(timers.seconds), "calls": dict(timers.calls)}
     result["ratio"] = result["search"] / result["bare"]
     result["ratio_loop"] = result["search_loop"] / result["bare"]
     result["ratio_plain"] = result["search"] / result["plain"]
     if device.type == "cuda":
         result["flops"] = step_flops(bare)
+        result["bare_tflops"] = result["flops"] * result["bare"] / 1e12
+        result["search_tflops"] = result["flops"] * result["search"] / 1e12
+        result["device_name"] = torch.cuda.get_device_name(device)
+        result["cuda"] = torch.version.cuda
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        peak = bf16_peak(result["device_name"])
+        if peak:
+            result["peak_card"], result["peak_bf16_tflops"] = peak
+            result["bare_share_of_peak"] = result["bare_tflops"] / peak[1]
+            result["search_share_of_peak"] = result["search_tflops"] / peak[1]
     return result
 
 
 def report(r: dict, device: torch.device) -> None:
-    print(f"\n{r['case']} on {device} ({torch.get_num_threads()} threads): {r['ticks']} ticks, {r['steps']} SGD "
-          f"steps{', --set ' + ' '.join(r['overrides']) if r['overrides'] else ''}")
+    settings = r["dtype"] + (" channels-last" if r["channels_last"] else "")
+    if r["overrides"]:
+        settings += ", --set " + " ".join(r["overrides"])
+    print(f"\n{r['case']} on {device} ({torch.get_num_threads()} threads): {r['ticks_run']} of {r['ticks']} ticks "
+          f"({r['status']}), {r['steps']} SGD steps, {settings}")
     print(f"  (a) bare loop  {r['bare']:9.1f} steps/s   (in turns with the search)")
     print(f"  (b) search     {r['search']:9.1f} steps/s   ratio b/a = {r['ratio']:.3f}")
     print(f"      without set-up {r['search_loop']:9.1f} steps/s   ratio b/a = {r['ratio_loop']:.3f}")
@@ -299,11 +361,25 @@ def report(r: dict, device: torch.device) -> None:
     other = r["wall"] - sum(r["parts"].values())
     print(f"      {'the rest (tick loop, events, state copies)':<42} {other:8.2f} s {100 * other / r['wall']:5.1f} %")
     if "flops" in r:
-        achieved = r["flops"] * r["search"] / 1e12
-        name = torch.cuda.get_device_name(device)
-        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-        share = f", {100 * achieved / peak:.1f} % of the {name}'s dense bf16 peak ({peak:g} TFLOPS)" if peak else ""
-        print(f"      training step: {r['flops'] / 1e9:.1f} GFLOP; the search sustains {achieved:.1f} TFLOPS{share}")
+        print(f"      {r['device_name']}, torch {r['torch']}, CUDA {r['cuda']}; peak memory allocated "
+              f"{r['peak_memory_gib']:.2f} GiB (search and both loops)")
+        if "peak_card" in r:
+            print(f"      dense bf16 peak: {r['peak_bf16_tflops']:g} TFLOP/s ({r['peak_card']} datasheet, matched in "
+                  f"{r['device_name']!r})")
+        else:
+            print(f"      no dense bf16 peak known for {r['device_name']!r}")
+        for label, key in (("bare loop's step rate", "bare"), ("search's step rate, set-up included", "search")):
+            share = f" = {100 * r[key + '_share_of_peak']:.1f} % of the peak" if "peak_card" in r else ""
+            print(f"      training step {r['flops'] / 1e9:.1f} GFLOP x the {label}: {r[key + '_tflops']:.1f} "
+                  f"TFLOP/s{share}")
+
+
+def write_json(path: Path, results: list[dict]) -> None:
+    """All runs so far, replacing the file atomically (a killed run leaves the previous version)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -318,6 +394,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch intra-op threads for (a) and (b) alike")
     parser.add_argument("--window", type=float, default=0.5,
                         help="seconds of search between turns of the bare loop (default 0.5)")
+    parser.add_argument("--case-seconds", type=float, help="stop each search after this many seconds")
+    parser.add_argument("--json", type=Path, help="write every run's figures to this JSON file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -326,11 +404,15 @@ def main() -> None:
     except UserError as e:
         sys.exit(f"error: {e}")
     cache = args.cache or workspace_dir() / "bench-modes"
+    every_run = []
     for name in args.case or DEFAULT_CASES[device.type]:
         results = []
         for _ in range(args.repeat):
-            results.append(run_case(name, CASES[name], device, cache, args.set, args.window))
+            results.append(run_case(name, CASES[name], device, cache, args.set, args.window, args.case_seconds))
             report(results[-1], device)
+            every_run.append(results[-1])
+            if args.json:
+                write_json(args.json, every_run)
         if args.repeat > 1:
             keys = ("bare", "plain", "search", "ratio", "ratio_loop", "ratio_plain")
             med = {k: statistics.median(r[k] for r in results) for k in keys}

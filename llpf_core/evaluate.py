@@ -80,14 +80,20 @@ class Evaluator:
 
     @torch.no_grad()
     def _recalibrate_bn(self) -> None:
-        """Recompute running statistics as an exact average over the fixed calibration batches."""
+        """Recompute running statistics as an exact average over the fixed calibration batches.
+
+        Batch k (from 0) is blended in with momentum 1 / (k + 1): the cumulative average that
+        ``momentum=None`` gives, without its ``float(num_batches_tracked)``, a host sync per BatchNorm
+        layer per batch on a GPU.
+        """
         bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         momenta = [m.momentum for m in bns]
         for m in bns:
             m.reset_running_stats()
-            m.momentum = None  # cumulative average
         self.model.train()
-        for chunk in self.bn_idx.split(self.bn_batch_size):
+        for k, chunk in enumerate(self.bn_idx.split(self.bn_batch_size)):
+            for m in bns:
+                m.momentum = 1.0 / (k + 1)
             self.model(self.train.batch(chunk)[0])
         for m, momentum in zip(bns, momenta):
             m.momentum = momentum

@@ -1,6 +1,7 @@
 """Tensor maths of LLPF: move, variance correction, distances and learning-rate scaling.
 
-Pure functions on tensors; nothing here syncs with the host, so they run unchanged on a GPU.
+Pure functions on tensors that never read a result back to the host (no ``.item()``, no Python-list
+indexing of device tensors), so on a GPU they only queue work.
 Notation follows llpf-algorithm.md section 0: x is the current layer, y the destination, s the start.
 """
 import torch
@@ -28,10 +29,13 @@ class VarianceCorrection:
     """
 
     def __init__(self, xs: list[torch.Tensor], eps: float):
-        self.keep = [i for i, x in enumerate(xs) if x.numel() >= 2]
-        self.all = len(self.keep) == len(xs)
-        self.xs = [xs[i] for i in self.keep]
+        keep = [i for i, x in enumerate(xs) if x.numel() >= 2]
+        self.all = len(keep) == len(xs)
+        self.xs = [xs[i] for i in keep]
         device = xs[0].device if xs else "cpu"
+        # a device index built once: indexing a CUDA tensor with a Python list copies the list to the
+        # device with a blocking copy on every call
+        self.keep = torch.tensor(keep, dtype=torch.long, device=device)
         self.sizes = torch.tensor([x.numel() for x in self.xs], dtype=torch.float32, device=device)
         self.dof = self.sizes - 1
         self.eps = eps

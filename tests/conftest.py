@@ -1,20 +1,52 @@
+import contextlib
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from llpf_core.train import load_recipe, train_mode
 
 REPO = Path(__file__).resolve().parent.parent
+# The device the engine's tests train on: the CPU, or the GPU when bench/gpu_check.py runs them once there
+# (LLPF_TEST_DEVICE=cuda). Presets' device "auto" picks the GPU by itself wherever one is visible.
+TEST_DEVICE = os.environ.get("LLPF_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="session")
-def digits_modes(tmp_path_factory):
+def device() -> torch.device:
+    """``LLPF_TEST_DEVICE`` (default cpu); asking for CUDA where there is none fails every test using it."""
+    dev = torch.device(TEST_DEVICE)
+    if dev.type == "cuda":
+        assert torch.cuda.is_available(), f"LLPF_TEST_DEVICE={TEST_DEVICE} but no CUDA GPU is visible"
+    return dev
+
+
+@pytest.fixture
+def no_host_sync(device):
+    """A context in which a CUDA operation that waits for the device raises (a no-op on the CPU)."""
+    @contextlib.contextmanager
+    def context():
+        if device.type != "cuda":
+            yield
+            return
+        torch.cuda.synchronize(device)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return context
+
+
+@pytest.fixture(scope="session")
+def digits_modes(tmp_path_factory, device):
     """Two independently trained digits MLP modes (seeds 1 and 2), with the demo's recipe."""
     root = tmp_path_factory.mktemp("modes")
     recipe = load_recipe("mlp-digits")
-    return [train_mode("mlp", "digits", seed, root / f"mlp-seed{seed}.safetensors", recipe, "cpu",
+    return [train_mode("mlp", "digits", seed, root / f"mlp-seed{seed}.safetensors", recipe, str(device),
                        recipe_name="mlp-digits") for seed in (1, 2)]
 
 

@@ -77,6 +77,17 @@ def test_variance_correction_rescales_about_the_mean():
     assert variance(t(1, 3)).item() == 2 and variance(t(7)).item() == 0
 
 
+def test_variance_correction_skips_single_elements_among_others_without_a_host_sync(device, no_host_sync):
+    """Targets are one per tensor of the list; the single-element tensor's target is dropped on the device."""
+    x, scalar, z = t(1, 3).to(device), t(5).to(device), t(0, 2, 4).to(device)  # variances 2, -, 4
+    correction = VarianceCorrection([x, scalar, z], eps=0.0)
+    targets = torch.tensor([8.0, 123.0, 1.0], device=device)
+    with no_host_sync():
+        correction(targets)
+    assert torch.allclose(x.cpu(), t(0, 4)) and torch.allclose(z.cpu(), t(1, 2, 3))
+    assert scalar.item() == 5
+
+
 def test_geodesic_distance():
     assert geodesic(t(1, 0), t(0, 2)).item() == pytest.approx(1.5 * math.pi / 2)  # mean radius x angle
     assert geodesic(t(1, 0), t(-3, 0)).item() == pytest.approx(2 * math.pi)
