@@ -49,6 +49,12 @@ DEMO_PRESET, DEMO_RECIPE, DEMO_SEEDS = "mlp-digits-m2m", "mlp-digits", (1, 2)
 # that ends about as close to B (0.996^1500 and 0.98^300 both leave 0.2 % of the distance) and several
 # seconds of search, time for the live charts to grow several times.
 DEMO_OVERRIDES = ["ticks=1500", "phases.0.step_a=0.004"]
+
+
+def demo_overrides() -> list[str]:
+    """The demo's ``--set`` overrides: DEMO_OVERRIDES, then those in $LLPF_DEMO_SET (space-separated
+    key=value items, e.g. ``ticks=6000 phases.0.step_a=0.001`` for a slower demo in class)."""
+    return DEMO_OVERRIDES + os.environ.get("LLPF_DEMO_SET", "").split()
 LIVE = ("starting", "training", "running", "paused", "pausing", "stopping")
 
 
@@ -164,7 +170,7 @@ class Registry:
             if stop.is_set():
                 self._set(job, status="stopped", message="stopped before the search")
                 return
-            cfg = apply_overrides(replace(load_preset(DEMO_PRESET), device="cpu"), DEMO_OVERRIDES)
+            cfg = apply_overrides(replace(load_preset(DEMO_PRESET), device="cpu"), demo_overrides())
             self._search(job, modes[0], modes[1], cfg, run_dir, stop, pause, False, None)
 
         return self._launch(Job(name, "demo", run_dir=run_dir), work)

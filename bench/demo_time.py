@@ -24,8 +24,9 @@ DRIVER = r"""
 import json, sys, time
 t0 = time.perf_counter()
 import llpf_core.cli as cli
+import llpf_core.commands as commands
 import llpf_core.connect as connect
-parts = {"import llpf_core": time.perf_counter() - t0}
+parts = {"import llpf_core and the commands (torch)": time.perf_counter() - t0}
 
 def timed(label, fn):
     def wrapper(*args, **kwargs):
@@ -36,8 +37,8 @@ def timed(label, fn):
             parts[label] = parts.get(label, 0.0) + time.perf_counter() - t
     return wrapper
 
-cli.train_mode = timed("train two modes", cli.train_mode)
-cli.run_search = timed("search (300 ticks)", cli.run_search)
+commands.train_mode = timed("train two modes", commands.train_mode)
+commands.run_search = timed("search (300 ticks)", commands.run_search)
 connect._Search.__init__ = timed("  of which set-up (data, models)", connect._Search.__init__)
 connect._Search._begin = timed("  of which tick 0 and the baseline", connect._Search._begin)
 t = time.perf_counter()

@@ -44,7 +44,7 @@ sys.path.insert(0, str(BENCH))
 ENGINE_TESTS = ["tests/test_geometry.py", "tests/test_evaluate.py", "tests/test_search.py", "tests/test_config.py",
                 "tests/test_data.py", "tests/test_runfolder.py", "tests/test_thresholds.py", "tests/test_zoo.py",
                 "tests/test_cli.py", "tests/test_cli_errors.py", "tests/test_hardening.py",
-                "tests/test_lazy_imports.py"]
+                "tests/test_lazy_imports.py", "tests/test_gpu_readiness.py"]
 
 
 def tests_that_cannot_run_here() -> dict[str, str]:

@@ -49,7 +49,7 @@ def _ctrl_c_stops(stop_event: threading.Event):
     def handler(signum, frame):
         if stop_event.is_set():
             raise KeyboardInterrupt
-        print("\nstopping after this tick (Ctrl-C again to abort) ...", file=sys.stderr)
+        print("\nstopping at the end of this tick, then a checkpoint (Ctrl-C again to abort) ...", file=sys.stderr)
         stop_event.set()
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -80,7 +80,7 @@ def test_a_failed_or_overlong_part_is_recorded(tmp_path):
                                 tmp_path / "x.log")
     assert failed["status"] == "failed" and failed["rc"] == 3 and "half done" in failed["tail"]
     slow = gpu_check.run_part("y", [sys.executable, "-c", "import time; print('started', flush=True); "
-                                    "time.sleep(120)"], 1, tmp_path / "y.log")
+                                    "time.sleep(120)"], 10, tmp_path / "y.log")  # 10 s: time to start
     assert slow["status"] == "timed out" and "started" in (tmp_path / "y.log").read_text()
 
 

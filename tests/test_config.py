@@ -97,6 +97,14 @@ def test_every_architecture_has_a_default_m2m_preset():
         assert load_preset(name).algorithm == "m2m"
 
 
+def test_paper_presets_keep_their_thresholds():
+    """The paper's configurations use their loss thresholds as published: no floor from the endpoints."""
+    papers = [p.name for p in list_presets() if p.name.endswith("-paper")]
+    assert len(papers) >= 7
+    for name in papers:
+        assert load_preset(name).train.loss_floor_factor == 0, name
+
+
 def test_default_presets():
     assert default_preset("mlp", "digits", "m2m") == "mlp-digits-m2m"
     assert default_preset("mlp", "digits", "cross_sphere") == "mlp-digits-m2m"

@@ -112,7 +112,7 @@ def live_status() -> None:
         st.caption("Not started from this dashboard: following its run folder.")
 
 
-@st.fragment(run_every=CHART_EVERY if LIVE else None)
+@st.fragment(run_every=CHART_EVERY if LIVE and STATUS != "paused" else None)  # a paused run does not change
 def live_charts() -> None:
     """The run's charts, redrawn every CHART_EVERY seconds while it is live: often while the run is young,
     then less often (a full rerun switches the interval, as a fragment cannot change its own)."""
