@@ -118,8 +118,14 @@ def test_demo_in_the_browser(server):
         page.get_by_text("status stopped", exact=False).first.wait_for(timeout=120_000)
         stopped_at = int(re.search(r"last tick (\d+)", chart_state(page)).group(1))
         assert paused_at < stopped_at < DEMO_TICKS
+        # The run folder says stopped a moment before the job does; then the buttons follow.
+        page.locator("code", has_text="stopped").first.wait_for(timeout=60_000)
+        resume = page.get_by_role("button", name="Resume")
+        deadline = time.time() + 60
+        while not resume.is_enabled():  # a stopped run continues from its checkpoint
+            assert time.time() < deadline, "Resume never became enabled after Stop"
+            time.sleep(0.1)
         assert not page.get_by_role("button", name="Pause").is_enabled()
-        assert page.get_by_role("button", name="Resume").is_enabled()  # a stopped run continues from its checkpoint
         page.screenshot(path=ARTIFACTS / "e2e-3-live-stopped.png", full_page=True)
 
         page.get_by_role("link", name="Explore").click()
