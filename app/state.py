@@ -34,7 +34,7 @@ SELECTED_RUN = "selected_run"  # the run shown by the live view and Explore
 # slows the search (bench/dashboard_overhead.py), so charts redraw less often. A young run is the
 # exception: in its first YOUNG_RUN_S of search the charts redraw every YOUNG_CHART_REFRESH_S, so the
 # first curves appear as soon as the first rows are written and visibly grow (the demo's whole search
-# takes about 6 s).
+# takes a few seconds); to keep that cheap, only the loss and distance charts are drawn meanwhile.
 REFRESH_S = 1.0
 CHART_REFRESH_S = 5.0
 YOUNG_CHART_REFRESH_S = 1.0

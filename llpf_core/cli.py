@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b")
     p.set_defaults(command_name="independence")
 
-    p = sub.add_parser("demo", help="train two digits modes, connect them and print the checks (~1 min)")
+    p = sub.add_parser("demo", help="train two digits modes, connect them and print the checks (~10 s)")
     p.add_argument("--out", help="folder for the demo's modes and run (default: $LLPF_HOME/demo-<time>)")
     _add_device_option(p, default="cpu")
     _add_quiet_option(p)

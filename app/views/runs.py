@@ -84,6 +84,7 @@ JOB, RUN = read_job_and_run()
 LIVE = is_live(JOB, RUN)
 STATUS = current_status(JOB, RUN)
 CHART_EVERY = state.chart_refresh_s(state.table(RUN, "metrics") if RUN else None)
+YOUNG_AND_LIVE = LIVE and STATUS != "paused" and CHART_EVERY == state.YOUNG_CHART_REFRESH_S
 controls(JOB, RUN)
 
 
@@ -129,8 +130,12 @@ def live_charts() -> None:
         left, right = st.columns(2)
         left.plotly_chart(charts.loss_figure(metrics, state.table(run, "baseline")), key="c_loss")
         right.plotly_chart(charts.distance_figure(metrics), key="c_distance")
-        left.plotly_chart(charts.accuracy_figure(metrics), key="c_acc")
-        right.plotly_chart(charts.test_figure(metrics), key="c_test")
+        if YOUNG_AND_LIVE:  # every redraw costs the browser CPU that the search needs: two charts only
+            st.caption("Train accuracy and the test metrics follow once the run is "
+                       f"{state.YOUNG_RUN_S:.0f} s old, paused or done.")
+        else:
+            left.plotly_chart(charts.accuracy_figure(metrics), key="c_acc")
+            right.plotly_chart(charts.test_figure(metrics), key="c_test")
     elif view == VIEWS[1]:
         layers = state.table(run, "layers")
         if len(layers):
