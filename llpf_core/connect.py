@@ -276,8 +276,8 @@ class _Search:
                                            self.device)
         self.threshold_records: dict[str, dict] | None = None  # run.json's loss_thresholds (new runs)
         if thresholds is None:  # a new run: follow the endpoints' own train losses
-            def evaluate(mode: Mode) -> float:
-                return self.evaluator.evaluate(mode.model.state_dict())["train_loss"]
+            def evaluate(mode: Mode) -> float:  # from the copies already on the device, in its layout
+                return self.evaluator.evaluate(self.state if mode is start else self.end_state)["train_loss"]
             loss = max(endpoint_train_loss(m, evaluate) for m in (start, end) if m is not None)
             self.threshold_records = {k: threshold_record(spec, loss) for k, spec in _train_specs(cfg).items()}
             thresholds = {k: r["used"] for k, r in self.threshold_records.items()}

@@ -241,7 +241,7 @@ def train_mode(model_name: str, dataset: str, seed: int, out: str | Path, recipe
     if recipe.lr <= 0 or recipe.weight_decay < 0 or recipe.momentum < 0:
         raise UserError("lr must be positive; weight decay and momentum must be >= 0")
     dev = resolve_device(device)
-    # The dashboard trains in its own process: an out-of-memory failure is one line there too.
+    # Every caller (the CLI, the dashboard's training thread) gets an out-of-memory failure as one line.
     with out_of_memory_is_user_error(f"training {model_name} on {dev}: lower the batch size "
                                      f"(train --batch-size) or train on the CPU"):
         train = load_dataset(dataset, "train", data_root, download).to(dev)

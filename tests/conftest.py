@@ -1,4 +1,5 @@
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -57,3 +58,12 @@ def run_cli(*args, env=None, timeout=600, check=False) -> subprocess.CompletedPr
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+def checkpoint_tick(out: Path) -> int:
+    """The tick of a run folder's last checkpoint (-1 before the first). Tests that kill or stop a run
+    trigger on it: it is written at its tick, while CSV rows can lag by up to 0.5 s."""
+    try:
+        return json.loads((out / "checkpoint.json").read_text())["tick"]
+    except (FileNotFoundError, json.JSONDecodeError):  # checkpoint.json is written atomically too
+        return -1

@@ -29,6 +29,7 @@ import pandas as pd
 import pytest
 
 from llpf_core import load_mode, load_run
+from tests.conftest import checkpoint_tick
 from tests.test_cli_errors import REPO, Result, assert_user_error, cli_env, snapshot
 
 TICKS = 160  # the killed run: the digits MLP preset, shortened
@@ -61,13 +62,6 @@ def last_tick(out: Path) -> int:
         return -1
     complete = [ln for ln in lines[1:] if ln.endswith("\n")]
     return int(complete[-1].split(",", 1)[0]) if complete else -1
-
-
-def checkpoint_tick(out: Path) -> int:
-    try:
-        return json.loads((out / "checkpoint.json").read_text())["tick"]
-    except (FileNotFoundError, json.JSONDecodeError):  # checkpoint.json is written atomically too
-        return -1
 
 
 def assert_points_load(out: Path) -> list[int]:

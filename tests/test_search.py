@@ -28,7 +28,7 @@ from llpf_core import (
 from llpf_core.checks import run_summary
 from llpf_core.modefile import ModeMeta, load_mode
 from llpf_core.train import load_recipe, train_mode
-from tests.conftest import REPO
+from tests.conftest import REPO, checkpoint_tick
 
 
 def assert_low_loss_path(run):
@@ -112,14 +112,6 @@ def _connect_args(modes, out):
             "--set", "save_every=25", "--set", "continuity.every=1", "--seed", "7"]
 
 
-def _checkpoint_tick(out) -> int:
-    """The tick of the last checkpoint: written at its tick, unlike CSV rows, which can lag by 0.5 s."""
-    try:
-        return json.loads((out / "checkpoint.json").read_text())["tick"]
-    except (FileNotFoundError, json.JSONDecodeError):
-        return -1
-
-
 def _comparable(metrics: pd.DataFrame) -> pd.DataFrame:
     return metrics.drop(columns=["wall_s"])
 
@@ -133,7 +125,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(digits_modes, tmp_pat
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     # Kill at the checkpoint of tick 40: 110 ticks are left, so the run cannot finish first.
-    while _checkpoint_tick(killed) < 40:
+    while checkpoint_tick(killed) < 40:
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.002)
     os.kill(proc.pid, signal.SIGKILL)
@@ -299,7 +291,7 @@ def test_ctrl_c_stops_with_a_checkpoint_and_resume_finishes(digits_modes, tmp_pa
     args = _connect_args(digits_modes, out)
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while _checkpoint_tick(out) < 20:  # 130 ticks are left: the run cannot finish before the signal
+    while checkpoint_tick(out) < 20:  # 130 ticks are left: the run cannot finish before the signal
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.002)
     proc.send_signal(signal.SIGINT)

@@ -84,7 +84,8 @@ JOB, RUN = read_job_and_run()
 LIVE = is_live(JOB, RUN)
 STATUS = current_status(JOB, RUN)
 CHART_EVERY = state.chart_refresh_s(state.table(RUN, "metrics") if RUN else None)
-YOUNG_AND_LIVE = LIVE and STATUS != "paused" and CHART_EVERY == state.YOUNG_CHART_REFRESH_S
+REDRAW_EVERY = CHART_EVERY if LIVE and STATUS != "paused" else None  # a paused or ended run does not change
+YOUNG_AND_LIVE = REDRAW_EVERY == state.YOUNG_CHART_REFRESH_S
 controls(JOB, RUN)
 
 
@@ -113,7 +114,7 @@ def live_status() -> None:
         st.caption("Not started from this dashboard: following its run folder.")
 
 
-@st.fragment(run_every=CHART_EVERY if LIVE and STATUS != "paused" else None)  # a paused run does not change
+@st.fragment(run_every=REDRAW_EVERY)
 def live_charts() -> None:
     """The run's charts, redrawn every CHART_EVERY seconds while it is live: often while the run is young,
     then less often (a full rerun switches the interval, as a fragment cannot change its own)."""
