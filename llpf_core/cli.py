@@ -22,6 +22,12 @@ def _add_quiet_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_plugin_option(parser: argparse.ArgumentParser) -> None:
+    """``--plugin`` on every command (added to each subparser, so it may follow the command name)."""
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
+                        help="load a plugin that registers models (repeatable; also $LLPF_PLUGINS, ':'-separated)")
+
+
 # --- parser ---------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list search presets and training recipes")
     p.set_defaults(command_name="presets")
+
+    p = sub.add_parser("import", help="check a bare state dict (safetensors) against a model and save it as a mode")
+    p.add_argument("state", help="STATE.safetensors, e.g. from save_file(model.state_dict(), ...)")
+    p.add_argument("--model", required=True, help="registry name (the zoo's or a plugin's)")
+    p.add_argument("--dataset", required=True, help="the dataset it was trained on: digits, folder:PATH, tensors:FILE, ...")
+    p.add_argument("--out", required=True, help="MODE.safetensors to write")
+    p.add_argument("--model-kwargs", dest="model_kwargs", help="builder arguments as JSON, e.g. '{\"hidden\": [32]}'")
+    p.add_argument("--seed", type=int, help="the seed it was trained with (recorded)")
+    _add_data_root_option(p)
+    _add_quiet_option(p)
+    p.set_defaults(command_name="import")
+    for subparser in sub.choices.values():
+        _add_plugin_option(subparser)
     return parser
 
 
@@ -94,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from . import commands  # torch and the engine: imported only once a command runs
+        from .plugins import load_plugins
+        load_plugins(args.plugin)
         return getattr(commands, f"cmd_{args.command_name}")(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -28,6 +28,7 @@ from . import (
     run_search,
 )
 from .checks import independence, recheck, run_summary
+from .config import GENERIC_M2M, generic_m2m
 from .device import warn
 from .modefile import Mode
 from .safefile import write_atomic
@@ -111,14 +112,17 @@ def cmd_train(args) -> int:
 def _resolve_config(args, start: Mode):
     algorithm = args.algorithm or ("m2o" if args.end == ORIGIN else "m2m")
     name = args.preset or default_preset(start.meta.model, start.meta.dataset, algorithm)
-    if name is None:
-        raise UserError(f"no preset for model {start.meta.model!r}; pass --preset NAME (see `presets`)")
-    info = preset_info(name)
-    if info.model != start.meta.model:
-        raise UserError(f"preset {name} is for model {info.model!r}, but the modes are {start.meta.model!r}")
-    if info.dataset != start.meta.dataset:
-        warn(f"preset {name} was tuned for {info.dataset}, the modes were trained on {start.meta.dataset}")
-    cfg = load_preset(name)
+    if name is None and algorithm != "m2m":
+        raise UserError(f"no {algorithm} preset for model {start.meta.model!r}; pass --preset NAME (see `presets`)")
+    if name is None:  # a model without presets (a plugin's): the generic one-phase M2M
+        cfg, name = generic_m2m(), GENERIC_M2M
+    else:
+        info = preset_info(name)
+        if info.model != start.meta.model:
+            raise UserError(f"preset {name} is for model {info.model!r}, but the modes are {start.meta.model!r}")
+        if info.dataset != start.meta.dataset:
+            warn(f"preset {name} was tuned for {info.dataset}, the modes were trained on {start.meta.dataset}")
+        cfg = load_preset(name)
     cfg = replace(cfg, algorithm=algorithm)
     for key in ("ticks", "seed"):
         if getattr(args, key) is not None:
@@ -262,6 +266,16 @@ def cmd_demo(args) -> int:
     print(f"\nstraight-line barrier {s['barrier']:.4f} vs LLPF path max train loss "
           f"{s['path_max_train_loss']:.4f} ({s['barrier'] / max(s['path_max_train_loss'], 1e-12):.0f}x lower); "
           f"total {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from .importer import import_state, parse_model_kwargs
+    mode = import_state(args.state, args.model, args.dataset, args.out, parse_model_kwargs(args.model_kwargs),
+                        args.seed, args.data_root)
+    m = mode.meta.metrics
+    print(f"saved {args.out}: {args.model} on {args.dataset}, train loss {m['train_loss']:.4f} acc "
+          f"{m['train_acc']:.4f}, test loss {m['test_loss']:.4f} acc {m['test_acc']:.4f}")
     return 0
 
 

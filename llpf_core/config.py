@@ -288,6 +288,21 @@ def load_preset(name: str) -> SearchConfig:
     return cfg
 
 
+GENERIC_M2M = "generic-m2m"  # the name runs record when no preset fits the model
+
+
+def generic_m2m() -> SearchConfig:
+    """M2M for any model without a preset (a plugin's): one phase moving every layer 2% of the remaining
+    distance per tick for 300 ticks (0.3% of it left at the end), evaluated every 10 ticks."""
+    cfg = SearchConfig(algorithm="m2m", ticks=300, phases=[Phase(layers=["*"], step_a=0.02)], merge_bias=True,
+                       variance_target="blend",
+                       train=TrainSpec(lr=0.01, batch_size=32, loss_threshold=0.01, min_iters=5, max_iters=50),
+                       eval_every=10, save_every=50, checkpoint_every=50,
+                       continuity=ContinuitySpec(points=10, samples=500, every=10))
+    validate(cfg)
+    return cfg
+
+
 def default_preset(model: str, dataset: str, algorithm: str) -> str | None:
     """The default preset for this model and dataset; M2M presets serve m2m and cross_sphere,
     M2O presets serve m2o and to_vs. Falls back to a default for the model on another dataset."""

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .errors import UserError
+from .userdata import is_user_dataset, load_user_dataset
 from .workspace import data_dir
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -142,6 +143,7 @@ _DATASETS = ("digits", "fashion-mnist", "fashion-mnist-rgb32", "mnist", "cifar10
 
 
 def list_datasets() -> list[str]:
+    """The built-in datasets; ``folder:PATH`` and ``tensors:FILE.safetensors`` load the user's own."""
     return list(_DATASETS)
 
 
@@ -152,11 +154,26 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
     ``root`` is the torchvision data root (default: the workspace's data/ folder). Nothing is
     downloaded unless ``download`` is true. Results are cached per process.
     """
-    if name not in _DATASETS:
-        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(_DATASETS)}")
     if split not in ("train", "test"):
         raise UserError(f"unknown split {split!r}; use 'train' or 'test'")
+    if is_user_dataset(name):
+        return _user(name, split)
+    if name not in _DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(_DATASETS)}, folder:PATH "
+                        f"or tensors:FILE.safetensors")
     return _load(name, split, str(Path(root) if root else data_dir()), download)
+
+
+def _user(name: str, split: str) -> ImageData:
+    """A ``folder:`` or ``tensors:`` dataset (userdata.py), both splits read once per process."""
+    data = _user_splits(name)
+    return ImageData(name, split, data[f"{split}_images"], data[f"{split}_labels"], 1 / 255, data["mean"],
+                     data["std"], len(data["classes"]), None)
+
+
+@lru_cache(maxsize=4)
+def _user_splits(name: str) -> dict:
+    return load_user_dataset(name)
 
 
 @lru_cache(maxsize=16)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .registry import build_model
+from .registry import build_model, list_models, plugin_of
 from .safefile import read_tensors, save_tensors
 from .version import __version__
 
@@ -43,6 +43,9 @@ class ModeMeta:
             "llpf.versions": json.dumps(self.versions or versions()),
         }
         meta.update({k: str(v) for k, v in self.extra.items()})
+        plugin = plugin_of(self.model)
+        if plugin:  # loading the mode needs the plugin: name it
+            meta["llpf.plugin"] = json.dumps(plugin)
         return meta
 
     @classmethod
@@ -96,24 +99,39 @@ def load_mode(path: str | os.PathLike, what: str = "mode file") -> Mode:
     path = Path(path)
     tensors, metadata = read_tensors(path, what)
     meta = ModeMeta.from_metadata(metadata, path)
+    if "llpf.plugin" in meta.extra and meta.model not in list_models():
+        plugin = json.loads(meta.extra["llpf.plugin"])
+        raise UserError(f"{path}: model {meta.model!r} comes from the plugin {plugin['path']} (sha256 "
+                        f"{plugin['sha256'][:12]}...), which is not loaded; pass --plugin {plugin['path']} "
+                        f"or add it to LLPF_PLUGINS")
     try:
         model = build_model(meta.model, **meta.model_kwargs)
     except (UserError, ValueError) as e:
         raise UserError(f"{path}: cannot rebuild its model: {e}") from None
+    check_state(tensors, model, f"{path}: tensors do not match model {meta.model!r}")
+    model.load_state_dict(tensors)
+    return Mode(model=model, meta=meta, path=path)
+
+
+def _some(names: list[str]) -> str:
+    return f"{', '.join(names[:3])}{f' and {len(names) - 3} more' if len(names) > 3 else ''}"
+
+
+def check_state(tensors: dict[str, torch.Tensor], model: nn.Module, what: str, check_dtype: bool = True) -> None:
+    """One ``UserError`` starting with ``what`` unless ``tensors`` has exactly the model's keys and shapes
+    (and dtypes): it names the missing, unexpected and wrongly shaped tensors, with the shapes expected."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        detail = "; ".join(part for part in (
-            f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}" if missing else "",
-            f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}" if unexpected else "",
-        ) if part)
-        raise UserError(f"{path}: tensors do not match model {meta.model!r} ({detail})")
-    for k, v in expected.items():
-        if tensors[k].shape != v.shape:
-            raise UserError(f"{path}: tensor {k} has shape {tuple(tensors[k].shape)} but model "
-                            f"{meta.model!r} expects {tuple(v.shape)}")
-        if tensors[k].dtype != v.dtype:
-            raise UserError(f"{path}: tensor {k} has dtype {tensors[k].dtype}, expected {v.dtype}")
-    model.load_state_dict(tensors)
-    return Mode(model=model, meta=meta, path=path)
+    shapes = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+    parts = [f"missing {_some(missing)}" if missing else "",
+             f"unexpected {_some(unexpected)}" if unexpected else "",
+             "wrong shape " + ", ".join(f"{k} {tuple(tensors[k].shape)}, model expects {tuple(expected[k].shape)}"
+                                        for k in shapes[:3]) + (f" and {len(shapes) - 3} more" if len(shapes) > 3 else "")
+             if shapes else ""]
+    if any(parts):
+        raise UserError(f"{what} ({'; '.join(p for p in parts if p)})")
+    if check_dtype:
+        for k, v in expected.items():
+            if tensors[k].dtype != v.dtype:
+                raise UserError(f"{what}: tensor {k} has dtype {tensors[k].dtype}, expected {v.dtype}")
