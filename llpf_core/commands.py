@@ -229,6 +229,8 @@ def cmd_inspect(args) -> int:
             ("parameters", sum(p.numel() for p in mode.model.parameters())),
             *[(k, v) for k, v in meta.metrics.items()],
             *[(k, v) for k, v in meta.extra.items()]]
+    if meta.train_config.get("imported"):
+        rows.insert(4, ("imported from", f"{meta.train_config['source']} (sha256 {meta.train_config['sha256']})"))
     _print_table(rows)
     return 0
 
