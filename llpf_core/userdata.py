@@ -103,10 +103,14 @@ def _folder(root: Path) -> dict:
 
 def _decode(path: Path) -> torch.Tensor:
     """One image as uint8 (C, H, W); grey stays one channel, RGBA loses its alpha."""
+    import warnings
+
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     try:
-        img = decode_image(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for torchcodec's, on every call
+            warnings.simplefilter("ignore", DeprecationWarning)
+            img = decode_image(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
     except (RuntimeError, OSError) as e:
         raise UserError(f"cannot read image {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                         f"replace or delete it") from None
@@ -138,8 +142,8 @@ def _tensor_file(path: Path) -> dict:
         raise UserError(f"{where}: train images are {tuple(tensors['train_images'].shape[1:])} but test images "
                         f"are {tuple(tensors['test_images'].shape[1:])}; use one size")
     data = {k: tensors[k] if "images" in k else tensors[k].long() for k in need}
-    n = int(max(data["train_labels"].max(initial=0) if len(data["train_labels"]) else 0,
-                data["test_labels"].max() if len(data["test_labels"]) else 0)) + 1
+    every = torch.cat([data["train_labels"], data["test_labels"]])
+    n = int(every.max()) + 1 if len(every) else 1
     classes = [str(c) for c in range(n)]
     _check(data, where, classes)
     mean, std = _stats(data["train_images"])
