@@ -6,7 +6,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from llpf_core import Mode, UserError, load_mode
+from llpf_core import Mode, UserError, import_state, load_mode
 
 SUFFIX = ".safetensors"
 
@@ -45,3 +45,34 @@ def save_upload(data: bytes, name: str, modes_dir: Path) -> Mode:
     finally:
         Path(tmp).unlink(missing_ok=True)
     return load_mode(target)
+
+
+def user_dataset(path: str) -> str:
+    """The dataset name for a path typed in the dashboard: ``folder:PATH`` for a folder, ``tensors:PATH``
+    for a .safetensors file (a name already so prefixed is kept)."""
+    path = path.strip()
+    if path.startswith(("folder:", "tensors:")):
+        return path
+    if Path(path).expanduser().is_dir():
+        return f"folder:{path}"
+    if path.lower().endswith(SUFFIX):
+        return f"tensors:{path}"
+    raise UserError(f"{path} is neither a folder (train/<class>/...) nor a .safetensors tensor file")
+
+
+def import_upload(data: bytes | None, name: str, model: str, dataset: str, out_name: str,
+                  modes_dir: Path) -> Mode:
+    """Import a state dict (the uploaded bytes, or with ``data`` None the server file ``name``) as the mode
+    ``out_name`` in ``modes_dir``; nothing appears there unless it fits the model."""
+    target = modes_dir / safe_name(out_name)
+    if target.exists():
+        raise UserError(f"{target.name} already exists in the workspace; choose another name")
+    if data is None:
+        return import_state(name, model, dataset, target)
+    with tempfile.TemporaryDirectory(prefix=".import-") as tmp:
+        path = Path(tmp) / safe_name(name)
+        path.write_bytes(data)
+        try:
+            return import_state(path, model, dataset, target, source=Path(name).name)
+        except UserError as e:
+            raise UserError(str(e).replace(str(path), Path(name).name)) from None

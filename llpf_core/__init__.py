@@ -12,12 +12,13 @@ from .version import __version__  # noqa: F401  (in __all__, built below)
 # Each public name and the module that defines it.
 _EXPORTS = {
     "checks": ["INDEPENDENCE_THRESHOLD", "Independence", "independence", "run_summary"],
-    "config": ["ALGORITHMS", "BridgeSpec", "ContinuitySpec", "Phase", "PresetInfo", "SearchConfig", "TrainSpec",
-               "apply_overrides", "default_preset", "list_presets", "load_preset", "preset_info", "validate"],
+    "config": ["ALGORITHMS", "GENERIC_M2M", "BridgeSpec", "ContinuitySpec", "Phase", "PresetInfo", "SearchConfig", "TrainSpec",
+               "apply_overrides", "default_preset", "generic_m2m", "list_presets", "load_preset", "preset_info", "validate"],
     "connect": ["ORIGIN", "TickEvent", "check_compatible", "run_search"],
     "data": ["ImageData", "list_datasets", "load_dataset"],
     "errors": ["UserError"],
     "flow": ["follow_data_flow", "match_layers"],
+    "importer": ["import_state"],
     "modefile": ["Mode", "ModeMeta", "load_mode", "save_mode"],
     "registry": ["build_model", "list_models", "register_model"],
     "runfolder": ["Run", "load_run"],
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # what static analysers and IDEs see; at run time the names l
     from .checks import INDEPENDENCE_THRESHOLD, Independence, independence, run_summary  # noqa: F401
     from .config import (  # noqa: F401
         ALGORITHMS,
+        GENERIC_M2M,
         BridgeSpec,
         ContinuitySpec,
         Phase,
@@ -54,6 +56,7 @@ if TYPE_CHECKING:  # what static analysers and IDEs see; at run time the names l
         TrainSpec,
         apply_overrides,
         default_preset,
+        generic_m2m,
         list_presets,
         load_preset,
         preset_info,
@@ -63,6 +66,7 @@ if TYPE_CHECKING:  # what static analysers and IDEs see; at run time the names l
     from .data import ImageData, list_datasets, load_dataset  # noqa: F401
     from .errors import UserError  # noqa: F401
     from .flow import follow_data_flow, match_layers  # noqa: F401
+    from .importer import import_state  # noqa: F401
     from .modefile import Mode, ModeMeta, load_mode, save_mode  # noqa: F401
     from .registry import build_model, list_models, register_model  # noqa: F401
     from .runfolder import Run, load_run  # noqa: F401

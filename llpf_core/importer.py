@@ -30,9 +30,10 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def import_state(state_path: str | os.PathLike, model_name: str, dataset: str, out: str | os.PathLike,
                  model_kwargs: dict | None = None, seed: int | None = None,
-                 data_root: str | os.PathLike | None = None) -> Mode:
+                 data_root: str | os.PathLike | None = None, source: str | None = None) -> Mode:
     """Check the state dict in ``state_path`` against ``model_name`` built for ``dataset``, evaluate it and
-    save it as a mode at ``out``. Nothing is written unless every tensor matches."""
+    save it as a mode at ``out``. Nothing is written unless every tensor matches. ``source`` is what
+    train_config records as the origin (default: the file's absolute path; the dashboard: the upload's name)."""
     state_path = Path(state_path)
     if state_path.suffix.lower() in PICKLE_SUFFIXES:
         raise UserError(
@@ -57,7 +58,7 @@ def import_state(state_path: str | os.PathLike, model_name: str, dataset: str, o
     metrics = Evaluator(scratch, train, test, 0, seed or 0, 10, 128).evaluate(model.state_dict())
     sha = hashlib.sha256(state_path.read_bytes()).hexdigest()
     meta = ModeMeta(model=model_name, model_kwargs=kwargs, dataset=dataset, seed=seed,
-                    train_config={"imported": True, "source": str(state_path.resolve()), "sha256": sha},
+                    train_config={"imported": True, "source": source or str(state_path.resolve()), "sha256": sha},
                     metrics=metrics)
     save_mode(out, model, meta)
     return Mode(model=model, meta=meta, path=Path(out))

@@ -31,6 +31,8 @@ with st.form("train_form"):
     c = st.columns(4)
     model = c[0].selectbox("Model", list_models(), index=list_models().index("mlp"), key="train_model")
     dataset = c[1].selectbox("Dataset", list_datasets(), key="train_dataset")
+    own_data = st.text_input("Or your own data: a folder (train/<class>/*.png, test/...) or a tensor file",
+                             key="train_own_data", placeholder="/path/to/images or /path/to/data.safetensors")
     seeds_text = c[2].text_input("Seeds", value="1, 2", key="train_seeds", help="comma-separated integers")
     device = c[3].selectbox("Device", ["auto", "cpu", "cuda"], key="train_device")
     recipes = ["(default for the model and dataset)"] + [r["name"] for r in list_recipes()]
@@ -44,6 +46,8 @@ if submitted:
     else:
         name = recipe if recipe in [r["name"] for r in list_recipes()] else default_recipe(model, dataset)
         try:
+            if own_data.strip():
+                dataset = uploads.user_dataset(own_data)
             if name is None:
                 raise UserError(f"no training recipe for {model}; pick one in the Recipe list")
             state.registry().start_training(f"train-{model}-{dataset}-{time.strftime('%H%M%S')}", model, dataset,
@@ -89,6 +93,34 @@ for f in files or []:
     else:
         done.add((f.name, f.size))
         st.success(f"added {mode.path.name}: {mode.meta.model} on {mode.meta.dataset}, seed {mode.meta.seed}")
+
+# --- import ---------------------------------------------------------------------------------------------
+st.subheader("Import a state dict")
+st.caption("A model trained elsewhere: `save_file(model.state_dict(), 'x.safetensors')` from any script "
+           "(DataParallel's `module.` and torch.compile's `_orig_mod.` prefixes are stripped). "
+           "Plugin models (LLPF_PLUGINS) are listed with the zoo's.")
+with st.form("import_form"):
+    state_file = st.file_uploader("State dict (.safetensors)", type=["safetensors"], key="import_upload")
+    state_path = st.text_input("or its path on this machine", key="import_path")
+    c = st.columns(3)
+    imp_model = c[0].selectbox("Model", list_models(), key="import_model")
+    imp_dataset = c[1].selectbox("Dataset", list_datasets(), key="import_dataset")
+    imp_own = c[2].text_input("or your own data (folder or tensor file)", key="import_own_data")
+    imp_name = st.text_input("Mode name", value="imported.safetensors", key="import_name")
+    imported = st.form_submit_button("Import")
+if imported:
+    try:
+        if state_file is None and not state_path.strip():
+            raise UserError("choose a state dict to upload or enter its path")
+        dataset_name = uploads.user_dataset(imp_own) if imp_own.strip() else imp_dataset
+        mode = uploads.import_upload(state_file.getvalue() if state_file else None,
+                                     state_file.name if state_file else state_path.strip(), imp_model,
+                                     dataset_name, imp_name, state.modes_dir())
+    except UserError as e:
+        state.show_error(e)
+    else:
+        m = mode.meta.metrics
+        st.success(f"imported {mode.path.name}: {imp_model} on {dataset_name}, test acc {m['test_acc']:.3f}")
 
 # --- independence ---------------------------------------------------------------------------------------
 st.subheader("Independence check")

@@ -9,12 +9,14 @@ from runner import unique_run_name
 
 from llpf_core import (
     ALGORITHMS,
+    GENERIC_M2M,
     ORIGIN,
     ContinuitySpec,
     TrainSpec,
     UserError,
     check_compatible,
     default_preset,
+    generic_m2m,
     list_presets,
     load_preset,
     validate,
@@ -67,19 +69,21 @@ end = None if end_name == ORIGIN else modes[end_name]
 model, dataset = start.meta.model, start.meta.dataset
 presets = [p.name for p in list_presets() if p.model == model]
 fallback = default_preset(model, dataset, algorithm)
-if not presets or fallback is None:
-    st.error(f"No preset for model {model}; add one to assets/presets.")
+generic = not presets and algorithm == "m2m"  # a model without presets (a plugin's): all layers, one phase
+if not generic and (not presets or fallback is None):
+    st.error(f"No {algorithm} preset for model {model}; add one to assets/presets.")
     st.stop()
-preset = left.selectbox("Preset", presets, index=presets.index(fallback) if fallback in presets else 0,
-                         key=f"preset_{model}_{dataset}_{algorithm}")
+preset = left.selectbox("Preset", [GENERIC_M2M] if generic else presets,
+                        index=presets.index(fallback) if fallback in presets else 0,
+                        key=f"preset_{model}_{dataset}_{algorithm}")
 device = right.selectbox("Device", ["auto", "cpu", "cuda"], key="device",
                          help="auto: the GPU when there is one, else the CPU")
-base = replace(load_preset(preset), algorithm=algorithm, device=device)
+base = replace(generic_m2m() if generic else load_preset(preset), algorithm=algorithm, device=device)
 
 # --- the layer order ----------------------------------------------------------------------------------
 st.subheader("Layer order")
 source = st.radio("Start from", ["the preset's phases", "follow_data_flow (one group per module)"],
-                  horizontal=True, key="layer_source")
+                  horizontal=True, index=1 if generic else 0, key="layer_source")
 cumulative = st.toggle("Cumulative: each phase also moves the groups above it", value=source != "the preset's phases",
                        key=f"cumulative_{source.split()[0]}")
 names = list(start.model.state_dict())
