@@ -2,6 +2,8 @@
 loop, saved as a DataParallel state dict, imported and connected; and every hostile input of the
 ``import`` command and of plugins, each one line with exit code 2 and nothing written."""
 import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -86,11 +88,16 @@ def test_plugin_model_trained_elsewhere_imports_and_connects(byo):
     assert s["barrier"] > 0.1, s  # two independent CNNs: the straight line between them is a real barrier
 
 
-def test_plugin_mode_without_the_plugin_names_it(byo, tmp_path):
+def test_plugin_mode_loads_with_the_plugin_only(byo, tmp_path):
     root, plugin, states = byo
     mode = tmp_path / "m.safetensors"
     run_cli("import", states[0], "--model", "tinyconv", "--dataset", "digits", "--out", mode,
             "--plugin", plugin, env=ENV, check=True)
+    api = ("import llpf_core, sys; m = llpf_core.load_mode(sys.argv[1]); "
+           "print([g[0] for g in llpf_core.follow_data_flow(m.model)])")
+    proc = subprocess.run([sys.executable, "-c", api, str(mode)], env={**ENV, "LLPF_PLUGINS": str(plugin)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip() == "['0.weight', '2.weight', '6.weight']", proc.stderr
     _one_line_error(run_cli("inspect", mode, env=ENV), "tinyconv", str(plugin), "--plugin")
     _one_line_error(run_cli("connect", mode, mode, "--out", tmp_path / "run", env=ENV), str(plugin))
     assert not (tmp_path / "run").exists()
