@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one mode from a seed")
     p.add_argument("--model", required=True, help="registry name: mlp, lenet5, cnn, ...")
-    p.add_argument("--dataset", default="digits", help="digits (default), fashion-mnist, mnist, cifar10, cifar100")
+    p.add_argument("--dataset", default="digits",
+                   help="digits (default), fashion-mnist, mnist, cifar10, cifar100, folder:PATH, tensors:FILE")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="PATH.safetensors")
     p.add_argument("--recipe", help="training recipe (default: the one for this model and dataset)")
@@ -97,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="check a bare state dict (safetensors) against a model and save it as a mode")
     p.add_argument("state", help="STATE.safetensors, e.g. from save_file(model.state_dict(), ...)")
     p.add_argument("--model", required=True, help="registry name (the zoo's or a plugin's)")
-    p.add_argument("--dataset", required=True, help="the dataset it was trained on: digits, folder:PATH, tensors:FILE, ...")
+    p.add_argument("--dataset", required=True,
+                   help="the dataset it was trained on: digits, ..., folder:PATH, tensors:FILE.safetensors")
     p.add_argument("--out", required=True, help="MODE.safetensors to write")
     p.add_argument("--model-kwargs", dest="model_kwargs", help="builder arguments as JSON, e.g. '{\"hidden\": [32]}'")
     p.add_argument("--seed", type=int, help="the seed it was trained with (recorded)")

@@ -71,7 +71,8 @@ def parse_model_kwargs(text: str | None) -> dict:
     try:
         value = json.loads(text)
     except ValueError as e:
-        raise UserError(f"--model-kwargs is not valid JSON ({e}); pass an object such as '{{\"hidden\": [32]}}'") from None
+        raise UserError(f"--model-kwargs is not valid JSON ({e}); pass an object such as "
+                        f"'{{\"hidden\": [32]}}'") from None
     if not isinstance(value, dict):
         raise UserError("--model-kwargs must be a JSON object such as '{\"hidden\": [32]}'")
     return value

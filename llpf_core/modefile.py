@@ -123,12 +123,11 @@ def check_state(tensors: dict[str, torch.Tensor], model: nn.Module, what: str, c
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
-    shapes = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+    shapes = [f"{k} {tuple(tensors[k].shape)}, model expects {tuple(expected[k].shape)}"
+              for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
     parts = [f"missing {_some(missing)}" if missing else "",
              f"unexpected {_some(unexpected)}" if unexpected else "",
-             "wrong shape " + ", ".join(f"{k} {tuple(tensors[k].shape)}, model expects {tuple(expected[k].shape)}"
-                                        for k in shapes[:3]) + (f" and {len(shapes) - 3} more" if len(shapes) > 3 else "")
-             if shapes else ""]
+             f"wrong shape {_some(shapes)}" if shapes else ""]
     if any(parts):
         raise UserError(f"{what} ({'; '.join(p for p in parts if p)})")
     if check_dtype:
