@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .errors import UserError
-from .userdata import is_user_dataset, load_user_dataset
+from .userdata import canonical_name, is_user_dataset, load_user_dataset
 from .workspace import data_dir
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -157,7 +157,7 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
     if split not in ("train", "test"):
         raise UserError(f"unknown split {split!r}; use 'train' or 'test'")
     if is_user_dataset(name):
-        return _user(name, split)
+        return _user(canonical_name(name), split)
     if name not in _DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(_DATASETS)}, folder:PATH "
                         f"or tensors:FILE.safetensors")

@@ -57,7 +57,7 @@ def import_state(state_path: str | os.PathLike, model_name: str, dataset: str, o
     scratch = build_model(model_name, **kwargs)
     metrics = Evaluator(scratch, train, test, 0, seed or 0, 10, 128).evaluate(model.state_dict())
     sha = hashlib.sha256(state_path.read_bytes()).hexdigest()
-    meta = ModeMeta(model=model_name, model_kwargs=kwargs, dataset=dataset, seed=seed,
+    meta = ModeMeta(model=model_name, model_kwargs=kwargs, dataset=train.name, seed=seed,
                     train_config={"imported": True, "source": source or str(state_path.resolve()), "sha256": sha},
                     metrics=metrics)
     save_mode(out, model, meta)

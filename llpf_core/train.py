@@ -246,6 +246,7 @@ def train_mode(model_name: str, dataset: str, seed: int, out: str | Path, recipe
                                      f"(train --batch-size) or train on the CPU"):
         train = load_dataset(dataset, "train", data_root, download).to(dev)
         test = load_dataset(dataset, "test", data_root, download).to(dev)
+        dataset = train.name  # folder:/tensors: data with an absolute path, as the mode records it
         kwargs = train.model_kwargs()
         torch.manual_seed(seed)
         model = build_model(model_name, **kwargs).to(dev)

@@ -26,6 +26,15 @@ def is_user_dataset(name: str) -> bool:
     return name.startswith((FOLDER, TENSORS))
 
 
+def canonical_name(name: str) -> str:
+    """``folder:``/``tensors:`` names with an absolute path (modes record it: they load from any folder);
+    other names unchanged."""
+    if not is_user_dataset(name):
+        return name
+    prefix = FOLDER if name.startswith(FOLDER) else TENSORS
+    return prefix + str(Path(name[len(prefix):]).expanduser().resolve())
+
+
 def load_user_dataset(name: str) -> dict[str, torch.Tensor | list]:
     """Both splits as ``{split_images, split_labels, mean, std, classes}``; every problem is one line."""
     if name.startswith(FOLDER):

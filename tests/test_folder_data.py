@@ -59,12 +59,14 @@ def test_two_mlps_trained_on_a_folder_connect(digits_folder, tmp_path):
     assert s["path_max_train_loss"] < 0.5 * s["barrier"], s
 
 
-def test_tensor_file_dataset(tmp_path):
+def test_tensor_file_dataset(tmp_path, monkeypatch):
     tr, te = _uint8("train"), _uint8("test")
     path = tmp_path / "digits.safetensors"
     save_file({"train_images": tr[0], "train_labels": tr[1], "test_images": te[0], "test_labels": te[1]}, path)
-    test = load_dataset(f"tensors:{path}", "test")
+    monkeypatch.chdir(tmp_path)
+    test = load_dataset("tensors:digits.safetensors", "test")
     assert len(test) == len(te[1]) and test.num_classes == 10 and test.image_size == 8
+    assert test.name == f"tensors:{path.resolve()}"  # what modes record: they load from any folder
 
 
 def _bad_folders(root: Path, good: Path) -> dict[str, tuple[Path, list[str]]]:
