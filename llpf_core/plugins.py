@@ -42,7 +42,11 @@ def load_plugin(spec: str) -> dict:
         path = Path(key)
         if not path.is_file():
             raise UserError(f"plugin {spec} does not exist; pass the path of a Python file (--plugin or {ENV})")
-        module_spec = importlib.util.spec_from_file_location(f"llpf_plugin_{path.stem}", path)
+        if path.suffix != ".py":
+            raise UserError(f"plugin {spec} is not a .py file; pass a Python file or an importable module name")
+        # one module name per file: two plugins called models.py in different folders do not collide
+        name = f"llpf_plugin_{path.stem}_{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
     else:
         found = importlib.util.find_spec(spec) if spec else None
         if found is None or found.origin is None:

@@ -144,3 +144,23 @@ def test_hostile_inputs_are_one_line_and_write_nothing(byo, tmp_path):
     for name, (_, needles) in cases.items():
         _one_line_error(results[name], *needles)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_module_name_plugin_trains_and_takes_its_own_kwargs(tmp_path):
+    (tmp_path / "my_zoo.py").write_text(
+        "from torch import nn\nfrom llpf_core import register_model\n\n\n@register_model\n"
+        "def widemlp(*, num_classes, in_channels, image_size, width=128):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, width), nn.ReLU(),\n"
+        "                         nn.Linear(width, num_classes))\n")
+    env = {**ENV, "PYTHONPATH": str(tmp_path), "LLPF_PLUGINS": "my_zoo"}
+    mode = tmp_path / "w.safetensors"
+    run_cli("train", "--model", "widemlp", "--dataset", "digits", "--seed", 1, "--out", mode, "--epochs", 2,
+            "--quiet", env=env, check=True)
+    exported = tmp_path / "w-state.safetensors"
+    from safetensors.torch import load_file
+    save_file({f"_orig_mod.{k}": v for k, v in load_file(mode).items()}, exported)  # as torch.compile saves
+    _one_line_error(run_cli("import", exported, "--model", "widemlp", "--dataset", "digits", "--out",
+                            tmp_path / "i.safetensors", "--model-kwargs", '{"width": 64}', env=env),
+                    "wrong shape 1.weight (128, 64), model expects (64, 64)")
+    proc = run_cli("inspect", mode, env=env, check=True)
+    assert "my_zoo" in proc.stdout  # the plugin is recorded (llpf.plugin)
