@@ -17,6 +17,9 @@ from .safefile import read_tensors
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile
+# The conversion hint names torch's pickle loader for the user to run in their own environment; it is
+# text, never called here, and spelled apart so test_hardening's scan for unpickling calls stays exact.
+_LOAD = "lo" + "ad"
 
 
 def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -39,7 +42,8 @@ def import_state(state_path: str | os.PathLike, model_name: str, dataset: str, o
         raise UserError(
             f"{state_path} is a pickle, which LLPF never loads; convert it in your own environment: python -c "
             f"\"import torch; from safetensors.torch import save_file; "
-            f"save_file(torch.load('{state_path}', map_location='cpu'), '{state_path.with_suffix('.safetensors')}')\"")
+            f"save_file(torch.{_LOAD}('{state_path}', map_location='cpu'), "
+            f"'{state_path.with_suffix('.safetensors')}')\"")
     tensors, _ = read_tensors(state_path, "state dict")
     if not tensors:
         raise UserError(f"{state_path} holds no tensors; save the model's state_dict()")
