@@ -25,6 +25,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import torch
+from jobqueue import JobQueue, max_jobs
 
 from llpf_core import (
     Run,
@@ -55,7 +56,7 @@ def demo_overrides() -> list[str]:
     """The demo's ``--set`` overrides: DEMO_OVERRIDES, then those in $LLPF_DEMO_SET (space-separated
     key=value items, e.g. ``ticks=6000 phases.0.step_a=0.001`` for a slower demo in class)."""
     return DEMO_OVERRIDES + os.environ.get("LLPF_DEMO_SET", "").split()
-LIVE = ("starting", "training", "running", "paused", "pausing", "stopping")
+LIVE = ("queued", "starting", "training", "running", "paused", "pausing", "stopping")
 
 
 @dataclass
@@ -80,7 +81,7 @@ class Job:
     """One background job. Pages get copies (``Registry.get``); only the job's thread mutates it."""
     name: str
     kind: str  # search | train | demo
-    status: str = "starting"  # starting | training | running | pausing | paused | stopping | stopped |
+    status: str = "starting"  # queued | starting | training | running | pausing | paused | stopping | stopped |
     #                            finished | failed
     message: str = ""
     error: str | None = None
@@ -88,6 +89,7 @@ class Job:
     modes: list[Path] = field(default_factory=list)
     progress: Progress = field(default_factory=Progress)
     started: float = field(default_factory=time.time)
+    folder: Path | None = None  # where the job writes (default: run_dir); pages show it in that workspace only
     _recent: deque = field(default_factory=lambda: deque(maxlen=30), repr=False)  # (wall_s, tick, iterations)
 
     @property
@@ -96,9 +98,12 @@ class Job:
 
 
 class Registry:
-    """Every job of this server process, guarded by one lock."""
+    """Every job of this server process, guarded by one lock. At most ``limit`` jobs run at once
+    (default ``max_jobs()``: $LLPF_MAX_JOBS, one per GPU, or the cores minus one); the rest are
+    ``queued`` and start in order when a slot frees."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
+        self.queue = JobQueue(limit or max_jobs(gpus=torch.cuda.device_count()))
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._controls: dict[str, tuple] = {}  # name -> (stop event, pause event, thread)
@@ -110,6 +115,11 @@ class Registry:
             job = self._jobs.get(name)
             if job and job.status == "pausing" and _folder_status(job.run_dir) == "paused":
                 job.status = "paused"  # the engine has checkpointed and marked the run paused
+            if job and job.status == "queued":
+                waiting = self.queue.snapshot()[1]
+                if job.name in waiting:
+                    job.message = (f"queued: position {waiting.index(job.name) + 1} of {len(waiting)}, "
+                                   f"starts when one of the {self.queue.limit} job slot(s) frees")
             return replace(job, progress=replace(job.progress), modes=list(job.modes)) if job else None
 
     def jobs(self) -> list[Job]:
@@ -151,11 +161,13 @@ class Registry:
                 self._train(job, model, dataset, seed, path, recipe, device, data_root)
             self._set(job, status="finished", message=f"trained {len(seeds)} mode(s)")
 
-        return self._launch(Job(name, "train"), work)
+        return self._launch(Job(name, "train", folder=modes_dir), work)
 
     def start_demo(self, workspace: Path, name: str | None = None) -> Job:
         """The teaching path: train two digits MLPs (reused when already in the workspace), then M2M."""
-        name = name or unique_run_name(workspace / "runs", "demo")
+        with self._lock:  # job names are server-wide: two workspaces' demos of the same second differ
+            taken = set(self._jobs)
+        name = name or unique_run_name(workspace / "runs", "demo", taken)
         run_dir = workspace / "runs" / name
 
         def work(job: Job, stop: Event, pause: Event) -> None:
@@ -173,7 +185,7 @@ class Registry:
             cfg = apply_overrides(replace(load_preset(DEMO_PRESET), device="cpu"), demo_overrides())
             self._search(job, modes[0], modes[1], cfg, run_dir, stop, pause, False, None)
 
-        return self._launch(Job(name, "demo", run_dir=run_dir), work)
+        return self._launch(Job(name, "demo", run_dir=run_dir, folder=workspace), work)
 
     # --- controlling -----------------------------------------------------------------------------
 
@@ -185,14 +197,29 @@ class Registry:
         self._control(name, pause=False)
 
     def stop(self, name: str) -> None:
+        """Stop a running job, or cancel a queued one (it never starts)."""
+        if self.queue.cancel(name):
+            with self._lock:
+                job = self._jobs[name]
+                job.status, job.message = "stopped", "cancelled while queued"
+                del self._controls[name]
+            return
         self._control(name, stop=True)
 
     def wait(self, name: str, timeout: float | None = None) -> Job | None:
-        """Block until the job's thread ends (tests and shutdown); returns its last state."""
-        with self._lock:
-            control = self._controls.get(name)
+        """Block until the job's thread ends (tests and shutdown), also through its time in the queue;
+        returns its last state."""
+        deadline = None if timeout is None else time.time() + timeout
+        while True:
+            with self._lock:
+                control = self._controls.get(name)
+            if not control or control[2].ident is not None:
+                break  # started (or cancelled while queued)
+            if deadline is not None and time.time() >= deadline:
+                return self.get(name)
+            time.sleep(0.05)
         if control:
-            control[2].join(timeout)
+            control[2].join(None if deadline is None else max(0.0, deadline - time.time()))
         return self.get(name)
 
     # --- the threads -----------------------------------------------------------------------------
@@ -208,7 +235,12 @@ class Registry:
             except Exception as e:  # noqa: BLE001  (a job's crash must not take the app down)
                 traceback.print_exc()
                 self._set(job, status="failed", error=f"{type(e).__name__}: {e}")
+            finally:
+                self.queue.done(job.name)
 
+        if job.folder is None:
+            job.folder = job.run_dir
+        job.status = "queued"
         thread = threading.Thread(target=target, name=f"llpf-{job.name}", daemon=True)
         with self._lock:
             old = self._jobs.get(job.name)
@@ -216,7 +248,11 @@ class Registry:
                 raise UserError(f"job {job.name!r} is already {old.status}; stop it first")
             self._jobs[job.name] = job
             self._controls[job.name] = (stop, pause, thread)
-        thread.start()
+
+        def start() -> None:
+            self._set(job, status="starting", message="")
+            thread.start()
+        self.queue.submit(job.name, start)
         return self.get(job.name)
 
     def _control(self, name: str, pause: bool | None = None, stop: bool = False) -> None:
@@ -351,10 +387,10 @@ def folder_progress(run: Run) -> Progress:
     return progress
 
 
-def unique_run_name(runs_dir: Path, prefix: str) -> str:
-    """``prefix-YYYYmmdd-HHMMSS``, with a counter when that folder exists already."""
+def unique_run_name(runs_dir: Path, prefix: str, taken: set[str] = frozenset()) -> str:
+    """``prefix-YYYYmmdd-HHMMSS``, with a counter when that folder exists already (or the name is taken)."""
     base = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
     name, k = base, 2
-    while (runs_dir / name).exists():
+    while (runs_dir / name).exists() or name in taken:
         name, k = f"{base}-{k}", k + 1
     return name

@@ -8,12 +8,14 @@ the Home page's text and demo button are on screen before that.
 """
 from __future__ import annotations
 
+import hmac
 import os
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import confine
 import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 
@@ -26,7 +28,8 @@ if TYPE_CHECKING:
 
     from llpf_core import Mode, Run
 
-WORKSPACE = "workspace"  # the workspace folder of this session
+WORKSPACE = "workspace"  # the workspace this session chose inside the root ($LLPF_HOME), "" for the root
+ACCESS = "access_granted"  # this browser session gave the right $LLPF_ACCESS_TOKEN
 SELECTED_RUN = "selected_run"  # the run shown by the live view and Explore
 # While a search runs, its progress line updates every REFRESH_S and its charts every CHART_REFRESH_S.
 # Redrawing the plotly charts is the browser's main cost while watching (0.3 of a core with a redraw
@@ -67,10 +70,34 @@ def registry() -> Registry:
 
 
 def workspace() -> Path:
-    path = Path(st.session_state.get(WORKSPACE) or workspace_dir())
-    for sub in ("modes", "runs", "data"):
-        (path / sub).mkdir(parents=True, exist_ok=True)
-    return path
+    """This session's workspace inside the root (UserError, creating nothing, if it would leave it)."""
+    choice = st.session_state.get(WORKSPACE)
+    if choice is None:
+        choice = st.query_params.get("workspace", "")
+    return confine.create_workspace(confine.resolve_workspace(workspace_dir(), choice))
+
+
+def my_jobs() -> list:
+    """The registry's jobs that write into this session's workspace (other visitors' jobs are not shown)."""
+    here = workspace()
+    return [job for job in registry().jobs() if job.folder is not None and confine.inside(job.folder, here)]
+
+
+def job(name: str):
+    """The job called ``name`` if it belongs to this workspace, else None."""
+    found = registry().get(name)
+    return found if found and found.folder is not None and confine.inside(found.folder, workspace()) else None
+
+
+def access_granted(given: str | None = None) -> bool:
+    """No $LLPF_ACCESS_TOKEN, this session gave it before, or ``given`` is it (compared in constant time)."""
+    token = os.environ.get("LLPF_ACCESS_TOKEN", "")
+    if not token or st.session_state.get(ACCESS):
+        return True
+    if given is not None and hmac.compare_digest(given.encode(), token.encode()):
+        st.session_state[ACCESS] = True
+        return True
+    return False
 
 
 def modes_dir() -> Path:
@@ -105,7 +132,8 @@ def mode(path: Path) -> Mode:
 
 
 def mode_files() -> list[Path]:
-    return sorted(modes_dir().glob("*.safetensors"))
+    here = workspace()
+    return sorted(p for p in modes_dir().glob("*.safetensors") if confine.inside(p, here))
 
 
 def modes_table() -> pd.DataFrame:
@@ -127,7 +155,8 @@ def modes_table() -> pd.DataFrame:
 
 def run_dirs() -> list[Path]:
     """Run folders in the workspace, newest first."""
-    found = [p.parent for p in runs_dir().glob("*/run.json")]
+    here = workspace()
+    found = [p.parent for p in runs_dir().glob("*/run.json") if confine.inside(p, here)]  # no symlinks out
     return sorted(found, key=lambda p: (p / "run.json").stat().st_mtime, reverse=True)
 
 
@@ -169,7 +198,8 @@ def open_run(name: str) -> None:
     e.g. in AppTest) stays where it is and says where the run is."""
     select_run(name)
     try:
-        st.switch_page("views/runs.py", query_params={"run": name})
+        params = {"run": name, **({"workspace": st.query_params["workspace"]} if "workspace" in st.query_params else {})}
+        st.switch_page("views/runs.py", query_params=params)
     except StreamlitPageNotFoundError:
         st.success(f"Started {name}: follow it on the Runs page.")
 

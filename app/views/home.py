@@ -36,10 +36,11 @@ if st.button("Run the demo", type="primary", key="run_demo"):
 
 state.before_first_torch_import()
 st.subheader("Workspace")
-jobs = state.registry().jobs()
+jobs = state.my_jobs()
 cols = st.columns(4)
 cols[0].metric("Modes", len(state.mode_files()))
 cols[1].metric("Runs", len(state.run_dirs()))
 cols[2].metric("Running now", sum(job.live for job in jobs))
 cols[3].metric("Device", "GPU" if "GPU" in state.device_label() else "CPU")
-st.caption(f"Folder: `{state.workspace().resolve()}` · {state.device_label()}")
+name = st.session_state.get(state.WORKSPACE) or "(the root)"
+st.caption(f"Workspace **{name}** · folder `{state.workspace().resolve()}` · {state.device_label()}")

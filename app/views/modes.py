@@ -57,7 +57,7 @@ if submitted:
 
 
 def training_jobs():
-    return [j for j in state.registry().jobs() if j.kind == "train"]
+    return [j for j in state.my_jobs() if j.kind == "train"]
 
 
 @st.fragment(run_every=state.REFRESH_S if any(j.live for j in training_jobs()) else None)

@@ -11,7 +11,7 @@ VIEWS = ["Loss and accuracy", "Layers", "Continuity"]
 st.title("Runs")
 registry = state.registry()
 dirs = {p.name: p for p in state.run_dirs()}
-for job in registry.jobs():  # a demo still training has no run folder yet
+for job in state.my_jobs():  # a demo still training has no run folder yet
     if job.run_dir is not None:
         dirs.setdefault(job.name, job.run_dir)
 if not dirs:
@@ -77,7 +77,7 @@ def is_live(job, run) -> bool:
 
 
 def read_job_and_run():
-    return registry.get(name), state.read_run(run_dir) if (run_dir / "run.json").exists() else None
+    return state.job(name), state.read_run(run_dir) if (run_dir / "run.json").exists() else None
 
 
 JOB, RUN = read_job_and_run()

@@ -1,6 +1,7 @@
 """Search: choose two modes, an algorithm and a preset, edit the layer order and settings, and start."""
 from dataclasses import replace
 
+import confine
 import layer_order
 import pandas as pd
 import state
@@ -179,8 +180,7 @@ if not st.session_state.get("run_name"):
 name = st.text_input("Run name", key="run_name", help="The folder under runs/ that the search writes")
 if st.button("Start search", type="primary", key="start_search", disabled=bool(issues or problem)):
     try:
-        if not name or "/" in name or "\\" in name or name.startswith("."):
-            raise UserError("the run name must be a plain folder name (no slashes, not starting with a dot)")
+        confine.plain_name(name)
         job = state.registry().start_search(name, start.path, end.path if end else ORIGIN, cfg,
                                             state.runs_dir() / name)
     except UserError as e:
