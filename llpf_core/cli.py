@@ -92,6 +92,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet_option(p)
     p.set_defaults(command_name="demo")
 
+    p = sub.add_parser("sweep", help="train 2N modes and run the same search on every pair, in parallel on Ray")
+    p.add_argument("--out", required=True, help="sweep folder (modes/, runs/, sweep.json, summary.csv)")
+    p.add_argument("--model", help="registry name (with --pairs)")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--pairs", type=int, help="number of pairs N: seeds S..S+2N-1 paired (S, S+1), (S+2, S+3), ...")
+    p.add_argument("--seed", type=int, default=1, help="first seed S (default 1)")
+    p.add_argument("--modes", nargs="+", metavar="FILE", help="existing mode files, paired in order, instead of training")
+    p.add_argument("--preset", help="preset name (default: the one for the model)")
+    p.add_argument("--algorithm", choices=["m2m", "to_vs", "cross_sphere"])
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field for every pair")
+    p.add_argument("--pair-set", action="append", metavar="PAIR:KEY=VALUE",
+                   help="override a config field for one pair only, e.g. seed3-seed4:train.lr=0.01")
+    p.add_argument("--recipe", help="training recipe for the modes (default: the one for the model and dataset)")
+    p.add_argument("--workers", type=int, help="pairs at once (default: the local CPU count; on a cluster: all)")
+    p.add_argument("--ray-address", help="join a Ray cluster (auto or host:port) instead of a local Ray")
+    p.add_argument("--cpus-per-path", type=float, default=1.0, help="Ray CPUs per search (default 1)")
+    p.add_argument("--gpus-per-path", type=float, default=0.0, help="Ray GPUs per search, e.g. 0.25 (default 0)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads inside each search (default 1)")
+    p.add_argument("--resume", action="store_true", help="finish the sweep in --out (failed or interrupted pairs)")
+    _add_quiet_option(p)
+    p.set_defaults(command_name="sweep")
+
     p = sub.add_parser("presets", help="list search presets and training recipes")
     p.set_defaults(command_name="presets")
 

@@ -293,3 +293,30 @@ def cmd_presets(args) -> int:
         print(f"{r['name']:<{width}}  {target:<32} {r['description']}")
     print("\n* the default for that model and dataset")
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import plan_sweep, run_sweep
+    spec = None
+    if not (args.resume and args.model is None and args.modes is None):
+        pair_sets: dict[str, list[str]] = {}
+        for item in args.pair_set or []:
+            name, sep, override = item.partition(":")
+            if not sep or "=" not in override:
+                raise UserError(f"--pair-set {item!r}: write PAIR:KEY=VALUE, e.g. seed1-seed2:train.lr=0.01")
+            pair_sets.setdefault(name, []).append(override)
+        spec = plan_sweep(args.model, args.dataset, args.pairs, args.seed, preset=args.preset,
+                          algorithm=args.algorithm, overrides=args.set, recipe=args.recipe or (None if args.modes else default_recipe(args.model or "", args.dataset)),
+                          modes=args.modes, pair_overrides=pair_sets)
+    say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stopped sweep marks its pairs interrupted
+    result = run_sweep(args.out, spec, resume=args.resume, workers=args.workers, ray_address=args.ray_address,
+                       cpus_per_path=args.cpus_per_path, gpus_per_path=args.gpus_per_path, threads=args.threads,
+                       on_event=say)
+    for p in result.pairs:
+        s = p.get("summary") or {}
+        print(f"{p['name']:<20} {p['status']:<11} barrier {_fmt(s.get('barrier'))}  path max "
+              f"{_fmt(s.get('path_max_train_loss'))}  distance_rel {_fmt(s.get('final_distance_rel'))}"
+              + (f"  error: {p['error']}" if p.get("error") else ""))
+    print(f"summary: {result.out / 'summary.csv'}")
+    return result.exit_code

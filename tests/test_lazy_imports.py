@@ -17,15 +17,15 @@ def modules_after(code: str) -> set[str]:
 
 def test_import_llpf_core_loads_no_torch():
     loaded = modules_after("import llpf_core; from llpf_core import UserError, workspace_dir, __version__")
-    assert "torch" not in loaded and "pandas" not in loaded
+    assert "torch" not in loaded and "pandas" not in loaded and "ray" not in loaded
 
 
 def test_cli_help_loads_no_torch():
     loaded = modules_after("from llpf_core.cli import build_parser\n"
                            "import contextlib, io\n"
                            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
-                           "    build_parser().parse_args(['connect', '--help'])")
-    assert "torch" not in loaded
+                           "    build_parser().parse_args(['sweep', '--help'])")
+    assert "torch" not in loaded and "ray" not in loaded
 
 
 def test_a_public_name_loads_on_first_use():

@@ -10,11 +10,22 @@ METRICS = ["train_loss", "train_loss_rolling", "test_loss", "test_acc", "distanc
 
 st.title("Compare")
 runs = {r.name: r for r in map(state.read_run, state.run_dirs()) if r is not None and len(state.table(r, "metrics"))}
+sweeps_root = state.workspace() / "sweeps"
+sweeps = sorted(p.parent.name for p in sweeps_root.glob("*/sweep.json")) if sweeps_root.exists() else []
+for sweep in sweeps:  # a sweep's pairs, named SWEEP/PAIR (pair names repeat across sweeps)
+    for d in sorted((sweeps_root / sweep / "runs").glob("*/run.json")):
+        r = state.read_run(d.parent)
+        if r is not None and len(state.table(r, "metrics")):
+            runs[f"{sweep}/{r.name}"] = r
 if len(runs) < 1:
     st.info("No runs with results yet. Start some on the Search page.")
     st.stop()
 finished = [n for n, r in runs.items() if r.status == "finished"]
-chosen = st.multiselect("Runs", list(runs), default=(finished or list(runs))[:4], key="compare_runs")
+group = st.selectbox("A whole sweep as the group", ["(pick runs)", *sweeps], key="compare_sweep") if sweeps else None
+if group and group != "(pick runs)":
+    chosen = [n for n in runs if n.startswith(f"{group}/")]
+else:
+    chosen = st.multiselect("Runs", list(runs), default=(finished or list(runs))[:4], key="compare_runs")
 if not chosen:
     st.stop()
 column = st.selectbox("Metric", METRICS, key="compare_metric")

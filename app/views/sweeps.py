@@ -1,0 +1,125 @@
+"""Sweeps: start a sweep as a background ``python -m llpf_core sweep`` process (Ray never runs inside
+this server) and follow its folder: the pairs, the mean +- std band, each pair's path max and barrier."""
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import state
+import streamlit as st
+
+from llpf_core import load_run, read_sweep
+
+REPO = Path(__file__).resolve().parent.parent.parent
+GRID = np.linspace(0, 1, 101)
+
+
+@st.cache_resource
+def processes() -> dict[str, subprocess.Popen]:
+    """The sweep processes this server started, by sweep folder (they outlive page reruns)."""
+    return {}
+
+
+def launch(args: list[str], out: Path) -> None:
+    processes()[str(out)] = subprocess.Popen([sys.executable, "-m", "llpf_core", "sweep", "--out", str(out),
+                                              "--quiet", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+st.title("Sweeps")
+root = state.workspace() / "sweeps"
+with st.expander("Start a sweep", expanded=not root.exists()):
+    with st.form("new_sweep"):
+        c = st.columns(6)
+        name = c[0].text_input("Name", "mlp-digits")
+        model = c[1].text_input("Model", "mlp")
+        dataset = c[2].text_input("Dataset", "digits")
+        pairs = c[3].number_input("Pairs", 1, 500, 4)
+        seed = c[4].number_input("First seed", 0, 10**6, 1)
+        workers = c[5].number_input("Workers", 1, 256, 2)
+        preset = st.text_input("Preset (empty: the model's default)", "")
+        if st.form_submit_button("Start sweep"):
+            launch(["--model", model, "--dataset", dataset, "--pairs", str(pairs), "--seed", str(seed),
+                    "--workers", str(workers), *(["--preset", preset] if preset else [])], root / name)
+            st.toast(f"sweep {name} started")
+
+sweeps = sorted(p.parent for p in root.glob("*/sweep.json")) if root.exists() else []
+pending = [Path(k) for k, p in processes().items() if p.poll() is None and Path(k) not in sweeps]
+if not sweeps and not pending:
+    st.info("No sweeps yet: start one above, or with `python -m llpf_core sweep --out "
+            f"{root}/NAME --model mlp --pairs 4`.")
+    st.stop()
+folder = st.selectbox("Sweep", sweeps + pending, format_func=lambda p: p.name)
+proc = processes().get(str(folder))
+live = proc is not None and proc.poll() is None
+
+
+@st.fragment(run_every=2 if live else None)
+def follow() -> None:
+    proc = processes().get(str(folder))
+    running = proc is not None and proc.poll() is None
+    if proc is not None and not running and proc.returncode == 2:
+        st.error(proc.stderr.read() if proc.stderr else "the sweep refused its input")
+    if not (folder / "sweep.json").exists():
+        st.caption("training the modes, starting Ray ...")
+        return
+    info = read_sweep(folder)
+    b = st.columns(3)
+    b[0].metric("Status", "running" if running else info["status"])
+    if running and b[1].button("Stop"):
+        proc.send_signal(signal.SIGINT)
+    if not running and info["status"] != "finished" and b[1].button("Resume"):
+        launch(["--resume"], folder)
+        st.rerun()
+    rows, curves, strip = [], {"train_loss": [], "test_acc": []}, []
+    for p in info["pairs"]:
+        run_dir = folder / p["run"]
+        progress, run = 0.0, None
+        if (run_dir / "run.json").exists():
+            run = load_run(run_dir)
+            m = run.metrics
+            if len(m):
+                progress = float(m["tick"].iloc[-1]) / max(run.config.ticks, 1)
+                for col in curves:
+                    e = m.dropna(subset=[col])
+                    if len(e) > 1:  # position along the path: 0 at the start mode, 1 at the end mode
+                        pos = 1 - e["distance_rel"].to_numpy()
+                        curves[col].append((p["name"], pos, e[col].to_numpy()))
+        s = p.get("summary") or {}
+        if s.get("barrier") is not None:
+            strip.append((p["name"], s["path_max_train_loss"], s["barrier"]))
+        rows.append({"pair": p["name"], "status": p["status"], "progress": 1.0 if p["status"] == "finished"
+                     else progress, "barrier": s.get("barrier"), "path max": s.get("path_max_train_loss"),
+                     "error": p.get("error") or ""})
+    st.dataframe(rows, column_config={"progress": st.column_config.ProgressColumn(min_value=0, max_value=1)},
+                 hide_index=True)
+    cols = st.columns(3)
+    for col, (metric, series) in zip(cols, curves.items()):
+        fig = go.Figure()
+        ys = []
+        for name, pos, y in series:
+            fig.add_scatter(x=pos, y=y, mode="lines", line={"width": 1, "color": "rgba(100,100,100,0.25)"},
+                            name=name, showlegend=False)
+            order = np.argsort(pos)
+            ys.append(np.interp(GRID, pos[order], y[order]))
+        if ys:
+            mean, std = np.mean(ys, axis=0), np.std(ys, axis=0)
+            fig.add_scatter(x=np.r_[GRID, GRID[::-1]], y=np.r_[mean + std, (mean - std)[::-1]], fill="toself",
+                            line={"width": 0}, fillcolor="rgba(31,119,180,0.25)", name="mean +- 1 std")
+            fig.add_scatter(x=GRID, y=mean, mode="lines", line={"color": "rgb(31,119,180)"}, name="mean")
+        fig.update_layout(title=f"{metric} ({len(ys)} runs)", xaxis_title="normalised position",
+                          height=320, margin={"t": 40, "b": 40})
+        col.plotly_chart(fig, use_container_width=True)
+    fig = go.Figure()
+    if strip:
+        names, path_max, barrier = zip(*strip)
+        fig.add_scatter(x=["path max"] * len(strip), y=path_max, mode="markers", text=names, name="path max")
+        fig.add_scatter(x=["barrier"] * len(strip), y=barrier, mode="markers", text=names, name="barrier")
+    fig.update_layout(title="each pair: LLPF path max vs straight-line barrier", yaxis_type="log", height=320,
+                      margin={"t": 40, "b": 40}, showlegend=False)
+    cols[2].plotly_chart(fig, use_container_width=True)
+
+
+follow()
