@@ -28,6 +28,7 @@ from . import (
     run_search,
 )
 from .checks import independence, recheck, run_summary
+from .config import PATH_METHODS, SearchConfig
 from .device import warn
 from .modefile import Mode
 from .safefile import write_atomic
@@ -111,6 +112,8 @@ def cmd_train(args) -> int:
 def _resolve_config(args, start: Mode):
     algorithm = args.algorithm or ("m2o" if args.end == ORIGIN else "m2m")
     name = args.preset or default_preset(start.meta.model, start.meta.dataset, algorithm)
+    if name is None and algorithm in PATH_METHODS:  # a path method needs no LLPF preset: the defaults
+        return _with_args(SearchConfig(algorithm=algorithm), args), "(defaults)"
     if name is None:
         raise UserError(f"no preset for model {start.meta.model!r}; pass --preset NAME (see `presets`)")
     info = preset_info(name)
@@ -118,14 +121,16 @@ def _resolve_config(args, start: Mode):
         raise UserError(f"preset {name} is for model {info.model!r}, but the modes are {start.meta.model!r}")
     if info.dataset != start.meta.dataset:
         warn(f"preset {name} was tuned for {info.dataset}, the modes were trained on {start.meta.dataset}")
-    cfg = load_preset(name)
-    cfg = replace(cfg, algorithm=algorithm)
+    return _with_args(replace(load_preset(name), algorithm=algorithm), args), name
+
+
+def _with_args(cfg: SearchConfig, args) -> SearchConfig:
     for key in ("ticks", "seed"):
         if getattr(args, key) is not None:
             cfg = replace(cfg, **{key: getattr(args, key)})
     if _device(args) is not None:
         cfg = replace(cfg, device=args.device)
-    return apply_overrides(cfg, args.set or []), name
+    return apply_overrides(cfg, args.set or [])
 
 
 def cmd_connect(args) -> int:
