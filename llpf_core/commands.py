@@ -168,7 +168,7 @@ def cmd_connect(args) -> int:
             if bar is not None:
                 bar.close()
     _print_run_summary(run)
-    if run.status == "stopped":
+    if run.status == "stopped" and run.info["algorithm"] not in PATH_METHODS:  # path methods start over
         print(f"stopped; continue with: python -m llpf_core connect {args.start} {args.end} --out {out} --resume")
     return 0
 
