@@ -19,6 +19,7 @@ page = st.navigation([
     st.Page("views/runs.py", title="Runs (live)", icon=":material/monitoring:"),
     st.Page("views/explore.py", title="Explore", icon=":material/travel_explore:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("views/methods.py", title="Methods", icon=":material/stacked_line_chart:"),
 ])
 
 with st.sidebar:
