@@ -33,6 +33,7 @@ page = st.navigation([
     st.Page("views/runs.py", title="Runs (live)", icon=":material/monitoring:"),
     st.Page("views/explore.py", title="Explore", icon=":material/travel_explore:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("views/methods.py", title="Methods", icon=":material/alt_route:"),
     st.Page("views/sweeps.py", title="Sweeps", icon=":material/stacked_line_chart:"),
 ])
 

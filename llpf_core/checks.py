@@ -48,8 +48,8 @@ def independence(a: Mode, b: Mode) -> Independence:
 
 def run_summary(run: Run) -> dict:
     """The headline numbers of a run, computed from its CSV files."""
-    m, b = run.metrics, run.baseline
-    evaluated = m["train_loss"].dropna()
+    m, b, p = run.metrics, run.baseline, run.path_table
+    evaluated = m["train_loss"].dropna() if len(m) else p["train_loss"].dropna()
     out = {"name": run.name, "status": run.status, "algorithm": run.info["algorithm"],
            "ticks": int(m["tick"].max()) if len(m) else 0,
            "barrier": float(b["train_loss"].max()) if len(b) else None,
@@ -57,8 +57,10 @@ def run_summary(run: Run) -> dict:
            "path_max_continuity_loss": float(m["continuity_max_loss"].max())
            if len(m) and m["continuity_max_loss"].notna().any() else None,
            "final_distance_rel": float(m["distance_rel"].iloc[-1]) if len(m) else None,
-           "wall_s": float(m["wall_s"].iloc[-1]) if len(m) else None}
-    ends = m.dropna(subset=["test_loss"])
+           "wall_s": float(m["wall_s"].iloc[-1]) if len(m) else run.info.get("wall_s"),
+           "path_length": run.info.get("path_length"),
+           "sgd_steps": int(m["iterations"].sum()) if len(m) else run.info.get("sgd_steps")}
+    ends = (m if len(m) else p).dropna(subset=["test_loss"])
     if len(ends):
         out.update(start_test_loss=float(ends["test_loss"].iloc[0]), start_test_acc=float(ends["test_acc"].iloc[0]),
                    end_test_loss=float(ends["test_loss"].iloc[-1]), end_test_acc=float(ends["test_acc"].iloc[-1]))

@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("end", help="end mode file, or 'origin' for m2o")
     p.add_argument("--out", required=True, help="run folder to create")
     p.add_argument("--preset", help="preset name or JSON file (default: the one for the modes' model)")
-    p.add_argument("--algorithm", choices=["m2m", "m2o", "to_vs", "cross_sphere"])
+    p.add_argument("--algorithm", choices=["m2m", "m2o", "to_vs", "cross_sphere", "linear", "bezier", "rebasin"],
+                   help="an LLPF search, or a path method: linear, bezier (curve.* settings), rebasin")
     p.add_argument("--ticks", type=int)
     p.add_argument("--seed", type=int)
     _add_device_option(p, default="the preset's, auto; with --resume, the device to continue on")

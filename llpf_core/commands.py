@@ -28,7 +28,7 @@ from . import (
     run_search,
 )
 from .checks import independence, recheck, run_summary
-from .config import GENERIC_M2M, generic_m2m
+from .config import GENERIC_M2M, PATH_METHODS, SearchConfig, generic_m2m
 from .device import warn
 from .modefile import Mode
 from .safefile import write_atomic
@@ -112,6 +112,8 @@ def cmd_train(args) -> int:
 def _resolve_config(args, start: Mode):
     algorithm = args.algorithm or ("m2o" if args.end == ORIGIN else "m2m")
     name = args.preset or default_preset(start.meta.model, start.meta.dataset, algorithm)
+    if name is None and algorithm in PATH_METHODS:  # a path method needs no LLPF preset: the defaults
+        return _with_args(SearchConfig(algorithm=algorithm), args), "(defaults)"
     if name is None and algorithm != "m2m":
         raise UserError(f"no {algorithm} preset for model {start.meta.model!r}; pass --preset NAME (see `presets`)")
     if name is None:  # a model without presets (a plugin's): the generic one-phase M2M
@@ -123,13 +125,16 @@ def _resolve_config(args, start: Mode):
         if info.dataset != start.meta.dataset:
             warn(f"preset {name} was tuned for {info.dataset}, the modes were trained on {start.meta.dataset}")
         cfg = load_preset(name)
-    cfg = replace(cfg, algorithm=algorithm)
+    return _with_args(replace(cfg, algorithm=algorithm), args), name
+
+
+def _with_args(cfg: SearchConfig, args) -> SearchConfig:
     for key in ("ticks", "seed"):
         if getattr(args, key) is not None:
             cfg = replace(cfg, **{key: getattr(args, key)})
     if _device(args) is not None:
         cfg = replace(cfg, device=args.device)
-    return apply_overrides(cfg, args.set or []), name
+    return apply_overrides(cfg, args.set or [])
 
 
 def cmd_connect(args) -> int:
@@ -167,7 +172,7 @@ def cmd_connect(args) -> int:
             if bar is not None:
                 bar.close()
     _print_run_summary(run)
-    if run.status == "stopped":
+    if run.status == "stopped" and run.info["algorithm"] not in PATH_METHODS:  # path methods start over
         print(f"stopped; continue with: python -m llpf_core connect {args.start} {args.end} --out {out} --resume")
     return 0
 

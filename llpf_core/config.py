@@ -13,7 +13,8 @@ from .errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "assets" / "presets"
 
-ALGORITHMS = ("m2m", "m2o", "to_vs", "cross_sphere")
+ALGORITHMS = ("m2m", "m2o", "to_vs", "cross_sphere", "linear", "bezier", "rebasin")
+PATH_METHODS = ("linear", "bezier", "rebasin")  # llpf_core/methods/: one module each
 
 
 @dataclass
@@ -60,6 +61,16 @@ class BridgeSpec:
 
 
 @dataclass
+class CurveSpec:
+    """The path methods (llpf_core/methods/): points evaluated along the path, and bezier's training."""
+    points: int = 21  # evaluated and saved points along the path, both ends included
+    steps: int = 3000  # bezier: SGD steps on the bend, t ~ U(0, 1) per batch
+    lr: float = 0.05
+    momentum: float = 0.9
+    batch_size: int = 64
+
+
+@dataclass
 class SearchConfig:
     algorithm: str = "m2m"  # m2m | m2o | to_vs | cross_sphere
     ticks: int = 1000  # outer iterations (for cross_sphere: of the M2M stage)
@@ -87,6 +98,7 @@ class SearchConfig:
     baseline_points: int = 11  # straight-line baseline between the endpoints; 0 = off
     stop_when_loss_exceeds: float | None = None  # stop early if the rolling train loss exceeds it
     bridge: BridgeSpec = field(default_factory=BridgeSpec)
+    curve: CurveSpec = field(default_factory=CurveSpec)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -229,6 +241,11 @@ def validate(cfg: SearchConfig) -> None:
     need(cfg.bridge.tolerance > 0, f"bridge.tolerance must be positive, got {cfg.bridge.tolerance}")
     need(cfg.bridge.step_a >= 0 and cfg.bridge.step_f >= 0 and cfg.bridge.step_a + cfg.bridge.step_f > 0,
          "bridge.step_a and bridge.step_f must be >= 0 and not both zero")
+    need(cfg.curve.points >= 2, f"curve.points must be at least 2 (both ends), got {cfg.curve.points}")
+    need(cfg.curve.steps >= 0, f"curve.steps must be >= 0, got {cfg.curve.steps}")
+    need(cfg.curve.lr > 0, f"curve.lr must be positive, got {cfg.curve.lr}")
+    need(0 <= cfg.curve.momentum < 1, f"curve.momentum must be in [0, 1), got {cfg.curve.momentum}")
+    need(cfg.curve.batch_size > 0, f"curve.batch_size must be positive, got {cfg.curve.batch_size}")
 
 
 # --- presets ---------------------------------------------------------------------------------------

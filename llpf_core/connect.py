@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from .checks import run_summary
-from .config import Phase, SearchConfig, TrainSpec, validate
+from .config import PATH_METHODS, Phase, SearchConfig, TrainSpec, validate
 from .data import load_dataset
 from .device import apply_cuda_settings, out_of_memory, out_of_memory_is_user_error, resolve_device, warn
 from .errors import UserError
@@ -23,6 +23,7 @@ from .evaluate import Evaluator, fixed_subset
 from .flow import match_layers, norm_layer_names
 from .geometry import VarianceCorrection, angle_conformal_lr, distances, geodesic, move_, variance
 from .modefile import Mode, ModeMeta, load_mode, versions
+from .pathfile import llpf_path
 from .registry import build_model
 from .runfolder import Run, RunWriter, load_run, read_run_json
 from .thresholds import endpoint_train_loss, threshold_record
@@ -178,6 +179,14 @@ def run_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
             raise UserError("the start mode cannot be 'origin'")
     validate(cfg)
     check_compatible(start_mode, end_mode, cfg)
+    if cfg.algorithm in PATH_METHODS:
+        if exists:
+            raise UserError(f"{cfg.algorithm} runs cannot be resumed; start a new run with another --out")
+        if end_mode is None:
+            raise UserError(f"algorithm {cfg.algorithm} needs an end mode, not 'origin'")
+        from .methods.common import run_method
+        return run_method(start_mode, end_mode, cfg, out_dir,
+                          {"start": _endpoint(start_mode), "end": _endpoint(end_mode)}, data_root, stop_event)
     # Set-up puts the model, the data and the evaluator on the device, so it can run out of memory;
     # nothing is written yet, so a new run can start again in the same folder.
     with out_of_memory_is_user_error(f"setting up the search on {cfg.device}: {_OOM_HINT}"):
@@ -726,5 +735,7 @@ class _Search:
             self.last_saved = self.tick
 
     def _summarise(self) -> None:
+        run = load_run(self.writer.path)
+        llpf_path(self.writer, run.metrics, run.points())
         summary = run_summary(load_run(self.writer.path))
         self.writer.update(summary={k: v for k, v in summary.items() if k not in ("name", "status", "algorithm")})

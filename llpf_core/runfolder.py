@@ -247,6 +247,12 @@ class Run:
     def baseline(self) -> pd.DataFrame:
         return self._table("baseline", BASELINE_COLUMNS)
 
+    @property
+    def path_table(self) -> pd.DataFrame:
+        """path.csv: the evaluated points by position along the path (every finished run has one)."""
+        from .pathfile import PATH_COLUMNS
+        return self._table("path", PATH_COLUMNS)
+
     def points(self) -> list[tuple[int, Path]]:
         """Saved path points as (tick, file), in tick order."""
         files = sorted((self.path / "points").glob("[0-9]*.safetensors"))

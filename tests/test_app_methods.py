@@ -1,0 +1,28 @@
+"""The Methods view on a real workspace: an m2m run and a linear run on the same digits pair."""
+import dataclasses
+import shutil
+import sys
+
+from streamlit.testing.v1 import AppTest
+
+from llpf_core import load_preset, run_search
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "app"))  # as `streamlit run app/Home.py` does for the app's modules
+
+
+def test_methods_view_overlays_runs_on_one_pair(digits_modes, tmp_path, monkeypatch):
+    (tmp_path / "modes").mkdir()
+    for mode in digits_modes:
+        shutil.copy(mode.path, tmp_path / "modes" / mode.path.name)
+    a, b = sorted((tmp_path / "modes").glob("*.safetensors"))
+    base = dataclasses.replace(load_preset("mlp-digits-m2m"), ticks=20, save_every=10, device="cpu")
+    run_search(a, b, base, tmp_path / "runs" / "llpf")
+    run_search(a, b, dataclasses.replace(base, algorithm="linear"), tmp_path / "runs" / "line")
+    monkeypatch.setenv("LLPF_HOME", str(tmp_path))
+    at = AppTest.from_file(str(REPO / "app" / "views" / "methods.py"), default_timeout=60).run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert sorted(table["method"]) == ["linear", "m2m"]
+    line = table[table["method"] == "linear"].iloc[0]
+    assert line["ratio"] == 1.0 and line["SGD steps"] == 0
