@@ -10,14 +10,17 @@ one state per point, and prints both with the speed-up.
 """
 import argparse
 import json
+import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from llpf_core import compute_landscape, load_preset, run_search
-from llpf_core.landscape import PlaneEvaluator, grid_coords, run_plane
-from llpf_core.train import load_recipe, train_mode
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
+
+from llpf_core import compute_landscape, load_preset, run_search  # noqa: E402
+from llpf_core.landscape import PlaneEvaluator, grid_coords, run_plane  # noqa: E402
+from llpf_core.train import load_recipe, train_mode  # noqa: E402
 
 CASES = {"digits": ("mlp", "digits", "mlp-digits", "mlp-digits-m2m", None, 0),
          "lenet5": ("lenet5", "fashion-mnist", "lenet5-fashion-mnist", "lenet5-fashion-mnist-m2m", 1, 2000)}
