@@ -185,9 +185,11 @@ def grid_coords(x_range: list[float], y_range: list[float], n: int) -> tuple[tor
 class PlaneEvaluator:
     """Train and test loss and accuracy at many plane points, on the run's own evaluation samples.
 
-    Without BatchNorm, a chunk of grid points is one ``vmap`` of ``functional_call`` over their stacked
-    parameters per evaluation batch. With BatchNorm, each point is loaded into the evaluator, which
-    recomputes the running statistics there.
+    Fully connected models without BatchNorm evaluate a chunk of grid points as one ``vmap`` of
+    ``functional_call`` over their stacked parameters per evaluation batch. Convolutional models (vmap
+    turns their convolutions into grouped ones: LeNet-5 2.3x slower on a CPU, bench/landscape_speed.py)
+    and BatchNorm models (their running statistics are recomputed at each point) load each point into
+    the evaluator instead.
     """
 
     def __init__(self, run: Run, plane: Plane, samples: int | None = None, device: str = "cpu",
@@ -215,6 +217,8 @@ class PlaneEvaluator:
         self.state = start
         self.buffers = {k: v for k, v in model.named_buffers()}
         self.sizes = [s.numel() for s in plane.shapes]
+        self.stacked = not self.evaluator.bn and not any(isinstance(m, nn.modules.conv._ConvNd)
+                                                         for m in model.modules())
         batch = max(len(x) for x, _ in self.evaluator._batches(train, self.evaluator.train_idx))
         self.per_pass = per_pass or max(1, SAMPLES_PER_PASS // batch)
 
@@ -227,7 +231,7 @@ class PlaneEvaluator:
         """(G, 4): train_loss, train_acc, test_loss, test_acc at the plane points (xs, ys)."""
         thetas = self.plane.points(xs.to(self.device), ys.to(self.device))
         ev = self.evaluator
-        if ev.bn:
+        if not self.stacked:
             out = []
             for theta in thetas:
                 ev.load({**self.state, **self._params(theta[None], squeeze=True)})
