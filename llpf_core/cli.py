@@ -114,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="finish the sweep in --out (failed or interrupted pairs)")
     _add_quiet_option(p)
     p.set_defaults(command_name="sweep")
+    p = sub.add_parser("landscape", help="the loss over the plane through the start mode, the end mode and a path point")
+    p.add_argument("run_dir")
+    p.add_argument("--point", type=int, metavar="TICK",
+                   help="the saved point spanning the plane (default: the one farthest from the straight line)")
+    p.add_argument("--grid", type=int, default=21, help="points per side, 3 to 201 (default: 21)")
+    p.add_argument("--margin", type=float, default=0.2, help="border around A, B and the path, as a fraction "
+                   "of the plane's extent (default: 0.2)")
+    p.add_argument("--samples", type=int, help="samples per split (default: the run's eval_samples; 0 = whole split)")
+    _add_device_option(p, default="cpu")
+    _add_data_root_option(p)
+    _add_quiet_option(p)
+    p.set_defaults(command_name="landscape")
 
     p = sub.add_parser("presets", help="list search presets and training recipes")
     p.set_defaults(command_name="presets")

@@ -283,6 +283,32 @@ def cmd_import(args) -> int:
     m = mode.meta.metrics
     print(f"saved {args.out}: {args.model} on {args.dataset}, train loss {m['train_loss']:.4f} acc "
           f"{m['train_acc']:.4f}, test loss {m['test_loss']:.4f} acc {m['test_acc']:.4f}")
+def cmd_landscape(args) -> int:
+    from .landscape import compute_landscape, validate_grid
+    validate_grid(args.grid, args.margin, args.samples)  # before reading the run: a typo fails at once
+    run = load_run(args.run_dir)
+    bar = None
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, initial=done, desc="landscape", unit="point", disable=args.quiet, file=sys.stderr)
+        bar.update(done - bar.n)
+
+    t0 = time.perf_counter()
+    try:
+        plane = compute_landscape(run, args.point, args.grid, args.margin, args.samples, _device(args) or "cpu",
+                                  args.data_root, on_progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    g = plane.grid
+    p = plane.info["p"]
+    worst = max(q["residual_rel"] for q in plane.info["projected"])
+    print(f"plane through A, B and the point at tick {plane.info['point_tick']} (P = ({p[0]:.3f}, {p[1]:.3f}), "
+          f"|B - A| {plane.info['scale']:.4g}): {len(g)} grid points, train loss {g['train_loss'].min():.4g} to "
+          f"{g['train_loss'].max():.4g}; largest off-plane residual of a saved point {worst:.3g} "
+          f"({time.perf_counter() - t0:.1f} s) -> {plane.path}")
     return 0
 
 

@@ -64,3 +64,41 @@ cols = st.columns(len(figures))
 for col, (fig_name, fig) in zip(cols, figures.items()):
     col.download_button(f"{fig_name}.html", fig.to_html(include_plotlyjs="cdn"),
                         file_name=f"{run.name}-{fig_name}.html", mime="text/html", key=f"dl_fig_{fig_name}")
+
+st.subheader("Landscape")
+st.caption("The loss over the plane through the start mode A, the end mode B and one saved point P: the "
+           "straight line (dashed) crosses the barrier, the path goes around it. A path in many dimensions is "
+           "not in a plane: each point's off-plane residual (/ |B - A|) is its colour and in its hover.")
+if not run.info.get("end"):
+    st.info("This run has no end mode (M2O to the origin), so there is no plane through A, B and a path point.")
+else:
+    import landscape_chart
+    import llpf_core
+    computed = llpf_core.list_landscapes(run)
+    cols = st.columns(3)
+    choice = cols[0].selectbox("Point P", ["farthest from the line", *points], key=f"ls_point_{name}",
+                               format_func=lambda t: t if isinstance(t, str) else f"tick {t}")
+    size = cols[1].selectbox("Grid", [21, 31, 41], key=f"ls_grid_{name}")
+    if cols[2].button("Compute landscape", key=f"ls_compute_{name}"):
+        bar = st.progress(0.0, text="evaluating the grid ...")
+        try:
+            llpf_core.compute_landscape(run, None if isinstance(choice, str) else choice, size,
+                                                on_progress=lambda d, t: bar.progress(d / t, text=f"{d}/{t} points"))
+            computed = llpf_core.list_landscapes(run)
+        except llpf_core.UserError as e:
+            state.show_error(e)
+    if computed:
+        shown_tick = st.selectbox("Plane", computed, index=len(computed) - 1, key=f"ls_shown_{name}",
+                                  format_func=lambda t: f"through the point at tick {t}")
+        plane = llpf_core.load_landscape(run, shown_tick)
+        fig = landscape_chart.landscape_figure(plane.grid, plane.info, marker=tick)
+        st.plotly_chart(fig, key="x_landscape")
+        if not plane.complete:
+            st.caption(f"{len(plane.grid)} of {plane.info['grid'] ** 2} grid points computed; compute again to continue.")
+        cols = st.columns(2)
+        cols[0].download_button("landscape.html", fig.to_html(include_plotlyjs="cdn"),
+                                file_name=f"{run.name}-landscape-{shown_tick:06d}.html", mime="text/html",
+                                key="dl_landscape_html")
+        cols[1].download_button("grid.csv", (plane.path / "grid.csv").read_bytes(),
+                                file_name=f"{run.name}-landscape-{shown_tick:06d}-grid.csv", mime="text/csv",
+                                key="dl_landscape_grid")

@@ -1,0 +1,50 @@
+"""The landscape plane as a plotly figure: loss contours (log-spaced levels), A, B and P, the straight
+line dashed, and the path through its projected points coloured by their off-plane residual. No Streamlit."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+
+def landscape_figure(grid: pd.DataFrame, info: dict, marker: int | None = None,
+                     others: dict[str, list[dict]] | None = None, column: str = "train_loss") -> go.Figure:
+    """``grid`` and ``info``: a plane's grid.csv and plane.json; ``marker``: a tick to mark on the path;
+    ``others``: other runs' projected points on the same pair, by run name."""
+    n = info["grid"]
+    xs = np.linspace(*info["x"], n)
+    ys = np.linspace(*info["y"], n)
+    z = np.full(n * n, np.nan)
+    z[:len(grid)] = np.log10(np.maximum(grid[column].to_numpy(float), 1e-8))  # rows in grid order: y outer
+    fig = go.Figure(go.Contour(x=xs, y=ys, z=z.reshape(n, n), colorscale="Viridis", ncontours=25,
+                               colorbar=dict(title=f"log10 {column.replace('_', ' ')}"),
+                               hovertemplate="x %{x:.3f}<br>y %{y:.3f}<br>log10 loss %{z:.3f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 0], mode="lines", line=dict(color="white", dash="dash", width=2),
+                             name="straight line"))
+    path = pd.DataFrame(info["projected"])
+    fig.add_trace(go.Scatter(x=path["x"], y=path["y"], mode="lines+markers", name="path",
+                             line=dict(color="white", width=2),
+                             marker=dict(color=path["residual_rel"], colorscale="Reds", size=7, cmin=0,
+                                         line=dict(color="black", width=0.5)),
+                             customdata=path[["tick", "residual_rel"]],
+                             hovertemplate="tick %{customdata[0]}<br>off-plane residual %{customdata[1]:.3g}"
+                                           "<extra></extra>"))
+    for name, points in (others or {}).items():
+        o = pd.DataFrame(points)
+        fig.add_trace(go.Scatter(x=o["x"], y=o["y"], mode="lines+markers", name=name, line=dict(dash="dot"),
+                                 customdata=o[["tick", "residual_rel"]],
+                                 hovertemplate="point %{customdata[0]}<br>residual %{customdata[1]:.3g}<extra></extra>"))
+    px, py = info["p"]
+    fig.add_trace(go.Scatter(x=[0, 1, px], y=[0, 0, py], mode="markers+text", text=["A", "B", "P"],
+                             textposition="top center", textfont=dict(color="white", size=16),
+                             marker=dict(color="white", size=11, symbol="x"), name="A, B, P"))
+    if marker is not None and len(path):
+        at = path[path["tick"] <= marker]
+        row = (at if len(at) else path).iloc[-1]
+        fig.add_trace(go.Scatter(x=[row["x"]], y=[row["y"]], mode="markers", name=f"tick {int(row['tick'])}",
+                                 marker=dict(color="#f6ad55", size=15, symbol="circle-open", line=dict(width=3))))
+    fig.update_layout(title=f"Loss over the plane through A, B and P (tick {info['point_tick']})",
+                      xaxis_title="x (A to B)", yaxis_title="y (toward P, in units of |B - A|)",
+                      yaxis=dict(scaleanchor="x"), margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=1, xanchor="right"))
+    return fig
