@@ -13,7 +13,7 @@ from .version import __version__  # noqa: F401  (in __all__, built below)
 _EXPORTS = {
     "checks": ["INDEPENDENCE_THRESHOLD", "Independence", "independence", "run_summary"],
     "config": ["ALGORITHMS", "GENERIC_M2M", "BridgeSpec", "ContinuitySpec", "Phase", "PresetInfo", "SearchConfig", "TrainSpec",
-               "apply_overrides", "default_preset", "generic_m2m", "list_presets", "load_preset", "preset_info", "validate"],
+               "PATH_METHODS", "apply_overrides", "default_preset", "generic_m2m", "list_presets", "load_preset", "preset_info", "validate"],
     "connect": ["ORIGIN", "TickEvent", "check_compatible", "run_search"],
     "data": ["ImageData", "list_datasets", "load_dataset"],
     "errors": ["UserError"],

@@ -2,6 +2,7 @@
 import dataclasses
 import shutil
 import sys
+import time
 
 from streamlit.testing.v1 import AppTest
 
@@ -26,3 +27,25 @@ def test_methods_view_overlays_runs_on_one_pair(digits_modes, tmp_path, monkeypa
     assert sorted(table["method"]) == ["linear", "m2m"]
     line = table[table["method"] == "linear"].iloc[0]
     assert line["ratio"] == 1.0 and line["SGD steps"] == 0
+
+
+def test_one_click_runs_the_missing_methods_on_the_pair(digits_modes, tmp_path, monkeypatch):
+    (tmp_path / "modes").mkdir()
+    for mode in digits_modes:
+        shutil.copy(mode.path, tmp_path / "modes" / mode.path.name)
+    a, b = sorted((tmp_path / "modes").glob("*.safetensors"))
+    linear = dataclasses.replace(load_preset("mlp-digits-m2m"), algorithm="linear", device="cpu")
+    run_search(a, b, linear, tmp_path / "runs" / "line")
+    monkeypatch.setenv("LLPF_HOME", str(tmp_path))
+    monkeypatch.setenv("LLPF_MAX_JOBS", "1")  # the three searches queue and run one after another
+    at = AppTest.from_file(str(REPO / "app" / "views" / "methods.py"), default_timeout=60).run()
+    assert not at.exception
+    at.button(key="run_missing").click().run()
+    assert not at.exception
+    deadline = time.monotonic() + 600  # a generous bound on a slow machine, not a timing assertion
+    while len(at.dataframe[0].value) < 4 and time.monotonic() < deadline:
+        time.sleep(1)
+        at.run()
+        assert not at.exception
+    assert sorted(at.dataframe[0].value["method"]) == ["bezier", "linear", "m2m", "rebasin"]
+    assert not [b for b in at.button if b.key == "run_missing"]  # nothing is missing any more
