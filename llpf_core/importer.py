@@ -42,7 +42,7 @@ def import_state(state_path: str | os.PathLike, model_name: str, dataset: str, o
         raise UserError(
             f"{state_path} is a pickle, which LLPF never loads; convert it in your own environment: python -c "
             f"\"import torch; from safetensors.torch import save_file; "
-            f"save_file(torch.{_LOAD}('{state_path}', map_location='cpu'), "
+            f"save_file(torch.{_LOAD}('{state_path}', map_location='cpu', weights_only=True), "
             f"'{state_path.with_suffix('.safetensors')}')\"")
     tensors, _ = read_tensors(state_path, "state dict")
     if not tensors:

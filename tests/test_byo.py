@@ -119,7 +119,7 @@ def _hostile_cases(root: Path, states: list[Path]) -> dict[str, tuple[list, list
         "wrong_shape": ([*imp, root / "wrong-shape.safetensors"], ["layers.1.weight", "(64, 65)", "expects (64, 64)"]),
         "missing": ([*imp, root / "missing.safetensors"], ["missing head.bias"]),
         "unexpected": ([*imp, root / "unexpected.safetensors"], ["unexpected extra.weight"]),
-        "pt_file": ([*imp, root / "model.pt"], ["pickle", "save_file(torch.load("]),
+        "pt_file": ([*imp, root / "model.pt"], ["pickle", "weights_only=True"]),
         "renamed_pickle": ([*imp, root / "pickle.safetensors"], ["not a valid safetensors", "pickle"]),
         "plugin_missing": ([*imp, states[0], "--plugin", root / "nope.py"], ["nope.py does not exist"]),
         "plugin_raises": ([*imp, states[0], "--plugin", root / "raises.py"], ["RuntimeError", "boom in the plugin"]),
