@@ -80,3 +80,20 @@ def test_out_of_memory_in_train_is_one_line(monkeypatch, tmp_path, capsys):
     assert main(["train", "--model", "mlp", "--seed", "1", "--out", str(tmp_path / "m.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: out of memory: lower the batch size") and err.count("\n") == 1
+
+
+def test_a_run_started_with_relative_mode_paths_works_from_another_directory(digits_modes, tmp_path, monkeypatch,
+                                                                              capsys):
+    import shutil
+    (tmp_path / "ws" / "modes").mkdir(parents=True)
+    for i, m in enumerate(digits_modes):
+        shutil.copy(m.path, tmp_path / "ws" / "modes" / f"m{i}.safetensors")
+    monkeypatch.chdir(tmp_path / "ws")
+    assert main(["connect", "modes/m0.safetensors", "modes/m1.safetensors", "--out", "runs/rel", "--quiet",
+                 "--set", "ticks=6", "--set", "save_every=3"]) == 0
+    monkeypatch.chdir(tmp_path)
+    run = load_run(tmp_path / "ws" / "runs" / "rel")
+    assert run.info["start"]["path"] == str((tmp_path / "ws" / "modes" / "m0.safetensors").resolve())
+    assert main(["landscape", str(run.path), "--grid", "3", "--quiet"]) == 0
+    assert main(["check", str(run.path), "--baseline"]) == 0
+    assert "barrier" in capsys.readouterr().out
