@@ -6,7 +6,7 @@ import time
 
 from streamlit.testing.v1 import AppTest
 
-from llpf_core import load_preset, run_search
+from llpf_core import load_preset, load_run, run_search
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "app"))  # as `streamlit run app/Home.py` does for the app's modules
@@ -49,3 +49,26 @@ def test_one_click_runs_the_missing_methods_on_the_pair(digits_modes, tmp_path, 
         assert not at.exception
     assert sorted(at.dataframe[0].value["method"]) == ["bezier", "linear", "m2m", "rebasin"]
     assert not [b for b in at.button if b.key == "run_missing"]  # nothing is missing any more
+
+
+def test_search_page_sets_a_bezier_curve_instead_of_a_layer_order(digits_modes, tmp_path, monkeypatch):
+    import state
+    (tmp_path / "modes").mkdir()
+    for mode in digits_modes:
+        shutil.copy(mode.path, tmp_path / "modes" / mode.path.name)
+    monkeypatch.setenv("LLPF_HOME", str(tmp_path))
+    at = AppTest.from_file(str(REPO / "app" / "views" / "search.py"), default_timeout=60).run()
+    assert at.data_editor  # LLPF: the layer-order editor
+    at.radio(key="algorithm").set_value("bezier").run()
+    assert not at.exception and not at.error
+    assert not at.data_editor and not at.multiselect  # no layer order for a curve
+    at.number_input(key="curve_points").set_value(6).run()
+    at.number_input(key="curve_steps").set_value(40).run()
+    at.text_input(key="run_name").input("curve").run()
+    at.button(key="start_search").click().run()
+    assert not at.exception
+    job = state.registry().wait("curve", 300)
+    assert job is not None and job.status == "finished", job
+    run = load_run(tmp_path / "runs" / "curve")
+    assert run.info["algorithm"] == "bezier" and run.config.curve.points == 6 and run.config.curve.steps == 40
+    assert len(run.path_table) == 6 and run.info["summary"]["sgd_steps"] == 40
