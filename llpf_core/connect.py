@@ -181,13 +181,12 @@ def run_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
     validate(cfg)
     check_compatible(start_mode, end_mode, cfg)
     if cfg.algorithm in PATH_METHODS:
-        if exists:
-            raise UserError(f"{cfg.algorithm} runs cannot be resumed; start a new run with another --out")
         if end_mode is None:
             raise UserError(f"algorithm {cfg.algorithm} needs an end mode, not 'origin'")
         from .methods.common import run_method
         return run_method(start_mode, end_mode, cfg, out_dir,
-                          {"start": _endpoint(start_mode), "end": _endpoint(end_mode)}, data_root, stop_event)
+                          {"start": _endpoint(start_mode), "end": _endpoint(end_mode)}, data_root, stop_event,
+                          resume=exists)
     # Set-up puts the model, the data and the evaluator on the device, so it can run out of memory;
     # nothing is written yet, so a new run can start again in the same folder.
     with out_of_memory_is_user_error(f"setting up the search on {cfg.device}: {_OOM_HINT}"):

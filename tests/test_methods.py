@@ -105,3 +105,40 @@ def test_bezier_and_rebasin_beat_the_barrier(tmp_path, fresh_pair):
     x = torch.randn(50, 1, 8, 8)
     with torch.no_grad():
         assert (aligned(x) - fresh_pair[1].model.eval()(x)).abs().max() <= 1e-5
+
+
+def test_a_stopped_bezier_run_resumes_from_its_checkpoint_as_if_never_stopped(tmp_path, digits_modes):
+    import dataclasses
+    import json
+    import threading
+
+    from llpf_core import load_preset, run_search
+    a, b = digits_modes
+    cfg = dataclasses.replace(load_preset("mlp-digits-m2m"), algorithm="bezier", checkpoint_every=20,
+                              device="cpu", curve=dataclasses.replace(load_preset("mlp-digits-m2m").curve,
+                                                                      steps=400, points=5))
+    whole = run_search(a, b, cfg, tmp_path / "whole")
+    stop = threading.Event()
+
+    def stop_after_a_checkpoint():  # a condition, not a time: the first checkpoint is on disk
+        while not (tmp_path / "cut" / "checkpoint.json").exists() and not done.is_set():
+            done.wait(0.01)
+        stop.set()
+
+    done = threading.Event()
+    watcher = threading.Thread(target=stop_after_a_checkpoint)
+    watcher.start()
+    cut = run_search(a, b, cfg, tmp_path / "cut", stop_event=stop)
+    done.set()
+    watcher.join()
+    assert cut.status == "stopped" and not cut.points()
+    step = json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["step"]
+    assert 20 <= step < 400
+    resumed = run_search(None, None, None, tmp_path / "cut", resume=True)
+    assert resumed.status == "finished" and resumed.info["summary"]["sgd_steps"] == 400
+    assert resumed.info["resumed_from_step"] == step
+    for (t1, f1), (t2, f2) in zip(whole.points(), resumed.points(), strict=True):
+        s1, s2 = load_mode(f1).model.state_dict(), load_mode(f2).model.state_dict()
+        for k in s1:
+            torch.testing.assert_close(s2[k], s1[k], rtol=1e-5, atol=1e-6)
+    assert list(resumed.path_table["train_loss"]) == pytest.approx(list(whole.path_table["train_loss"]), rel=1e-4)

@@ -29,6 +29,7 @@ class Context:
     train_data: object
     stop_event: threading.Event
     writer: RunWriter
+    checkpoint: tuple[dict[str, torch.Tensor], dict] | None = None  # a resumed run's, for methods that train
 
 
 @dataclass
@@ -39,8 +40,10 @@ class MethodPath:
 
 
 def run_method(start: Mode, end: Mode, cfg: SearchConfig, out_dir: Path, endpoint_info: dict,
-               data_root=None, stop_event: threading.Event | None = None) -> Run:
-    """Build ``cfg.algorithm``'s path from ``start`` to ``end`` and write the run folder."""
+               data_root=None, stop_event: threading.Event | None = None, resume: bool = False) -> Run:
+    """Build ``cfg.algorithm``'s path from ``start`` to ``end`` and write the run folder. ``resume``
+    continues a stopped run in ``out_dir``: bezier from its checkpoint, the others from the start (they
+    train nothing)."""
     method = import_module(f".{cfg.algorithm}", __package__)
     if hasattr(method, "check_supported"):
         method.check_supported(start.meta.model)  # before any work
@@ -54,15 +57,21 @@ def run_method(start: Mode, end: Mode, cfg: SearchConfig, out_dir: Path, endpoin
     a = {k: v.to(device) for k, v in start.model.state_dict().items()}
     b = {k: v.to(device) for k, v in end.model.state_dict().items()}
     writer = RunWriter(out_dir)
-    writer.create({"name": out_dir.name, "algorithm": cfg.algorithm, **endpoint_info, "config": cfg.to_dict(),
-                   "device_used": str(device), "versions": versions()})
+    checkpoint = None
+    if resume:
+        writer.reopen()
+        checkpoint = writer.load_checkpoint()
+        writer.update(status="running", error=None, device_used=str(device))
+    else:
+        writer.create({"name": out_dir.name, "algorithm": cfg.algorithm, **endpoint_info, "config": cfg.to_dict(),
+                       "device_used": str(device), "versions": versions()})
     try:
         n = max(cfg.baseline_points, 2)
         writer.write_baseline(evaluator.line(a, b, [i / (n - 1) for i in range(n)]))
-        ctx = Context(cfg, device, a, b, start.meta, train, stop_event or threading.Event(), writer)
+        ctx = Context(cfg, device, a, b, start.meta, train, stop_event or threading.Event(), writer, checkpoint)
         result = method.build(ctx)
         if ctx.stop_event.is_set():
-            writer.update(status="stopped", error="stopped before the path was built; start a new run")
+            writer.update(status="stopped", error=None)  # continue with --resume (bezier from its checkpoint)
             return load_run(out_dir)
         positions, length = arc_positions(result.states)
         rows = []
