@@ -1,41 +1,136 @@
-"""Explore's Landscape section on a real run: compute the plane from the page, then its contour figure."""
+"""Explore's Landscape tab on real runs: the plane computed by a background job of the dashboard's registry,
+drawn when the job ends, with the tick slider's marker and other runs on the same pair overlaid; and Home
+showing the demo's real plane."""
+import base64
 import dataclasses
 import shutil
 import sys
 
+import numpy as np
+import plotly.graph_objects as go
+import plotly.io
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from llpf_core import SearchConfig, compute_landscape, list_landscapes, load_landscape, load_preset, load_run, \
+    project_pair_runs, run_search
 from tests.conftest import REPO
-from llpf_core import load_landscape, load_preset, load_run, run_search
 
 sys.path.insert(0, str(REPO / "app"))
-import landscape_chart  # noqa: E402
+import state  # noqa: E402
 
 
 @pytest.fixture
 def ws(digits_modes, tmp_path, monkeypatch):
+    """A workspace with an M2M run ``first`` (points at ticks 0, 10, 20) and a linear run on the same pair."""
     (tmp_path / "modes").mkdir()
     for mode in digits_modes:
         shutil.copy(mode.path, tmp_path / "modes" / mode.path.name)
     modes = sorted((tmp_path / "modes").glob("*.safetensors"))
     cfg = dataclasses.replace(load_preset("mlp-digits-m2m"), ticks=20, save_every=10, device="cpu")
     run_search(modes[0], modes[1], cfg, tmp_path / "runs" / "first")
+    run_search(modes[0], modes[1], SearchConfig(algorithm="linear", device="cpu"), tmp_path / "runs" / "line")
     monkeypatch.setenv("LLPF_HOME", str(tmp_path))
     return tmp_path
 
 
-def test_explore_computes_and_draws_the_landscape(ws):
-    at = AppTest.from_file(str(REPO / "app" / "views" / "explore.py"), default_timeout=120).run()
+def explore() -> AppTest:
+    at = AppTest.from_file(str(REPO / "app" / "views" / "explore.py"), default_timeout=120)
+    at.query_params["run"] = "first"
+    return at.run()
+
+
+def figures(at: AppTest) -> list[go.Figure]:
+    """The page's plotly figures as it sent them."""
+    return [plotly.io.from_json(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def figure(at: AppTest) -> go.Figure:
+    """The landscape chart."""
+    found = [f for f in figures(at) if f.data and f.data[0].type == "contour"]
+    assert len(found) == 1, [f.data[0].type for f in figures(at)]
+    return found[0]
+
+
+def array(value) -> np.ndarray:
+    """A trace's array as sent: plotly encodes numpy arrays as base64 ``{dtype, bdata, shape}``."""
+    if isinstance(value, dict) and "bdata" in value:
+        out = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        return out.reshape([int(n) for n in value["shape"].split(",")]) if "shape" in value else out
+    return np.asarray(value)
+
+
+def names(fig: go.Figure) -> list[str]:
+    return [t.name for t in fig.data]
+
+
+def test_the_landscape_tab_computes_the_plane_in_the_background_and_draws_it(ws):
+    at = explore()
     assert not at.exception
+    assert [t.label for t in at.tabs] == ["Path", "Landscape"]
+    assert not [f for f in figures(at) if f.data[0].type == "contour"]
     at.button(key="ls_compute_first").click().run()
     assert not at.exception and not at.error
+    job = state.registry().wait("landscape-first", 120)
+    assert job.kind == "landscape" and job.status == "finished", job
+    assert job.folder == ws / "runs" / "first" and job.progress.tick == job.progress.total == 21 * 21
+
+    at.run()  # the next rerun (the follow fragment asks for one) draws the plane from the run folder
+    assert not at.exception
     run = load_run(ws / "runs" / "first")
-    plane = load_landscape(run, 20 if (run.path / "landscape" / "plane-000020").exists() else 10)
-    assert plane.complete and len(plane.grid) == 21 * 21
-    assert any(b.label == "landscape.html" for b in at.get("download_button"))
-    fig = landscape_chart.landscape_figure(plane.grid, plane.info, marker=10)
-    names = [t.name for t in fig.data]
-    assert fig.data[0].type == "contour" and "straight line" in names and "path" in names and "A, B, P" in names
-    path = next(t for t in fig.data if t.name == "path")
-    assert list(path.customdata[:, 0]) == [q["tick"] for q in plane.info["projected"]]
+    [tick] = list_landscapes(run)
+    plane = load_landscape(run, tick)
+    assert plane.complete and tick in (10, 20)
+    fig = figure(at)
+    assert {"straight line", "path", "A, B, P", "tick 20"} <= set(names(fig))  # the slider's marker
+    assert {b.label for b in at.get("download_button")} >= {"landscape.html", "grid.csv"}
+
+    at.select_slider(key="explore_tick_first").set_value(10).run()
+    assert "tick 10" in names(figure(at))
+    assert not at.button(key="ls_compute_first").disabled
+
+
+def test_a_partial_plane_says_so_and_the_next_compute_continues_it(ws):
+    run = load_run(ws / "runs" / "first")
+    stop = __import__("threading").Event()
+    seen = []
+
+    def on_progress(done, total):
+        seen.append(done)
+        if done:
+            stop.set()  # after the first chunk: an interrupted plane
+    compute_landscape(run, 10, on_progress=on_progress, stop_event=stop)
+    done = len(load_landscape(run, 10).grid)
+    assert 0 < done < 21 * 21
+    at = explore()
+    assert any(f"{done} of {21 * 21} grid points computed" in c.value for c in at.caption)
+    at.selectbox(key="ls_point_first").select(10).run()
+    at.button(key="ls_compute_first").click().run()
+    assert state.registry().wait("landscape-first", 120).status == "finished"
+    assert load_landscape(run, 10).complete
+
+
+def test_other_runs_on_the_pair_are_overlaid_with_their_residuals(ws):
+    run = load_run(ws / "runs" / "first")
+    compute_landscape(run, 20)
+    at = explore()
+    assert at.multiselect(key="ls_others_first").options == ["linear: line"]
+    assert "linear: line" not in names(figure(at))  # optional: off by default
+    at.multiselect(key="ls_others_first").select("line").run()
+    assert not at.exception
+    [line] = [t for t in figure(at).data if t.name == "linear: line"]
+    expected = project_pair_runs(run, 20)["line"]
+    xs, ys = array(line.x), array(line.y)
+    assert list(xs) == pytest.approx([q["x"] for q in expected]) and len(xs) > 2
+    assert array(line.customdata)[:, 1].max() < 1e-4  # the straight line lies in the plane: residual ~0
+    assert abs(ys).max() < 1e-4 and xs.min() < 0.01 and xs.max() > 0.99  # along the x axis, A to B
+
+
+def test_home_explains_with_the_demos_real_plane_once_computed(ws):
+    home = AppTest.from_file(str(REPO / "app" / "views" / "home.py"), default_timeout=120).run()
+    assert not home.exception and len(home.get("image")) == 1 and not home.get("plotly_chart")  # the sketch
+    shutil.copytree(ws / "runs" / "first", ws / "runs" / "demo-20260101-000000")
+    compute_landscape(load_run(ws / "runs" / "demo-20260101-000000"))
+    home.run()
+    assert not home.exception and not home.get("image")
+    assert [f.data[0].type for f in figures(home)] == ["contour"]
