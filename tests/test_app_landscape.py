@@ -82,7 +82,9 @@ def test_the_landscape_tab_computes_the_plane_in_the_background_and_draws_it(ws)
     plane = load_landscape(run, tick)
     assert plane.complete and tick in (10, 20)
     fig = figure(at)
-    assert {"straight line", "path", "A, B, P", "tick 20"} <= set(names(fig))  # the slider's marker
+    assert {"straight line", "A, B, P", "tick 20"} <= set(names(fig))  # tick 20: the slider's marker
+    [path] = [t for t in fig.data if (t.name or "").startswith("path (off-plane residual up to")]
+    assert list(array(path.customdata)[:, 0]) == [q["tick"] for q in plane.info["projected"]]
     assert {b.label for b in at.get("download_button")} >= {"landscape.html", "grid.csv"}
 
     at.select_slider(key="explore_tick_first").set_value(10).run()
