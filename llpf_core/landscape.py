@@ -377,8 +377,8 @@ def load_landscape(run: Run, tick: int) -> Landscape:
     return Landscape(folder, info, grid)
 
 
-def project_pair_runs(run: Run, tick: int) -> dict[str, list[dict]]:
-    """Every other run on this run's pair (``same_pair_runs``), by run name: its saved points projected
-    onto the plane through A, B and this run's point at ``tick`` (``project_run``'s rows)."""
+def project_pair_runs(run: Run, tick: int, others: list[Run] | None = None) -> dict[str, list[dict]]:
+    """Other runs on this run's pair (``others``, default ``same_pair_runs(run)``), by run name: their saved
+    points projected onto the plane through A, B and this run's point at ``tick`` (``project_run``'s rows)."""
     plane = run_plane(run, tick)
-    return {other.name: project_run(plane, other) for other in same_pair_runs(run)}
+    return {other.name: project_run(plane, other) for other in (same_pair_runs(run) if others is None else others)}

@@ -3,8 +3,11 @@ drawn when the job ends, with the tick slider's marker and other runs on the sam
 showing the demo's real plane."""
 import base64
 import dataclasses
+import os
 import shutil
 import sys
+import threading
+import time
 
 import numpy as np
 import plotly.graph_objects as go
@@ -94,11 +97,9 @@ def test_the_landscape_tab_computes_the_plane_in_the_background_and_draws_it(ws)
 
 def test_a_partial_plane_says_so_and_the_next_compute_continues_it(ws):
     run = load_run(ws / "runs" / "first")
-    stop = __import__("threading").Event()
-    seen = []
+    stop = threading.Event()
 
     def on_progress(done, total):
-        seen.append(done)
         if done:
             stop.set()  # after the first chunk: an interrupted plane
     compute_landscape(run, 10, on_progress=on_progress, stop_event=stop)
@@ -112,20 +113,32 @@ def test_a_partial_plane_says_so_and_the_next_compute_continues_it(ws):
     assert load_landscape(run, 10).complete
 
 
-def test_other_runs_on_the_pair_are_overlaid_with_their_residuals(ws):
+def test_other_runs_on_the_pair_are_overlaid_with_their_residuals(ws, monkeypatch):
+    import llpf_core.landscape
     run = load_run(ws / "runs" / "first")
     compute_landscape(run, 20)
+    expected = project_pair_runs(run, 20)["line"]
+    projected_runs = []  # the runs the page projects: each once, until one changes
+    real = llpf_core.landscape.project_run
+    monkeypatch.setattr(llpf_core.landscape, "project_run",
+                        lambda plane, r: projected_runs.append(r.name) or real(plane, r))
     at = explore()
     assert at.multiselect(key="ls_others_first").options == ["linear: line"]
     assert "linear: line" not in names(figure(at))  # optional: off by default
     at.multiselect(key="ls_others_first").select("line").run()
     assert not at.exception
     [line] = [t for t in figure(at).data if t.name == "linear: line"]
-    expected = project_pair_runs(run, 20)["line"]
     xs, ys = array(line.x), array(line.y)
     assert list(xs) == pytest.approx([q["x"] for q in expected]) and len(xs) > 2
     assert array(line.customdata)[:, 1].max() < 1e-4  # the straight line lies in the plane: residual ~0
     assert abs(ys).max() < 1e-4 and xs.min() < 0.01 and xs.max() > 0.99  # along the x axis, A to B
+    assert projected_runs == ["line"]
+    at.select_slider(key="explore_tick_first").set_value(10).run()  # a rerun: the projections come from the cache
+    assert projected_runs == ["line"] and "linear: line" in names(figure(at))
+    later = time.time_ns() + 10**9
+    os.utime(ws / "runs" / "line" / "points", ns=(later, later))  # as when the run saves a point
+    at.run()
+    assert projected_runs == ["line", "line"]
 
 
 def test_home_explains_with_the_demos_real_plane_once_computed(ws):
@@ -136,3 +149,32 @@ def test_home_explains_with_the_demos_real_plane_once_computed(ws):
     home.run()
     assert not home.exception and not home.get("image")
     assert [f.data[0].type for f in figures(home)] == ["contour"]
+
+
+def test_a_landscape_job_holds_a_slot_stops_and_keeps_its_rows(ws):
+    from runner import Registry
+    registry = Registry(limit=1)
+    run = load_run(ws / "runs" / "first")
+    registry.start_landscape(run, 10, grid=201)  # 40,401 grid points: far more than the test lets it do
+    short = dataclasses.replace(load_preset("mlp-digits-m2m"), ticks=10, device="cpu")
+    modes = sorted((ws / "modes").glob("*.safetensors"))
+    assert registry.start_search("after", modes[0], modes[1], short, ws / "runs" / "after").status == "queued"
+    deadline = time.time() + 120
+    while registry.get("landscape-first").progress.tick == 0:
+        assert time.time() < deadline, registry.get("landscape-first")
+        time.sleep(0.01)
+    registry.stop("landscape-first")
+    job = registry.wait("landscape-first", 120)
+    rows = len(load_landscape(run, 10).grid)
+    assert job.status == "stopped" and 0 < rows < 201 * 201 and job.message.startswith(f"{rows} of {201 * 201}")
+    assert registry.wait("after", 120).status == "finished"  # queued behind the landscape, then ran
+
+
+def test_a_plane_that_cannot_be_spanned_fails_with_its_reason_on_the_page(ws):
+    at = explore()
+    at.selectbox(key="ls_point_first").select(0).run()  # the point at tick 0 is A itself: no plane
+    at.button(key="ls_compute_first").click().run()
+    assert state.registry().wait("landscape-first", 120).status == "failed"
+    at.run()
+    assert any("lies on the straight line" in e.value for e in at.error)
+    assert not list_landscapes(load_run(ws / "runs" / "first"))  # nothing written

@@ -3,14 +3,14 @@ points, tables and figures."""
 from pathlib import Path
 
 import charts
+import confine
 import state
 import streamlit as st
 
 TABLES = ("metrics", "layers", "continuity", "baseline")
 
 st.title("Explore")
-every_run = [r for r in map(state.read_run, state.run_dirs()) if r is not None]
-runs = [r for r in every_run if len(state.table(r, "metrics"))]
+runs = [r for r in map(state.read_run, state.run_dirs()) if r is not None and len(state.table(r, "metrics"))]
 if not runs:
     st.info("No runs with results yet. Start one on the Search page, or run the demo from Home.")
     st.stop()
@@ -73,11 +73,6 @@ with path_tab:
 
 
 
-def _pair(info: dict) -> tuple | None:
-    start, end = info.get("start") or {}, info.get("end") or {}
-    return (start.get("sha256"), end.get("sha256")) if start.get("sha256") and end.get("sha256") else None
-
-
 def _version(other) -> tuple[int, int]:
     """Changes when the run saves a point or rewrites run.json: the projections' cache key."""
     folder = other.path / "points"
@@ -85,10 +80,12 @@ def _version(other) -> tuple[int, int]:
 
 
 @st.cache_data(max_entries=16, show_spinner="projecting the other runs onto the plane ...")
-def _projections(run_path: str, tick: int, versions: tuple) -> dict[str, list[dict]]:
-    """The same-pair runs' points on the plane, recomputed only when one of those runs changed."""
+def _projections(run_path: str, tick: int, others: tuple[tuple[str, tuple[int, int]], ...]) -> dict[str, list[dict]]:
+    """Other runs' points on the plane (``others``: their folders and ``_version``s, the cache key), computed
+    again only when one of them changed."""
     import llpf_core
-    return llpf_core.project_pair_runs(llpf_core.load_run(Path(run_path)), tick)
+    return llpf_core.project_pair_runs(llpf_core.load_run(Path(run_path)), tick,
+                                       [llpf_core.load_run(Path(p)) for p, _ in others])
 
 
 def landscape(run, tick: int) -> None:
@@ -131,18 +128,19 @@ def landscape(run, tick: int) -> None:
     if not computed:
         st.caption("No plane computed for this run yet: choose P and the grid, then Compute landscape.")
         return
-    newest = max(computed, key=lambda t: (llpf_core.load_landscape(run, t).path / "grid.csv").stat().st_mtime_ns)
+    planes = {t: llpf_core.load_landscape(run, t) for t in computed}
+    newest = max(computed, key=lambda t: (planes[t].path / "grid.csv").stat().st_mtime_ns)  # e.g. the one just made
     shown = st.selectbox("Plane", computed, index=computed.index(newest), key=f"ls_shown_{run.name}_{newest}",
                          format_func=lambda t: f"through the point at tick {t}")
-    plane = llpf_core.load_landscape(run, shown)
-    pair = _pair(run.info)
-    same = [r for r in every_run if r.name != run.name and pair is not None and _pair(r.info) == pair]
-    labels = {r.name: f"{r.info.get('algorithm', '?')}: {r.name}" for r in same}
+    plane = planes[shown]
+    here = state.workspace()
+    same = {r.name: r for r in llpf_core.same_pair_runs(run) if confine.inside(r.path, here)}
+    labels = {n: f"{r.info.get('algorithm', '?')}: {n}" for n, r in same.items()}
     overlay = st.multiselect("Other runs on this pair", list(labels), format_func=labels.get,
                              key=f"ls_others_{run.name}", placeholder="none: the path only") if same else []
     others = {}
     if overlay:
-        projected = _projections(str(run.path), shown, tuple((r.name, _version(r)) for r in same))
+        projected = _projections(str(run.path), shown, tuple((str(same[n].path), _version(same[n])) for n in overlay))
         others = {labels[n]: projected[n] for n in overlay if projected.get(n)}
     fig = landscape_chart.landscape_figure(plane.grid, plane.info, marker=tick, others=others)
     st.plotly_chart(fig, key="x_landscape")
