@@ -16,16 +16,22 @@ def landscape_figure(grid: pd.DataFrame, info: dict, marker: int | None = None,
     ys = np.linspace(*info["y"], n)
     z = np.full(n * n, np.nan)
     z[:len(grid)] = np.log10(np.maximum(grid[column].to_numpy(float), 1e-8))  # rows in grid order: y outer
+    decades = np.arange(np.floor(np.nanmin(z)), np.ceil(np.nanmax(z)) + 1) if len(grid) else np.arange(-4, 1)
     fig = go.Figure(go.Contour(x=xs, y=ys, z=z.reshape(n, n), colorscale="Viridis", ncontours=25,
-                               colorbar=dict(title=f"log10 {column.replace('_', ' ')}"),
-                               hovertemplate="x %{x:.3f}<br>y %{y:.3f}<br>log10 loss %{z:.3f}<extra></extra>"))
+                               colorbar=dict(title=dict(text=column.replace("_", " "), side="right"), thickness=14,
+                                             tickvals=decades, ticktext=[f"{10.0 ** d:g}" for d in decades]),
+                               customdata=10 ** z.reshape(n, n),
+                               hovertemplate="x %{x:.3f}<br>y %{y:.3f}<br>" + column.replace("_", " ")
+                                             + " %{customdata:.4g}<extra></extra>"))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 0], mode="lines", line=dict(color="white", dash="dash", width=2),
                              name="straight line"))
     path = pd.DataFrame(info["projected"])
-    fig.add_trace(go.Scatter(x=path["x"], y=path["y"], mode="lines+markers", name="path",
-                             line=dict(color="white", width=2),
+    fig.add_trace(go.Scatter(x=path["x"], y=path["y"], mode="lines+markers", line=dict(color="white", width=2),
+                             name=f"path (off-plane residual up to {path['residual_rel'].max():.2g})",
                              marker=dict(color=path["residual_rel"], colorscale="Reds", size=7, cmin=0,
-                                         line=dict(color="black", width=0.5)),
+                                         line=dict(color="black", width=0.5), showscale=True,
+                                         colorbar=dict(title=dict(text="off-plane residual / |B - A|", side="right"),
+                                                       thickness=10, x=1.13, len=0.8)),
                              customdata=path[["tick", "residual_rel"]],
                              hovertemplate="tick %{customdata[0]}<br>off-plane residual %{customdata[1]:.3g}"
                                            "<extra></extra>"))
@@ -45,6 +51,10 @@ def landscape_figure(grid: pd.DataFrame, info: dict, marker: int | None = None,
                                  marker=dict(color="#f6ad55", size=15, symbol="circle-open", line=dict(width=3))))
     fig.update_layout(title=f"Loss over the plane through A, B and P (tick {info['point_tick']})",
                       xaxis_title="x (A to B)", yaxis_title="y (toward P, in units of |B - A|)",
-                      yaxis=dict(scaleanchor="x"), margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=1, xanchor="right"))
+                      # one unit is |B - A| on both axes; the plot shrinks to fit instead of padding the ranges
+                      xaxis=dict(range=info["x"], constrain="domain"),
+                      yaxis=dict(range=info["y"], scaleanchor="x", constrain="domain"),
+                      margin=dict(l=10, r=10, t=40, b=10), height=520,
+                      legend=dict(orientation="h", yanchor="top", y=-0.14, x=0.5, xanchor="center",
+                                  bgcolor="#4a4a4a", font=dict(color="white")))
     return fig

@@ -1,4 +1,5 @@
-"""Background jobs of the dashboard: path searches, mode training and the demo, each in a thread.
+"""Background jobs of the dashboard: path searches, mode training, landscape planes and the demo, each in
+a thread.
 
 The threads never call Streamlit; they update plain data behind one lock, and pages read snapshots.
 A search runs in a child process that its thread supervises: it shares no GIL with the server, whose
@@ -33,6 +34,7 @@ from llpf_core import (
     TickEvent,
     UserError,
     apply_overrides,
+    compute_landscape,
     load_preset,
     load_recipe,
     load_run,
@@ -50,6 +52,7 @@ DEMO_PRESET, DEMO_RECIPE, DEMO_SEEDS = "mlp-digits-m2m", "mlp-digits", (1, 2)
 # that ends about as close to B (0.996^1500 and 0.98^300 both leave 0.2 % of the distance) and several
 # seconds of search, time for the live charts to grow several times.
 DEMO_OVERRIDES = ["ticks=1500", "phases.0.step_a=0.004"]
+LANDSCAPE_GRID = 21  # points per side of a plane the dashboard computes unless told otherwise
 
 
 def demo_overrides() -> list[str]:
@@ -80,7 +83,7 @@ class Progress:
 class Job:
     """One background job. Pages get copies (``Registry.get``); only the job's thread mutates it."""
     name: str
-    kind: str  # search | train | demo
+    kind: str  # search | train | demo | landscape
     status: str = "starting"  # queued | starting | training | running | pausing | paused | stopping | stopped |
     #                            finished | failed
     message: str = ""
@@ -184,8 +187,29 @@ class Registry:
                 return
             cfg = apply_overrides(replace(load_preset(DEMO_PRESET), device="cpu"), demo_overrides())
             self._search(job, modes[0], modes[1], cfg, run_dir, stop, pause, False, None)
+            if job.status == "finished":  # the default plane, for Home and Explore (digits: about a second)
+                message = job.message
+                self._set(job, status="running", message="computing the landscape plane")
+                try:
+                    self._landscape(job, load_run(run_dir), None, LANDSCAPE_GRID, stop)
+                except UserError as e:  # the path itself is fine: Explore names the problem on a retry
+                    message += f"; no landscape plane: {e}"
+                self._set(job, status="finished", message=message)
 
         return self._launch(Job(name, "demo", run_dir=run_dir, folder=workspace), work)
+
+    def start_landscape(self, run: Run, point: int | None = None, grid: int = LANDSCAPE_GRID) -> Job:
+        """Compute (or continue) the landscape plane through ``run``'s point at tick ``point`` (None: the
+        one farthest from the straight line) in the background, into the run folder. The job is called
+        ``landscape-<run name>``: one plane at a time per run."""
+        def work(job: Job, stop: Event, _pause: Event) -> None:
+            self._set(job, status="running", message="loading the modes and data")
+            plane = self._landscape(job, run, point, grid, stop)
+            done, total = len(plane.grid), plane.info["grid"] ** 2
+            self._set(job, status="finished" if plane.complete else "stopped",
+                      message=f"{done} of {total} grid points through the point at tick {plane.info['point_tick']}")
+
+        return self._launch(Job(f"landscape-{run.name}", "landscape", folder=run.path), work)
 
     # --- controlling -----------------------------------------------------------------------------
 
@@ -287,6 +311,18 @@ class Registry:
         train_mode(model, dataset, seed, path, load_recipe(recipe), device, data_root, on_epoch, recipe)
         with self._lock:
             job.modes.append(path)
+
+    def _landscape(self, job: Job, run: Run, point: int | None, grid: int, stop: Event):
+        """``compute_landscape`` with its progress in the job's message (and, for a landscape job, in its
+        progress, grid points as ticks; a demo's progress stays its search's) and Stop."""
+        def on_progress(done: int, total: int) -> None:
+            message = f"landscape plane: {done} of {total} grid points"
+            if job.kind == "landscape":
+                self._set(job, progress=Progress(done, total), message=message)
+            else:
+                self._set(job, message=message)
+
+        return compute_landscape(run, point, grid, on_progress=on_progress, stop_event=stop)
 
     def _search(self, job: Job, start, end, cfg, run_dir: Path, stop: Event,
                 pause: Event, resume: bool, data_root: Path | None) -> None:

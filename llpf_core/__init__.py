@@ -17,7 +17,8 @@ _EXPORTS = {
     "connect": ["ORIGIN", "TickEvent", "check_compatible", "run_search"],
     "data": ["ImageData", "list_datasets", "load_dataset"],
     "errors": ["UserError"],
-    "landscape": ["Landscape", "compute_landscape", "list_landscapes", "load_landscape"],
+    "landscape": ["Landscape", "compute_landscape", "list_landscapes", "load_landscape", "project_pair_runs",
+                  "same_pair_runs"],
     "flow": ["follow_data_flow", "match_layers"],
     "importer": ["import_state"],
     "modefile": ["Mode", "ModeMeta", "load_mode", "save_mode"],
@@ -69,7 +70,14 @@ if TYPE_CHECKING:  # what static analysers and IDEs see; at run time the names l
     from .errors import UserError  # noqa: F401
     from .flow import follow_data_flow, match_layers  # noqa: F401
     from .importer import import_state  # noqa: F401
-    from .landscape import Landscape, compute_landscape, list_landscapes, load_landscape  # noqa: F401
+    from .landscape import (  # noqa: F401
+        Landscape,
+        compute_landscape,
+        list_landscapes,
+        load_landscape,
+        project_pair_runs,
+        same_pair_runs,
+    )
     from .modefile import Mode, ModeMeta, load_mode, save_mode  # noqa: F401
     from .registry import build_model, list_models, register_model  # noqa: F401
     from .runfolder import Run, load_run  # noqa: F401

@@ -375,3 +375,10 @@ def load_landscape(run: Run, tick: int) -> Landscape:
     text = text[:text.rfind("\n") + 1]
     grid = pd.read_csv(io.StringIO(text)) if text.count("\n") > 1 else pd.DataFrame(columns=GRID_COLUMNS)
     return Landscape(folder, info, grid)
+
+
+def project_pair_runs(run: Run, tick: int, others: list[Run] | None = None) -> dict[str, list[dict]]:
+    """Other runs on this run's pair (``others``, default ``same_pair_runs(run)``), by run name: their saved
+    points projected onto the plane through A, B and this run's point at ``tick`` (``project_run``'s rows)."""
+    plane = run_plane(run, tick)
+    return {other.name: project_run(plane, other) for other in (same_pair_runs(run) if others is None else others)}

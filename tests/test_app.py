@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from llpf_core import UserError, load_mode, load_preset, load_run, run_search
+from llpf_core import UserError, list_landscapes, load_landscape, load_mode, load_preset, load_run, run_search
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "app"))  # as `streamlit run app/Home.py` does for the app's modules
@@ -155,6 +155,8 @@ def test_home_renders_and_runs_the_demo(ws):
     job = wait_for(state.registry(), demo.name)
     assert job.status == "finished", job
     assert load_run(ws / "runs" / demo.name).status == "finished"
+    planes = list_landscapes(load_run(ws / "runs" / demo.name))  # the demo computes the default plane too
+    assert len(planes) == 1 and load_landscape(load_run(ws / "runs" / demo.name), planes[0]).complete
 
 
 def test_modes_page_trains_uploads_and_checks_independence(ws, digits_modes):

@@ -4,6 +4,7 @@ from pathlib import Path
 import state
 import streamlit as st
 
+import llpf_core
 from llpf_core import UserError
 
 IMAGE = Path(__file__).resolve().parents[2] / "assets" / "images" / "llpf-overview.svg"
@@ -21,7 +22,9 @@ norm that training settled on), trains briefly, and corrects the variance again.
 toward the origin and **to_vs** moves it onto another mode's sphere; together they connect modes that sit
 on different spheres (**cross-sphere**).
 """)
-st.image(str(IMAGE), caption="The straight line crosses a barrier; the LLPF path stays in the low-loss region.")
+explanation = st.empty()  # the sketch at once; the demo's real plane (it needs torch) replaces it below
+explanation.image(str(IMAGE), caption="The straight line crosses a barrier; the LLPF path stays in the low-loss "
+                                      "region.")
 
 st.subheader("Try it")
 st.write("The demo trains two small MLPs on the scikit-learn digits (seeds 1 and 2), then connects them "
@@ -35,6 +38,28 @@ if st.button("Run the demo", type="primary", key="run_demo"):
         state.open_run(job.name)
 
 state.before_first_torch_import()
+
+
+def demo_plane():
+    """The newest demo run's newest complete landscape plane, or None."""
+    for folder in state.run_dirs():
+        run = state.read_run(folder) if folder.name.startswith("demo-") else None
+        planes = [llpf_core.load_landscape(run, t) for t in llpf_core.list_landscapes(run)] if run else []
+        complete = [p for p in planes if p.complete]
+        if complete:
+            return run, max(complete, key=lambda p: (p.path / "grid.csv").stat().st_mtime_ns)
+    return None
+
+
+found = demo_plane()
+if found:
+    import landscape_chart
+    run, plane = found
+    with explanation.container():
+        st.plotly_chart(landscape_chart.landscape_figure(plane.grid, plane.info), key="home_landscape")
+        st.caption(f"The demo's own plane ({run.name}): the loss over the plane through its two modes A and B "
+                   f"and the path point P at tick {plane.info['point_tick']}. The straight line (dashed) "
+                   "crosses the barrier; the LLPF path goes around it. Explore's Landscape tab has more.")
 st.subheader("Workspace")
 jobs = state.my_jobs()
 cols = st.columns(4)
