@@ -322,7 +322,7 @@ class Registry:
             else:
                 self._set(job, message=message)
 
-        return compute_landscape(run, point, grid, on_progress=on_progress, stop_event=stop)
+        return compute_landscape(run, point, grid, device="auto", on_progress=on_progress, stop_event=stop)
 
     def _search(self, job: Job, start, end, cfg, run_dir: Path, stop: Event,
                 pause: Event, resume: bool, data_root: Path | None) -> None:

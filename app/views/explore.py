@@ -72,7 +72,6 @@ with path_tab:
                             file_name=f"{run.name}-{fig_name}.html", mime="text/html", key=f"dl_fig_{fig_name}")
 
 
-
 def _version(other) -> tuple[int, int]:
     """Changes when the run saves a point or rewrites run.json: the projections' cache key."""
     folder = other.path / "points"
