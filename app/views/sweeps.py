@@ -28,6 +28,14 @@ def launch(args: list[str], out: Path) -> None:
                                              stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+def position(metrics, path) -> np.ndarray:
+    """Each metrics row's normalised position, 0 at the start mode and 1 at the end: the arc length of
+    path.csv (interpolated in tick between its saved points) once the run has one, else 1 - distance_rel."""
+    if len(path) > 1:
+        return np.interp(metrics["tick"], path["tick"], path["position"])
+    return 1 - metrics["distance_rel"].to_numpy()
+
+
 st.title("Sweeps")
 root = state.workspace() / "sweeps"
 with st.expander("Start a sweep", expanded=not root.exists()):
@@ -82,11 +90,11 @@ def follow() -> None:
             m = run.metrics
             if len(m):
                 progress = float(m["tick"].iloc[-1]) / max(run.config.ticks, 1)
+                path = run.path_table  # written when the run finishes
                 for col in curves:
                     e = m.dropna(subset=[col])
-                    if len(e) > 1:  # position along the path: 0 at the start mode, 1 at the end mode
-                        pos = 1 - e["distance_rel"].to_numpy()
-                        curves[col].append((p["name"], pos, e[col].to_numpy()))
+                    if len(e) > 1:
+                        curves[col].append((p["name"], position(e, path), e[col].to_numpy()))
         s = p.get("summary") or {}
         if s.get("barrier") is not None:
             strip.append((p["name"], s["path_max_train_loss"], s["barrier"]))
