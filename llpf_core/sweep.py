@@ -239,17 +239,18 @@ def run_sweep(out: str | Path, spec: SweepSpec | None = None, *, resume: bool = 
     ray, owned = _ray(ray_address, workers, gpus_per_path)
     try:
         if ray_address is not None or not owned:
-            _check_storage(ray, out)
-        folder.set(status="running")
-        _train_missing(ray, spec, mode_paths, cpus_per_path, gpus_per_path, threads, say)
-        _run_pairs(ray, spec, folder, mode_paths, workers, cpus_per_path, gpus_per_path, threads, say)
-        folder.set(status="finished" if all(p["status"] == "finished" for p in folder.info["pairs"]) else "failed")
-    except BaseException:
-        for p in folder.info["pairs"]:
-            if p["status"] == "running":
-                p["status"] = "interrupted"
-        folder.set(status="interrupted")
-        raise
+            _check_storage(ray, out)  # a refusal writes nothing
+        try:
+            folder.set(status="running")
+            _train_missing(ray, spec, mode_paths, cpus_per_path, gpus_per_path, threads, say)
+            _run_pairs(ray, spec, folder, mode_paths, workers, cpus_per_path, gpus_per_path, threads, say)
+            folder.set(status="finished" if all(p["status"] == "finished" for p in folder.info["pairs"]) else "failed")
+        except BaseException:
+            for p in folder.info["pairs"]:
+                if p["status"] == "running":
+                    p["status"] = "interrupted"
+            folder.set(status="interrupted")
+            raise
     finally:
         if owned:
             ray.shutdown()
@@ -299,6 +300,7 @@ def _ray(address: str | None, workers: int | None, gpus_per_path: float):
 def _check_storage(ray, out: Path) -> None:
     """Every alive node must see the sweep folder (shared storage): refuse otherwise, before any work."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex
     write_atomic(out / ".sweep-token", token.encode())
@@ -306,8 +308,11 @@ def _check_storage(ray, out: Path) -> None:
     nodes = [n for n in ray.nodes() if n["Alive"]]
     seen = ray.get([task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                     .remote(str(out.resolve()), token) for n in nodes])
-    blind = [n["NodeManagerAddress"] for n, ok in zip(nodes, seen) if not ok]
-    if blind:
+    blind = [f"{n['NodeManagerAddress']} (node {n['NodeID'][:8]})" for n, ok in zip(nodes, seen) if not ok]
+    if blind:  # refused: leave the folder as it was
+        (out / ".sweep-token").unlink()
+        if created:
+            out.rmdir()
         raise UserError(f"the Ray node(s) {', '.join(blind)} cannot see {out.resolve()}; put the sweep folder on "
                         f"storage every node mounts at the same path (NFS or similar)")
 
