@@ -75,12 +75,12 @@ def main() -> None:
     ray.shutdown()
     stopped = time.perf_counter()
     parallel = stopped - begun
-    t0 = time.perf_counter()
+    t0, serial_cpu0 = time.perf_counter(), time.process_time()
     alone = []
     for p in result.pairs:
         run = run_search(p["start"], p["end"], pair_config(spec, p["name"]), root / "one-by-one" / p["name"])
         alone.append(run.info["summary"]["wall_s"])
-    serial = time.perf_counter() - t0
+    serial, serial_cpu = time.perf_counter() - t0, time.process_time() - serial_cpu0
     summary = pd.read_csv(root / "sweep" / "summary.csv")
     swept = sorted(summary["wall_s"].astype(float))
     t = statistics.median(swept)
@@ -98,8 +98,12 @@ def main() -> None:
     print(f"fixed cost F = {fixed:.1f} s; {a.pairs} pairs on {a.workers} workers give "
           f"{a.pairs}t / (F + {a.pairs / a.workers:g}t), 1.6x at t >= {fixed * 1.6 / (a.pairs - 1.6 * a.pairs / a.workers):.1f} s"
           if a.pairs > 1.6 * a.pairs / a.workers else f"fixed cost F = {fixed:.1f} s")
-    print(f"CPU seconds in the sweep's processes: workers {cpu['workers']:.1f}, Ray's own {cpu['ray']:.1f}, "
-          f"this driver {driver_cpu:.2f} (Ray's start included)")
+    total_cpu = cpu["workers"] + cpu["ray"] + driver_cpu
+    print(f"CPU seconds: the sweep {total_cpu:.1f} (workers {cpu['workers']:.1f}, of which {cpu['workers'] - serial_cpu:.1f} "
+          f"more than the same searches one after another use ({serial_cpu:.1f}): each worker's start and imports; "
+          f"Ray's own processes {cpu['ray']:.1f}; this driver {driver_cpu:.2f}), so even on {a.workers} idle cores "
+          f"the sweep needs >= {total_cpu / a.workers:.1f} s, at best {serial_cpu / (total_cpu / a.workers):.2f}x "
+          f"(a timing-independent bound)")
     for col in ("path_max_train_loss", "barrier"):
         v = summary[col].astype(float).tolist()
         print(f"{col}: mean {statistics.mean(v):.4g} +- {statistics.stdev(v) if len(v) > 1 else 0:.2g} "
