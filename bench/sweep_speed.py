@@ -89,21 +89,24 @@ def main() -> None:
     fixed = (started - begun) + (stopped - searched) + rest
     print(f"{a.pairs} pairs: sweep with {a.workers} workers {parallel:.1f} s, one after another {serial:.1f} s, "
           f"speed-up {serial / parallel:.2f}x (target >= 1.6x with 2 workers on 2 idle cores)")
-    print(f"with Ray already running (a cluster) {searched - started:.1f} s, speed-up {serial / (searched - started):.2f}x")
+    print(f"with Ray already running (a cluster) {searched - started:.1f} s, "
+          f"speed-up {serial / (searched - started):.2f}x")
     print(f"the sweep's {parallel:.1f} s: starting Ray {started - begun:.1f}, stopping it {stopped - searched:.1f}, "
           f"{a.pairs} searches of median {t:.2f} s on {a.workers} workers {searches:.1f}, the rest {rest:.1f} "
           f"(each worker's first imports, scheduling)")
     print(f"one search alone: median {statistics.median(alone):.2f} s; in the sweep: "
-          f"{', '.join(f'{w:.2f}' for w in swept)} s (a worker's first search includes importing torch.optim's dynamo)")
-    print(f"fixed cost F = {fixed:.1f} s; {a.pairs} pairs on {a.workers} workers give "
-          f"{a.pairs}t / (F + {a.pairs / a.workers:g}t), 1.6x at t >= {fixed * 1.6 / (a.pairs - 1.6 * a.pairs / a.workers):.1f} s"
-          if a.pairs > 1.6 * a.pairs / a.workers else f"fixed cost F = {fixed:.1f} s")
+          f"{', '.join(f'{w:.2f}' for w in swept)} s (a worker's first one imports torch._dynamo and scikit-learn)")
+    gain = a.pairs - 1.6 * a.pairs / a.workers  # N t / (F + N/K t) >= 1.6  <=>  t >= 1.6 F / gain
+    reach = (f"1.6x needs searches of t >= {1.6 * fixed / gain:.1f} s" if gain > 0
+             else f"1.6x is out of reach with {a.workers} workers")
+    print(f"fixed cost F = {fixed:.1f} s; the ratio is N t / (F + N/K t): {reach}")
     total_cpu = cpu["workers"] + cpu["ray"] + driver_cpu
-    print(f"CPU seconds: the sweep {total_cpu:.1f} (workers {cpu['workers']:.1f}, of which {cpu['workers'] - serial_cpu:.1f} "
-          f"more than the same searches one after another use ({serial_cpu:.1f}): each worker's start and imports; "
-          f"Ray's own processes {cpu['ray']:.1f}; this driver {driver_cpu:.2f}), so even on {a.workers} idle cores "
-          f"the sweep needs >= {total_cpu / a.workers:.1f} s, at best {serial_cpu / (total_cpu / a.workers):.2f}x "
-          f"(a timing-independent bound)")
+    print(f"CPU seconds: the sweep {total_cpu:.1f} (workers {cpu['workers']:.1f}, "
+          f"{cpu['workers'] - serial_cpu:.1f} more than the same searches use one after another "
+          f"({serial_cpu:.1f}): each worker's start and imports; Ray's own processes {cpu['ray']:.1f}; "
+          f"this driver {driver_cpu:.2f})")
+    print(f"so even on {a.workers} idle cores the sweep needs >= {total_cpu / a.workers:.1f} s: "
+          f"at best {serial_cpu / (total_cpu / a.workers):.2f}x (a bound that does not depend on the other load)")
     for col in ("path_max_train_loss", "barrier"):
         v = summary[col].astype(float).tolist()
         print(f"{col}: mean {statistics.mean(v):.4g} +- {statistics.stdev(v) if len(v) > 1 else 0:.2g} "

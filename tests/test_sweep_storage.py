@@ -1,8 +1,8 @@
 """The storage rule (issue 17): a sweep on a cluster refuses, in one line, when a node cannot see its folder.
 
 The second node is a real Ray node (`ray start --address ... --block`) started inside its own mount
-namespace (`unshare -m`: the tests run as root, as CI does) with an empty tmpfs over the sweep's parent folder: its workers truly
-cannot see the folder, as on a machine that lacks the shared mount.
+namespace (`unshare -m`: the tests run as root, as CI does) with an empty tmpfs over the sweep's parent
+folder: its workers truly cannot see the folder, as on a machine that lacks the shared mount.
 """
 import os
 import shutil
@@ -53,18 +53,23 @@ def head(ray_dir):
 def test_a_node_that_cannot_see_the_sweep_folder_is_refused_in_one_line(tmp_path, ray_dir, head):
     shared = tmp_path / "shared"  # "the NFS mount": the head node sees it, the second node does not
     shared.mkdir()
-    node = subprocess.Popen(["unshare", "-m", "sh", "-c", f'mount -t tmpfs tmpfs "{shared}" && exec "{RAY}" start '
-                             f'--address {head} --temp-dir {ray_dir} --num-cpus 1 --block --disable-usage-stats'],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "node.log"
+    with open(log, "w") as out:
+        node = subprocess.Popen(["unshare", "-m", "sh", "-c", f'mount -t tmpfs tmpfs "{shared}" && exec "{RAY}" '
+                                 f'start --address {head} --temp-dir {ray_dir} --num-cpus 1 --block '
+                                 f'--disable-usage-stats'], stdout=out, stderr=subprocess.STDOUT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     sweep = ["sweep", "--out", shared / "sw", "--model", "mlp", "--pairs", "1", "--set", "ticks=2",
              "--ray-address", head, "--quiet"]
     try:
         wait_for(lambda: alive_nodes() == 2 or node.poll() is not None, "the second node did not join")
-        assert node.poll() is None, node.stderr.read()
+        assert node.poll() is None, log.read_text()
+        me = ray.get_runtime_context().get_node_id()
+        second = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != me)
         blind = run_cli(*sweep, env=env)
         assert blind.returncode == 2 and blind.stderr.count("\n") == 1, blind.stderr
         assert "cannot see" in blind.stderr and str(shared / "sw") in blind.stderr
+        assert f"node {second[:8]}" in blind.stderr and blind.stderr.count("(node ") == 1  # the head sees it
         assert list(shared.iterdir()) == []  # nothing written
     finally:
         node.send_signal(signal.SIGTERM)  # `ray start --block` stops its node's processes
