@@ -3,7 +3,8 @@
 A sweep folder holds ``modes/`` (seed<S>.safetensors), ``runs/<pair>/`` (ordinary run folders),
 ``sweep.json`` (the resolved sweep and each pair's status) and ``summary.csv`` (one row per pair), both
 rewritten atomically whenever a pair changes state. Ray is imported only inside the functions here:
-``import llpf_core`` and the dashboard never load it.
+``import llpf_core`` and the dashboard never load it. torch is too: the storage check's task on every node
+then costs a worker no ``import torch`` (1.2 s, which delayed every pair on a 2-core machine).
 
 Without an address the sweep starts an embedded local Ray for its own lifetime; with one it joins that
 cluster, where the sweep folder must be on storage every node reaches (checked before any work).
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
-from .safefile import write_atomic, write_json
 
 SWEEP_FORMAT = "llpf-sweep/1"
 SUMMARY_COLUMNS = ["run", "start_seed", "end_seed", "status", "barrier", "path_max_train_loss",
@@ -142,6 +142,7 @@ class _SweepFolder:
         self.write()
 
     def write(self) -> None:
+        from .safefile import write_atomic, write_json
         write_json(self.out / "sweep.json", self.info)
         buf = io.StringIO()
         w = csv.DictWriter(buf, SUMMARY_COLUMNS, lineterminator="\n")
@@ -300,6 +301,8 @@ def _ray(address: str | None, workers: int | None, gpus_per_path: float):
 def _check_storage(ray, out: Path) -> None:
     """Every alive node must see the sweep folder (shared storage): refuse otherwise, before any work."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from .safefile import write_atomic
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex
