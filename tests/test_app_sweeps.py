@@ -104,3 +104,21 @@ def test_compare_page_takes_a_whole_sweep_as_the_group(sweep_home, monkeypatch):
     assert not at.exception
     assert list(at.dataframe[0].value["run"]) == ["two/seed1-seed2", "two/seed3-seed4"]
     assert any("Across these runs" in c.value for c in at.caption)
+
+
+def test_a_refused_start_shows_its_one_line_error_and_keeps_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLPF_HOME", str(tmp_path))
+    at = AppTest.from_file(str(REPO / "app" / "views" / "sweeps.py"), default_timeout=60).run()
+    field = {w.label: w for w in [*at.text_input, *at.number_input]}
+    field["Name"].set_value("bad")
+    field["Model"].set_value("nosuchmodel")
+    next(b for b in at.button if b.label == "Start sweep").click().run()
+    deadline = time.monotonic() + 120
+    while not at.error:  # the refused process exits within seconds; the page shows its stderr
+        assert time.monotonic() < deadline and not at.exception, "no error shown"
+        time.sleep(0.5)
+        at.run()
+    assert "no preset for model 'nosuchmodel'" in at.error[0].value and at.error[0].value.count("\n") == 0
+    at.run()  # still there on the next rerun (the message is re-read from its file, not a drained pipe)
+    assert "no preset for model 'nosuchmodel'" in at.error[0].value
+    assert not (tmp_path / "sweeps" / "bad").exists() and sweep_processes() == []
