@@ -329,15 +329,25 @@ def cmd_presets(args) -> int:
 def cmd_sweep(args) -> int:
     from .sweep import plan_sweep, run_sweep
     spec = None
-    if not (args.resume and args.model is None and args.modes is None):
+    if args.resume and args.model is None and args.modes is None:
+        given = [name for name, value in [("--dataset", args.dataset), ("--pairs", args.pairs), ("--seed", args.seed),
+                                          ("--preset", args.preset), ("--algorithm", args.algorithm),
+                                          ("--set", args.set), ("--pair-set", args.pair_set),
+                                          ("--recipe", args.recipe)] if value is not None]
+        if given:  # resume rebuilds from sweep.json, never from the command line
+            raise UserError(f"--resume continues the sweep stored in {args.out} as it is; drop {', '.join(given)} "
+                            f"(to change the search, start a new sweep with another --out)")
+    else:
         pair_sets: dict[str, list[str]] = {}
         for item in args.pair_set or []:
             name, sep, override = item.partition(":")
             if not sep or "=" not in override:
                 raise UserError(f"--pair-set {item!r}: write PAIR:KEY=VALUE, e.g. seed1-seed2:train.lr=0.01")
             pair_sets.setdefault(name, []).append(override)
-        spec = plan_sweep(args.model, args.dataset, args.pairs, args.seed, preset=args.preset,
-                          algorithm=args.algorithm, overrides=args.set, recipe=args.recipe or (None if args.modes else default_recipe(args.model or "", args.dataset)),
+        dataset = args.dataset or "digits"
+        spec = plan_sweep(args.model, dataset, args.pairs, 1 if args.seed is None else args.seed, preset=args.preset,
+                          algorithm=args.algorithm, overrides=args.set,
+                          recipe=args.recipe or (None if args.modes else default_recipe(args.model or "", dataset)),
                           modes=args.modes, pair_overrides=pair_sets)
     say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stopped sweep marks its pairs interrupted

@@ -3,7 +3,8 @@
 A sweep folder holds ``modes/`` (seed<S>.safetensors), ``runs/<pair>/`` (ordinary run folders),
 ``sweep.json`` (the resolved sweep and each pair's status) and ``summary.csv`` (one row per pair), both
 rewritten atomically whenever a pair changes state. Ray is imported only inside the functions here:
-``import llpf_core`` and the dashboard never load it.
+``import llpf_core`` and the dashboard never load it. torch is too: the storage check's task on every node
+then costs a worker no ``import torch`` (1.2 s, which delayed every pair on a 2-core machine).
 
 Without an address the sweep starts an embedded local Ray for its own lifetime; with one it joins that
 cluster, where the sweep folder must be on storage every node reaches (checked before any work).
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
-from .safefile import write_atomic, write_json
 
 SWEEP_FORMAT = "llpf-sweep/1"
 SUMMARY_COLUMNS = ["run", "start_seed", "end_seed", "status", "barrier", "path_max_train_loss",
@@ -142,6 +142,7 @@ class _SweepFolder:
         self.write()
 
     def write(self) -> None:
+        from .safefile import write_atomic, write_json
         write_json(self.out / "sweep.json", self.info)
         buf = io.StringIO()
         w = csv.DictWriter(buf, SUMMARY_COLUMNS, lineterminator="\n")
@@ -239,17 +240,18 @@ def run_sweep(out: str | Path, spec: SweepSpec | None = None, *, resume: bool = 
     ray, owned = _ray(ray_address, workers, gpus_per_path)
     try:
         if ray_address is not None or not owned:
-            _check_storage(ray, out)
-        folder.set(status="running")
-        _train_missing(ray, spec, mode_paths, cpus_per_path, gpus_per_path, threads, say)
-        _run_pairs(ray, spec, folder, mode_paths, workers, cpus_per_path, gpus_per_path, threads, say)
-        folder.set(status="finished" if all(p["status"] == "finished" for p in folder.info["pairs"]) else "failed")
-    except BaseException:
-        for p in folder.info["pairs"]:
-            if p["status"] == "running":
-                p["status"] = "interrupted"
-        folder.set(status="interrupted")
-        raise
+            _check_storage(ray, out)  # a refusal writes nothing
+        try:
+            folder.set(status="running")
+            _train_missing(ray, spec, mode_paths, cpus_per_path, gpus_per_path, threads, say)
+            _run_pairs(ray, spec, folder, mode_paths, workers, cpus_per_path, gpus_per_path, threads, say)
+            folder.set(status="finished" if all(p["status"] == "finished" for p in folder.info["pairs"]) else "failed")
+        except BaseException:
+            for p in folder.info["pairs"]:
+                if p["status"] == "running":
+                    p["status"] = "interrupted"
+            folder.set(status="interrupted")
+            raise
     finally:
         if owned:
             ray.shutdown()
@@ -299,6 +301,9 @@ def _ray(address: str | None, workers: int | None, gpus_per_path: float):
 def _check_storage(ray, out: Path) -> None:
     """Every alive node must see the sweep folder (shared storage): refuse otherwise, before any work."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from .safefile import write_atomic
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex
     write_atomic(out / ".sweep-token", token.encode())
@@ -306,8 +311,11 @@ def _check_storage(ray, out: Path) -> None:
     nodes = [n for n in ray.nodes() if n["Alive"]]
     seen = ray.get([task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                     .remote(str(out.resolve()), token) for n in nodes])
-    blind = [n["NodeManagerAddress"] for n, ok in zip(nodes, seen) if not ok]
-    if blind:
+    blind = [f"{n['NodeManagerAddress']} (node {n['NodeID'][:8]})" for n, ok in zip(nodes, seen) if not ok]
+    if blind:  # refused: leave the folder as it was
+        (out / ".sweep-token").unlink()
+        if created:
+            out.rmdir()
         raise UserError(f"the Ray node(s) {', '.join(blind)} cannot see {out.resolve()}; put the sweep folder on "
                         f"storage every node mounts at the same path (NFS or similar)")
 

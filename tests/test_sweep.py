@@ -82,7 +82,7 @@ def test_four_quarter_gpu_paths_run_at_once_and_no_fifth(tmp_path):
     assert len(list(tmp_path.glob("start*"))) == 5
 
 
-def test_an_interrupted_cli_sweep_continues_with_resume(tmp_path):
+def test_an_interrupted_cli_sweep_continues_with_resume_and_refuses_a_changed_search(tmp_path):
     out = tmp_path / "sw"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "llpf_core", "sweep", "--model", "mlp", "--pairs", "1",
@@ -98,7 +98,11 @@ def test_an_interrupted_cli_sweep_continues_with_resume(tmp_path):
     info = read_sweep(out)
     assert info["status"] == "interrupted" and info["pairs"][0]["status"] == "interrupted"
     stopped_at = checkpoint_tick(run)
-    done = run_cli("sweep", "--out", out, "--resume", "--quiet", "--set", "ticks=99", env=env, timeout=600)
+    before = (out / "sweep.json").read_bytes()
+    changed = run_cli("sweep", "--out", out, "--resume", "--set", "ticks=99", "--preset", "mlp-digits-m2m", env=env)
+    assert changed.returncode == 2 and changed.stderr.count("\n") == 1, changed.stderr
+    assert "drop --preset, --set" in changed.stderr and (out / "sweep.json").read_bytes() == before
+    done = run_cli("sweep", "--out", out, "--resume", "--quiet", env=env, timeout=600)
     assert done.returncode == 0, done.stderr
     assert read_sweep(out)["pairs"][0]["status"] == "finished"
     assert ticks(run) == list(range(3001)) and stopped_at < 3000

@@ -3,7 +3,10 @@ this server) and follow its folder: the pairs, the mean +- std band, each pair's
 import signal
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import plotly.graph_objects as go
@@ -16,16 +19,41 @@ REPO = Path(__file__).resolve().parent.parent.parent
 GRID = np.linspace(0, 1, 101)
 
 
+@dataclass
+class Launched:
+    proc: subprocess.Popen
+    stderr: IO[str]  # a file, not a pipe: a pipe nobody reads while the sweep runs can fill up and stall it
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def refusal(self) -> str | None:
+        """The sweep's one-line refusal of its input (exit 2), on every rerun; None otherwise."""
+        if self.proc.poll() != 2:
+            return None
+        self.stderr.seek(0)
+        return self.stderr.read().strip() or "the sweep refused its input"
+
+
 @st.cache_resource
-def processes() -> dict[str, subprocess.Popen]:
+def processes() -> dict[str, Launched]:
     """The sweep processes this server started, by sweep folder (they outlive page reruns)."""
     return {}
 
 
 def launch(args: list[str], out: Path) -> None:
-    processes()[str(out)] = subprocess.Popen([sys.executable, "-m", "llpf_core", "sweep", "--out", str(out),
-                                              "--quiet", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    stderr = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "llpf_core", "sweep", "--out", str(out), "--quiet", *args],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, text=True, start_new_session=True)
+    processes()[str(out)] = Launched(proc, stderr)
+
+
+def position(metrics, path) -> np.ndarray:
+    """Each metrics row's normalised position, 0 at the start mode and 1 at the end: the arc length of
+    path.csv (interpolated in tick between its saved points) once the run has one, else 1 - distance_rel."""
+    if len(path) > 1:
+        return np.interp(metrics["tick"], path["tick"], path["position"])
+    return 1 - metrics["distance_rel"].to_numpy()
 
 
 st.title("Sweeps")
@@ -46,30 +74,33 @@ with st.expander("Start a sweep", expanded=not root.exists()):
             st.toast(f"sweep {name} started")
 
 sweeps = sorted(p.parent for p in root.glob("*/sweep.json")) if root.exists() else []
-pending = [Path(k) for k, p in processes().items() if p.poll() is None and Path(k) not in sweeps]
+pending = [Path(k) for k, p in processes().items()  # started, or refused: its error stays on show
+           if Path(k) not in sweeps and (p.running() or p.refusal())]
 if not sweeps and not pending:
     st.info("No sweeps yet: start one above, or with `python -m llpf_core sweep --out "
             f"{root}/NAME --model mlp --pairs 4`.")
     st.stop()
 folder = st.selectbox("Sweep", sweeps + pending, format_func=lambda p: p.name)
-proc = processes().get(str(folder))
-live = proc is not None and proc.poll() is None
+launched = processes().get(str(folder))
+live = launched is not None and launched.running()
 
 
 @st.fragment(run_every=2 if live else None)
 def follow() -> None:
-    proc = processes().get(str(folder))
-    running = proc is not None and proc.poll() is None
-    if proc is not None and not running and proc.returncode == 2:
-        st.error(proc.stderr.read() if proc.stderr else "the sweep refused its input")
+    launched = processes().get(str(folder))
+    running = launched is not None and launched.running()
+    refusal = launched.refusal() if launched else None
+    if refusal:
+        st.error(refusal)
     if not (folder / "sweep.json").exists():
-        st.caption("training the modes, starting Ray ...")
+        if running:
+            st.caption("training the modes, starting Ray ...")
         return
     info = read_sweep(folder)
     b = st.columns(3)
     b[0].metric("Status", "running" if running else info["status"])
     if running and b[1].button("Stop"):
-        proc.send_signal(signal.SIGINT)
+        launched.proc.send_signal(signal.SIGINT)
     if not running and info["status"] != "finished" and b[1].button("Resume"):
         launch(["--resume"], folder)
         st.rerun()
@@ -82,11 +113,11 @@ def follow() -> None:
             m = run.metrics
             if len(m):
                 progress = float(m["tick"].iloc[-1]) / max(run.config.ticks, 1)
+                path = run.path_table  # written when the run finishes
                 for col in curves:
                     e = m.dropna(subset=[col])
-                    if len(e) > 1:  # position along the path: 0 at the start mode, 1 at the end mode
-                        pos = 1 - e["distance_rel"].to_numpy()
-                        curves[col].append((p["name"], pos, e[col].to_numpy()))
+                    if len(e) > 1:
+                        curves[col].append((p["name"], position(e, path), e[col].to_numpy()))
         s = p.get("summary") or {}
         if s.get("barrier") is not None:
             strip.append((p["name"], s["path_max_train_loss"], s["barrier"]))
