@@ -24,6 +24,7 @@ from .userdata import canonical_name, is_user_dataset, load_user_dataset
 from .workspace import data_dir
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DIGITS_FILE = Path(__file__).resolve().parent.parent / "assets" / "data" / "digits.safetensors"
 
 DIGITS_MEAN, DIGITS_STD = (0.3054,), (0.3761,)  # from the training split's pixels, scaled to [0, 1]
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
@@ -190,17 +191,13 @@ def _load(name: str, split: str, root: str, download: bool) -> ImageData:
 
 
 def _digits(split: str) -> ImageData:
-    """scikit-learn's 1,797 8x8 digits, split 80/20 with a fixed seed (stratified)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()
-    x_train, x_test, y_train, y_test = train_test_split(
-        bunch.images, bunch.target, test_size=0.2, random_state=0, stratify=bunch.target)
-    images, labels = (x_train, y_train) if split == "train" else (x_test, y_test)
-    images = torch.tensor(images, dtype=torch.float32).unsqueeze(1)  # (N, 1, 8, 8), values 0..16
-    return ImageData("digits", split, images, torch.tensor(labels), 1 / 16, DIGITS_MEAN, DIGITS_STD,
-                     10, None)
+    """scikit-learn's 1,797 8x8 digits, split 80/20 with a fixed seed (stratified), as
+    assets/data/make_digits.py stored them: importing scikit-learn would cost every process a second."""
+    from safetensors.torch import load_file
+    tensors = load_file(DIGITS_FILE)
+    images = tensors[f"{split}.images"].float()  # (N, 1, 8, 8), values 0..16
+    return ImageData("digits", split, images, tensors[f"{split}.labels"].long(), 1 / 16, DIGITS_MEAN,
+                     DIGITS_STD, 10, None)
 
 
 def _synthetic(split: str) -> ImageData:

@@ -5,15 +5,18 @@ loads from disk uses its own data root.
 """
 import gzip
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from llpf_core import ImageData, UserError, list_datasets, load_dataset
 from llpf_core.data import (
     DEBIAN_FASHION_MNIST,
+    DIGITS_FILE,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     MNIST_MEAN,
@@ -21,6 +24,7 @@ from llpf_core.data import (
     Augmentation,
     _load,
 )
+from tests.conftest import REPO
 
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -69,6 +73,18 @@ def test_digits_train_split_is_normalised():
     assert mean.shape == std.shape == (1,)
     assert abs(mean.item()) < 0.01, mean
     assert abs(std.item() - 1) < 0.01, std
+
+
+def test_the_stored_digits_are_scikit_learns_split():
+    sys.path.insert(0, str(REPO / "assets" / "data"))
+    from make_digits import digits_split
+    stored, expected = load_file(DIGITS_FILE), digits_split()
+    assert stored.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert torch.equal(stored[key], tensor), key
+    train = load_dataset("digits", "train")
+    assert torch.equal(train.images, expected["train.images"].float())
+    assert torch.equal(train.labels, expected["train.labels"].long())
 
 
 def test_digits_split_is_fixed_and_a_partition_of_all_digits():
