@@ -4,8 +4,13 @@ sweep's consistency figures.
 
     python bench/sweep_speed.py [--pairs 8] [--workers 2] [--set key=value ...] [--out FOLDER]
 
-The modes are trained first (untimed, in this process, so the serial side starts with torch, scikit-learn
-and torch.optim already imported). The sweep's time includes starting and stopping its local Ray; both
+Two comparisons, side by side in one run:
+- at the command line, what a user waits for: one `sweep --modes ...` command against the same searches as
+  `connect` commands one after another, the way it is done by hand without sweeps (each command a new
+  process with its imports, as each sweep worker has);
+- in this process, the strictest: run_sweep against run_search in a loop in a warm process.
+The modes are trained first (untimed, in this process, so the in-process serial side starts with torch and
+torch.optim already imported). The sweep's time includes starting and stopping its local Ray; both
 sides run torch with one thread. With N pairs of t seconds each on K workers and a fixed cost F (Ray's
 start and stop, each worker's first imports), the ratio is N*t / (F + N/K*t): with 8 pairs on 2 workers it
 reaches 1.6x only when t >= F. On a shared machine the ratio is low by whatever the other load takes.
@@ -13,6 +18,7 @@ reaches 1.6x only when t >= F. On a shared machine the ratio is low by whatever 
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +56,23 @@ def ray_cpu_seconds() -> dict[str, float]:
     return use
 
 
+def at_the_command_line(root: Path, pairs: list[dict], workers: int, overrides: list[str]) -> tuple[float, float]:
+    """Seconds for one `sweep` command over the pairs' modes, and for a `connect` command per pair one after
+    another; both with one torch thread per search."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    cli = [sys.executable, "-m", "llpf_core"]
+    t0 = time.perf_counter()
+    subprocess.run([*cli, "sweep", "--out", str(root / "cli-sweep"), "--modes",
+                    *[str(p[k]) for p in pairs for k in ("start", "end")], "--workers", str(workers), *sets,
+                    "--quiet"], check=True, env=env, stdout=subprocess.DEVNULL)
+    sweep_s, t0 = time.perf_counter() - t0, time.perf_counter()
+    for p in pairs:
+        subprocess.run([*cli, "connect", str(p["start"]), str(p["end"]), "--out", str(root / "cli-connect" / p["name"]),
+                        *sets, "--quiet"], check=True, env=env, stdout=subprocess.DEVNULL)
+    return sweep_s, time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=8)
@@ -81,21 +104,24 @@ def main() -> None:
         run = run_search(p["start"], p["end"], pair_config(spec, p["name"]), root / "one-by-one" / p["name"])
         alone.append(run.info["summary"]["wall_s"])
     serial, serial_cpu = time.perf_counter() - t0, time.process_time() - serial_cpu0
+    cli_sweep, cli_serial = at_the_command_line(root, result.pairs, a.workers, a.set)
     summary = pd.read_csv(root / "sweep" / "summary.csv")
     swept = sorted(summary["wall_s"].astype(float))
     t = statistics.median(swept)
     searches = a.pairs / a.workers * t  # the ideal: every worker busy with warm searches throughout
     rest = (searched - started) - searches  # each worker's first imports, scheduling, sweep.json
     fixed = (started - begun) + (stopped - searched) + rest
-    print(f"{a.pairs} pairs: sweep with {a.workers} workers {parallel:.1f} s, one after another {serial:.1f} s, "
-          f"speed-up {serial / parallel:.2f}x (target >= 1.6x with 2 workers on 2 idle cores)")
+    print(f"{a.pairs} pairs at the command line: one sweep command with {a.workers} workers {cli_sweep:.1f} s, "
+          f"{a.pairs} connect commands one after another {cli_serial:.1f} s, speed-up {cli_serial / cli_sweep:.2f}x")
+    print(f"{a.pairs} pairs in this process: sweep with {a.workers} workers {parallel:.1f} s, one after another "
+          f"{serial:.1f} s, speed-up {serial / parallel:.2f}x (target >= 1.6x with 2 workers on 2 idle cores)")
     print(f"with Ray already running (a cluster) {searched - started:.1f} s, "
           f"speed-up {serial / (searched - started):.2f}x")
     print(f"the sweep's {parallel:.1f} s: starting Ray {started - begun:.1f}, stopping it {stopped - searched:.1f}, "
           f"{a.pairs} searches of median {t:.2f} s on {a.workers} workers {searches:.1f}, the rest {rest:.1f} "
           f"(each worker's first imports, scheduling)")
     print(f"one search alone: median {statistics.median(alone):.2f} s; in the sweep: "
-          f"{', '.join(f'{w:.2f}' for w in swept)} s (a worker's first one imports torch._dynamo and scikit-learn)")
+          f"{', '.join(f'{w:.2f}' for w in swept)} s (a worker's first one imports torch._dynamo, which torch.optim needs)")
     gain = a.pairs - 1.6 * a.pairs / a.workers  # N t / (F + N/K t) >= 1.6  <=>  t >= 1.6 F / gain
     reach = (f"1.6x needs searches of t >= {1.6 * fixed / gain:.1f} s" if gain > 0
              else f"1.6x is out of reach with {a.workers} workers")

@@ -42,6 +42,11 @@ def test_sweeps_page_shows_the_pairs_band_and_strip_plot(sweep_home, monkeypatch
     charts = at.get("plotly_chart")
     assert len(charts) == 3  # train loss band, test accuracy band, path max vs barrier
     assert not any(b.label == "Resume" for b in at.button)  # a finished sweep has nothing to resume
+    summaries = [load_run(sweep_home / "sweeps" / "two" / "runs" / n).info["summary"] for n in table["pair"]]
+    path_max = np.array([s["path_max_train_loss"] for s in summaries])
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Finished pairs"] == "2 of 2"
+    assert shown["Path max train loss"] == f"{path_max.mean():.4g} ± {path_max.std(ddof=1):.2g}"
     # The band's x is the arc-length position of path.csv (at the metrics' ticks), not 1 - distance_rel.
     run = load_run(sweep_home / "sweeps" / "two" / "runs" / "seed1-seed2")
     faint = next(t for t in json.loads(charts[0].proto.spec)["data"] if t.get("name") == "seed1-seed2")

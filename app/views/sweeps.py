@@ -124,6 +124,13 @@ def follow() -> None:
         rows.append({"pair": p["name"], "status": p["status"], "progress": 1.0 if p["status"] == "finished"
                      else progress, "barrier": s.get("barrier"), "path max": s.get("path_max_train_loss"),
                      "error": p.get("error") or ""})
+    if strip:  # the paper's consistency claim in two numbers
+        c = st.columns(3)
+        path_max, barrier = (np.array(v) for v in list(zip(*strip))[1:])
+        c[0].metric("Finished pairs", f"{len(strip)} of {len(info['pairs'])}")
+        for col, label, v in ((c[1], "Path max train loss", path_max), (c[2], "Straight-line barrier", barrier)):
+            col.metric(label, f"{v.mean():.4g} ± {v.std(ddof=1) if len(v) > 1 else 0:.2g}",
+                       help="mean ± standard deviation over the finished pairs")
     st.dataframe(rows, column_config={"progress": st.column_config.ProgressColumn(min_value=0, max_value=1)},
                  hide_index=True)
     cols = st.columns(3)
