@@ -15,8 +15,11 @@ def landscape_figure(grid: pd.DataFrame, info: dict, marker: int | None = None,
     xs = np.linspace(*info["x"], n)
     ys = np.linspace(*info["y"], n)
     z = np.full(n * n, np.nan)
-    z[:len(grid)] = np.log10(np.maximum(grid[column].to_numpy(float), 1e-8))  # rows in grid order: y outer
-    decades = np.arange(np.floor(np.nanmin(z)), np.ceil(np.nanmax(z)) + 1) if len(grid) else np.arange(-4, 1)
+    with np.errstate(invalid="ignore"):
+        z[:len(grid)] = np.log10(np.maximum(grid[column].to_numpy(float), 1e-8))  # rows in grid order: y outer
+    z[~np.isfinite(z)] = np.nan  # a diverged grid point (inf or NaN loss) is a gap, not a colour
+    finite = z[np.isfinite(z)]
+    decades = np.arange(np.floor(finite.min()), np.ceil(finite.max()) + 1) if len(finite) else np.arange(-4, 1)
     fig = go.Figure(go.Contour(x=xs, y=ys, z=z.reshape(n, n), colorscale="Viridis", ncontours=25,
                                colorbar=dict(title=dict(text=column.replace("_", " "), side="right"), thickness=14,
                                              tickvals=decades, ticktext=[f"{10.0 ** d:g}" for d in decades]),
@@ -39,7 +42,8 @@ def landscape_figure(grid: pd.DataFrame, info: dict, marker: int | None = None,
         o = pd.DataFrame(points)
         fig.add_trace(go.Scatter(x=o["x"], y=o["y"], mode="lines+markers", name=name, line=dict(dash="dot"),
                                  customdata=o[["tick", "residual_rel"]],
-                                 hovertemplate="point %{customdata[0]}<br>residual %{customdata[1]:.3g}<extra></extra>"))
+                                 hovertemplate="point %{customdata[0]}<br>residual %{customdata[1]:.3g}"
+                                               "<extra></extra>"))
     px, py = info["p"]
     fig.add_trace(go.Scatter(x=[0, 1, px], y=[0, 0, py], mode="markers+text", text=["A", "B", "P"],
                              textposition="top center", textfont=dict(color="white", size=16),

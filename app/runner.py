@@ -2,9 +2,10 @@
 a thread.
 
 The threads never call Streamlit; they update plain data behind one lock, and pages read snapshots.
-A search runs in a child process that its thread supervises: it shares no GIL with the server, whose
-page redraws otherwise slowed a small model's search several times over, and a crash in it cannot take
-the server down. Its tick events come back through a queue; stop and pause are process-shared events.
+A search or a landscape plane runs in a child process that its thread supervises: it shares no GIL with
+the server, whose page redraws otherwise slowed a small model's search several times over, and a crash in
+it cannot take the server down. Its progress events come back through a queue; stop and pause are
+process-shared events.
 A single ``Registry`` lives per server process (``st.cache_resource`` in state.py), so a page refresh
 or a second browser tab finds a running job again by its name. Runs started elsewhere (the CLI, another
 machine) are not jobs: the pages follow their run folders instead (``folder_progress``).
@@ -142,7 +143,7 @@ class Registry:
             raise UserError(f"run folder {run_dir} already exists; choose another run name or resume it")
 
         def work(job: Job, stop: Event, pause: Event) -> None:
-            self._search(job, start, end, cfg, run_dir, stop, pause, resume, data_root)
+            self._set(job, **self._search(job, start, end, cfg, run_dir, stop, pause, resume, data_root))
 
         return self._launch(Job(name, "search", run_dir=run_dir), work)
 
@@ -186,15 +187,14 @@ class Registry:
                 self._set(job, status="stopped", message="stopped before the search")
                 return
             cfg = apply_overrides(replace(load_preset(DEMO_PRESET), device="cpu"), demo_overrides())
-            self._search(job, modes[0], modes[1], cfg, run_dir, stop, pause, False, None)
-            if job.status == "finished":  # the default plane, for Home and Explore (digits: about a second)
-                message = job.message
-                self._set(job, status="running", message="computing the landscape plane")
+            ended = self._search(job, modes[0], modes[1], cfg, run_dir, stop, pause, False, None)
+            if ended["status"] == "finished":  # the default plane, for Home and Explore (digits: about a second)
+                self._set(job, message="computing the landscape plane")
                 try:
                     self._landscape(job, load_run(run_dir), None, LANDSCAPE_GRID, stop)
                 except UserError as e:  # the path itself is fine: Explore names the problem on a retry
-                    message += f"; no landscape plane: {e}"
-                self._set(job, status="finished", message=message)
+                    ended["message"] += f"; no landscape plane: {e}"
+            self._set(job, **ended)  # finished only once the plane is there too
 
         return self._launch(Job(name, "demo", run_dir=run_dir, folder=workspace), work)
 
@@ -204,10 +204,9 @@ class Registry:
         ``landscape-<run name>``: one plane at a time per run."""
         def work(job: Job, stop: Event, _pause: Event) -> None:
             self._set(job, status="running", message="loading the modes and data")
-            plane = self._landscape(job, run, point, grid, stop)
-            done, total = len(plane.grid), plane.info["grid"] ** 2
-            self._set(job, status="finished" if plane.complete else "stopped",
-                      message=f"{done} of {total} grid points through the point at tick {plane.info['point_tick']}")
+            tick, done, total = self._landscape(job, run, point, grid, stop)
+            self._set(job, status="finished" if done == total else "stopped",
+                      message=f"{done} of {total} grid points through the point at tick {tick}")
 
         return self._launch(Job(f"landscape-{run.name}", "landscape", folder=run.path), work)
 
@@ -312,9 +311,10 @@ class Registry:
         with self._lock:
             job.modes.append(path)
 
-    def _landscape(self, job: Job, run: Run, point: int | None, grid: int, stop: Event):
-        """``compute_landscape`` with its progress in the job's message (and, for a landscape job, in its
-        progress, grid points as ticks; a demo's progress stays its search's) and Stop."""
+    def _landscape(self, job: Job, run: Run, point: int | None, grid: int, stop: Event) -> tuple[int, int, int]:
+        """``compute_landscape`` in a child process, with its progress in the job's message (and, for a
+        landscape job, in its progress, grid points as ticks; a demo's progress stays its search's) and
+        Stop; returns the plane's point tick and its grid points done and in all."""
         def on_progress(done: int, total: int) -> None:
             message = f"landscape plane: {done} of {total} grid points"
             if job.kind == "landscape":
@@ -322,15 +322,15 @@ class Registry:
             else:
                 self._set(job, message=message)
 
-        return compute_landscape(run, point, grid, device="auto", on_progress=on_progress, stop_event=stop)
+        return self._child(job, _landscape_process, (run.path, point, grid, stop), on_progress,
+                           "compute it again to continue after the grid points it saved")
 
-    def _search(self, job: Job, start, end, cfg, run_dir: Path, stop: Event,
-                pause: Event, resume: bool, data_root: Path | None) -> None:
-        self._set(job, status="running", message="loading the modes and data", run_dir=run_dir)
-
+    def _child(self, job: Job, body, args: tuple, on_progress, lost_hint: str) -> tuple:
+        """Run ``body(*args, events)`` in a spawned process and follow it: its ("progress", ...) events go
+        to ``on_progress``; returns the items of its ("done", ...) event and raises its ("failed", message)
+        as a UserError."""
         events = _SPAWN.Queue()
-        process = _SPAWN.Process(target=_search_process, name=f"llpf-{job.name}", daemon=True,
-                                 args=(start, end, cfg, run_dir, resume, data_root, stop, pause, events))
+        process = _SPAWN.Process(target=body, name=f"llpf-{job.name}", daemon=True, args=(*args, events))
         with _main_script_hidden():
             process.start()
         while True:
@@ -339,22 +339,31 @@ class Registry:
             except queue.Empty:
                 if process.is_alive():
                     continue
-                raise RuntimeError(f"the search process ended without a word (exit code {process.exitcode}); "
-                                   f"resume the run from its checkpoint") from None
-            if kind == "tick":
-                tick, total, iterations, phase, wall_s = item
-                with self._lock:  # the search's own clock: queued events may arrive in bursts
-                    job._recent.append((wall_s, tick, iterations))
-                    job.progress = _rate(job._recent, tick, total)
-                    job.message = f"tick {tick} of {total} ({phase})"
-            elif kind == "failed":
-                process.join()
+                raise RuntimeError(f"the {job.kind} process ended without a word (exit code {process.exitcode}); "
+                                   f"{lost_hint}") from None
+            if kind == "progress":
+                on_progress(*item)
+                continue
+            process.join()
+            if kind == "failed":
                 raise UserError(item[0])
-            else:
-                process.join()
-                status, error, last = item
-                self._set(job, status=status, error=error, message=f"{status} at tick {last}")
-                return
+            return tuple(item)
+
+    def _search(self, job: Job, start, end, cfg, run_dir: Path, stop: Event,
+                pause: Event, resume: bool, data_root: Path | None) -> dict:
+        """Run the search in a child process, following its ticks; returns the job's final status, error
+        and message (the caller sets them: the demo has more to do first)."""
+        self._set(job, status="running", message="loading the modes and data", run_dir=run_dir)
+
+        def on_tick(tick: int, total: int, iterations: int, phase: str, wall_s: float) -> None:
+            with self._lock:  # the search's own clock: queued events may arrive in bursts
+                job._recent.append((wall_s, tick, iterations))
+                job.progress = _rate(job._recent, tick, total)
+                job.message = f"tick {tick} of {total} ({phase})"
+
+        status, error, last = self._child(job, _search_process, (start, end, cfg, run_dir, resume, data_root, stop,
+                                                                 pause), on_tick, "resume the run from its checkpoint")
+        return {"status": status, "error": error, "message": f"{status} at tick {last}"}
 
 
 @contextmanager
@@ -370,23 +379,40 @@ def _main_script_hidden():
             sys.modules["__main__"] = script
 
 
-def _search_process(start, end, cfg, run_dir, resume, data_root, stop, pause, events) -> None:
-    """Body of a search's child process: ``run_search``, reporting ticks and the outcome to ``events``."""
-    torch.set_num_threads(SEARCH_THREADS)
-
-    def on_tick(event: TickEvent) -> None:
-        events.put(("tick", event.tick, event.total_ticks, event.metrics.get("iterations") or 0, event.phase,
-                    event.metrics["wall_s"]))
-
+@contextmanager
+def _failures_reported(events):
+    """In a child process: a failure becomes a ("failed", one line) event for the dashboard."""
     try:
-        run = run_search(start, end, cfg, run_dir, on_tick=on_tick, stop_event=stop, pause_event=pause,
-                         resume=resume, data_root=data_root)
-        events.put(("done", run.status, run.error, int(run.metrics["tick"].max()) if len(run.metrics) else 0))
+        yield
     except UserError as e:
         events.put(("failed", str(e)))
     except BaseException as e:  # noqa: BLE001  (reported to the dashboard; the run folder says failed)
         traceback.print_exc()
         events.put(("failed", f"{type(e).__name__}: {e}"))
+
+
+def _search_process(start, end, cfg, run_dir, resume, data_root, stop, pause, events) -> None:
+    """Body of a search's child process: ``run_search``, reporting ticks and the outcome to ``events``."""
+    torch.set_num_threads(SEARCH_THREADS)
+
+    def on_tick(event: TickEvent) -> None:
+        events.put(("progress", event.tick, event.total_ticks, event.metrics.get("iterations") or 0, event.phase,
+                    event.metrics["wall_s"]))
+
+    with _failures_reported(events):
+        run = run_search(start, end, cfg, run_dir, on_tick=on_tick, stop_event=stop, pause_event=pause,
+                         resume=resume, data_root=data_root)
+        events.put(("done", run.status, run.error, int(run.metrics["tick"].max()) if len(run.metrics) else 0))
+
+
+def _landscape_process(run_dir, point, grid, stop, events) -> None:
+    """Body of a landscape plane's child process: ``compute_landscape`` (on the GPU when there is one),
+    reporting grid points and the outcome to ``events``."""
+    torch.set_num_threads(SEARCH_THREADS)
+    with _failures_reported(events):
+        plane = compute_landscape(load_run(run_dir), point, grid, device="auto", stop_event=stop,
+                                  on_progress=lambda done, total: events.put(("progress", done, total)))
+        events.put(("done", plane.info["point_tick"], len(plane.grid), plane.info["grid"] ** 2))
 
 
 def _rate(recent: deque, tick: int, total: int) -> Progress:

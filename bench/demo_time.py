@@ -4,7 +4,7 @@
 
 Runs the demo command as a user does (a fresh interpreter, import included) ``--repeat`` times and prints
 each wall time and the median. Then one more run through a small driver that times the same work in
-parts: interpreter start, importing llpf_core (torch, torchvision, scikit-learn), training the two
+parts: interpreter start, importing llpf_core (torch, torchvision), training the two
 modes, the search (with its set-up: data, tick 0 and the straight-line baseline) and the rest (checks
 and the printed summary).
 """

@@ -121,7 +121,8 @@ def main() -> None:
           f"{a.pairs} searches of median {t:.2f} s on {a.workers} workers {searches:.1f}, the rest {rest:.1f} "
           f"(each worker's first imports, scheduling)")
     print(f"one search alone: median {statistics.median(alone):.2f} s; in the sweep: "
-          f"{', '.join(f'{w:.2f}' for w in swept)} s (a worker's first one imports torch._dynamo, which torch.optim needs)")
+          f"{', '.join(f'{w:.2f}' for w in swept)} s "
+          "(a worker's first one imports torch._dynamo, which torch.optim needs)")
     gain = a.pairs - 1.6 * a.pairs / a.workers  # N t / (F + N/K t) >= 1.6  <=>  t >= 1.6 F / gain
     reach = (f"1.6x needs searches of t >= {1.6 * fixed / gain:.1f} s" if gain > 0
              else f"1.6x is out of reach with {a.workers} workers")

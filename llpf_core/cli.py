@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="finish the sweep in --out as stored (failed or interrupted pairs); only the Ray options apply")
     _add_quiet_option(p)
     p.set_defaults(command_name="sweep")
-    p = sub.add_parser("landscape", help="the loss over the plane through the start mode, the end mode and a path point")
+    p = sub.add_parser("landscape",
+                       help="the loss over the plane through the start mode, the end mode and a path point")
     p.add_argument("run_dir")
     p.add_argument("--point", type=int, metavar="TICK",
                    help="the saved point spanning the plane (default: the one farthest from the straight line)")

@@ -90,8 +90,8 @@ def _sha256_or_none(path: str | None) -> str | None:
 def _endpoint(mode: Mode | None) -> dict | None:
     if mode is None:
         return None
-    # absolute, so that the run's later readers (landscape, checks, the dashboard) find the modes from any cwd
-    return {"path": str(Path(mode.path).resolve()) if mode.path else None,
+    # absolute (symlinks kept), so that later readers (landscape, checks, the dashboard) find them from any cwd
+    return {"path": str(Path(mode.path).absolute()) if mode.path else None,
             "sha256": _sha256(mode.path) if mode.path else None,
             "meta": {k: v for k, v in asdict(mode.meta).items() if k != "extra"}}
 

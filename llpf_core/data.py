@@ -194,6 +194,9 @@ def _digits(split: str) -> ImageData:
     """scikit-learn's 1,797 8x8 digits, split 80/20 with a fixed seed (stratified), as
     assets/data/make_digits.py stored them: importing scikit-learn would cost every process a second."""
     from safetensors.torch import load_file
+    if not DIGITS_FILE.is_file():
+        raise UserError(f"the embedded digits file {DIGITS_FILE} is missing; restore it from the repository "
+                        f"(or write it with `python assets/data/make_digits.py`)")
     tensors = load_file(DIGITS_FILE)
     images = tensors[f"{split}.images"].float()  # (N, 1, 8, 8), values 0..16
     return ImageData("digits", split, images, tensors[f"{split}.labels"].long(), 1 / 16, DIGITS_MEAN,

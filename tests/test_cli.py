@@ -93,7 +93,7 @@ def test_a_run_started_with_relative_mode_paths_works_from_another_directory(dig
                  "--set", "ticks=6", "--set", "save_every=3"]) == 0
     monkeypatch.chdir(tmp_path)
     run = load_run(tmp_path / "ws" / "runs" / "rel")
-    assert run.info["start"]["path"] == str((tmp_path / "ws" / "modes" / "m0.safetensors").resolve())
+    assert run.info["start"]["path"] == str(tmp_path / "ws" / "modes" / "m0.safetensors")
     assert main(["landscape", str(run.path), "--grid", "3", "--quiet"]) == 0
     assert main(["check", str(run.path), "--baseline"]) == 0
     assert "barrier" in capsys.readouterr().out

@@ -375,3 +375,4 @@ def test_dockerfile_runs_locally_as_a_non_root_user_with_the_workspace_on_a_volu
     assert lines[-1] == 'CMD ["streamlit", "run", "app/Home.py"]'
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {".git", ".venv", "llpf-workspace", "*.safetensors"} <= set(ignored)
+    assert "!assets/data/digits.safetensors" in ignored  # the embedded default dataset goes into the image

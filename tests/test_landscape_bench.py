@@ -14,5 +14,6 @@ def test_the_landscape_bench_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (result,) = json.loads(proc.stdout.splitlines()[-1])
     assert result["case"] == "digits" and result["grid"] == 3 and result["samples"]["train"] == 1437
-    assert result["engine_s"] > 0 and result["plain_loop_s"] > 0 and result["naive_loop_s"] > 0 and "speed-up" in proc.stdout
+    assert result["engine_s"] > 0 and result["plain_loop_s"] > 0 and result["naive_loop_s"] > 0
+    assert "speed-up" in proc.stdout
     assert (tmp_path / "digits-run" / "landscape").is_dir()

@@ -107,33 +107,31 @@ def test_bezier_and_rebasin_beat_the_barrier(tmp_path, fresh_pair):
         assert (aligned(x) - fresh_pair[1].model.eval()(x)).abs().max() <= 1e-5
 
 
-def test_a_stopped_bezier_run_resumes_from_its_checkpoint_as_if_never_stopped(tmp_path, digits_modes):
+def test_a_stopped_bezier_run_resumes_from_its_checkpoint_as_if_never_stopped(tmp_path, digits_modes,
+                                                                            monkeypatch):
     import dataclasses
     import json
     import threading
 
     from llpf_core import load_preset, run_search
+    from llpf_core.runfolder import RunWriter
     a, b = digits_modes
     cfg = dataclasses.replace(load_preset("mlp-digits-m2m"), algorithm="bezier", checkpoint_every=20,
                               device="cpu", curve=dataclasses.replace(load_preset("mlp-digits-m2m").curve,
                                                                       steps=400, points=5))
     whole = run_search(a, b, cfg, tmp_path / "whole")
-    stop = threading.Event()
+    stop, save = threading.Event(), RunWriter.save_checkpoint
 
-    def stop_after_a_checkpoint():  # a condition, not a time: the first checkpoint is on disk
-        while not (tmp_path / "cut" / "checkpoint.json").exists() and not done.is_set():
-            done.wait(0.01)
+    def save_then_stop(writer, tensors, info):  # Stop pressed right after the first checkpoint (step 20)
+        save(writer, tensors, info)
         stop.set()
 
-    done = threading.Event()
-    watcher = threading.Thread(target=stop_after_a_checkpoint)
-    watcher.start()
+    monkeypatch.setattr(RunWriter, "save_checkpoint", save_then_stop)
     cut = run_search(a, b, cfg, tmp_path / "cut", stop_event=stop)
-    done.set()
-    watcher.join()
+    monkeypatch.setattr(RunWriter, "save_checkpoint", save)
     assert cut.status == "stopped" and not cut.points()
     step = json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["step"]
-    assert 20 <= step < 400
+    assert step == 20  # the stop's own checkpoint, at the step after which it was seen
     resumed = run_search(None, None, None, tmp_path / "cut", resume=True)
     assert resumed.status == "finished" and resumed.info["summary"]["sgd_steps"] == 400
     assert resumed.info["resumed_from_step"] == step

@@ -66,7 +66,7 @@ def test_four_quarter_gpu_paths_run_at_once_and_no_fifth(tmp_path):
         while not Path(folder, "release").exists():
             time.sleep(0.05)
 
-    task = ray.remote(hold).options(**{**_options(0, 0.25), "max_retries": 0})
+    task = ray.remote(hold).options(**{**_options(0.25, 0.25), "max_retries": 0})  # CPUs to spare: the GPU limits
     refs = [task.remote(i, str(tmp_path)) for i in range(5)]
     deadline = time.monotonic() + 120
     while len(list(tmp_path.glob("start*"))) < 4:

@@ -56,7 +56,8 @@ with path_tab:
     saved = [t for t in points if t <= tick] or list(points)
     if saved:
         point_tick = max(saved) if tick not in points else tick
-        label = f"Point at tick {point_tick}" + ("" if point_tick == tick else f" (the nearest saved point before {tick})")
+        label = f"Point at tick {point_tick}" + ("" if point_tick == tick
+                                                 else f" (the nearest saved point before {tick})")
         st.download_button(label + " (.safetensors)", points[point_tick].read_bytes(),
                            file_name=f"{run.name}-tick{point_tick:06d}.safetensors", key="dl_point",
                            mime="application/octet-stream")
@@ -127,11 +128,14 @@ def landscape(run, tick: int) -> None:
     if not computed:
         st.caption("No plane computed for this run yet: choose P and the grid, then Compute landscape.")
         return
-    planes = {t: llpf_core.load_landscape(run, t) for t in computed}
-    newest = max(computed, key=lambda t: (planes[t].path / "grid.csv").stat().st_mtime_ns)  # e.g. the one just made
+    def modified(t: int) -> int:  # the run folder's documented layout: landscape/plane-<TICK>/grid.csv
+        grid_csv = run.path / "landscape" / f"plane-{t:06d}" / "grid.csv"
+        return grid_csv.stat().st_mtime_ns if grid_csv.exists() else 0
+
+    newest = max(computed, key=modified)  # e.g. the one just made
     shown = st.selectbox("Plane", computed, index=computed.index(newest), key=f"ls_shown_{run.name}_{newest}",
                          format_func=lambda t: f"through the point at tick {t}")
-    plane = planes[shown]
+    plane = llpf_core.load_landscape(run, shown)
     here = state.workspace()
     same = {r.name: r for r in llpf_core.same_pair_runs(run) if confine.inside(r.path, here)}
     labels = {n: f"{r.info.get('algorithm', '?')}: {n}" for n, r in same.items()}

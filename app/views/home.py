@@ -58,8 +58,9 @@ if found:
     with explanation.container():
         st.plotly_chart(landscape_chart.landscape_figure(plane.grid, plane.info), key="home_landscape")
         st.caption(f"The demo's own plane ({run.name}): the loss over the plane through its two modes A and B "
-                   f"and the path point P at tick {plane.info['point_tick']}. The straight line (dashed) "
-                   "crosses the barrier; the LLPF path goes around it. Explore's Landscape tab has more.")
+                   f"and the path point P at tick {plane.info['point_tick']}: the straight line (dashed) "
+                   "and the LLPF path through its points, with each point's off-plane residual. Explore's "
+                   "Landscape tab has more.")
 st.subheader("Workspace")
 jobs = state.my_jobs()
 cols = st.columns(4)

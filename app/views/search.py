@@ -116,7 +116,8 @@ else:
     st.subheader("Layer order")
     source = st.radio("Start from", ["the preset's phases", "follow_data_flow (one group per module)"],
                       horizontal=True, index=1 if generic else 0, key="layer_source")
-    cumulative = st.toggle("Cumulative: each phase also moves the groups above it", value=source != "the preset's phases",
+    cumulative = st.toggle("Cumulative: each phase also moves the groups above it",
+                           value=source != "the preset's phases",
                            key=f"cumulative_{source.split()[0]}")
     names = list(start.model.state_dict())
     origin = (preset, start_name, source)
@@ -172,11 +173,13 @@ with st.expander("Evaluation" if path_method else "Training, evaluation, saving 
         eval_every, save_every, checkpoint_every = base.eval_every, base.save_every, base.checkpoint_every
     else:
         c = st.columns(6)
-        train = TrainSpec(lr=c[0].number_input("lr", value=base.train.lr, min_value=0.0, format="%.5f", key=f"lr_{preset}"),
+        train = TrainSpec(lr=c[0].number_input("lr", value=base.train.lr, min_value=0.0, format="%.5f",
+                                               key=f"lr_{preset}"),
                           batch_size=int(c[1].number_input("batch size", value=base.train.batch_size, min_value=1,
                                                            key=f"batch_size_{preset}")),
                           loss_threshold=c[2].number_input("loss threshold", value=base.train.loss_threshold,
-                                                           min_value=0.0, format="%.4f", key=f"loss_threshold_{preset}"),
+                                                           min_value=0.0, format="%.4f",
+                                                           key=f"loss_threshold_{preset}"),
                           min_iters=int(c[3].number_input("min iters", value=base.train.min_iters, min_value=1,
                                                           key=f"min_iters_{preset}")),
                           max_iters=int(c[4].number_input("max iters", value=base.train.max_iters, min_value=1,
@@ -187,10 +190,12 @@ with st.expander("Evaluation" if path_method else "Training, evaluation, saving 
                               help="The threshold used is at least this times the larger of the two modes' own "
                                    "train losses (0: the loss threshold as given)."))
         c = st.columns(5)
-        eval_every = int(c[0].number_input("eval every", value=base.eval_every, min_value=1, key=f"eval_every_{preset}"))
+        eval_every = int(c[0].number_input("eval every", value=base.eval_every, min_value=1,
+                                           key=f"eval_every_{preset}"))
         eval_samples = int(c[1].number_input("eval samples (0 = all)", value=base.eval_samples, min_value=0,
                                              key=f"eval_samples_{preset}"))
-        save_every = int(c[2].number_input("save every", value=base.save_every, min_value=1, key=f"save_every_{preset}"))
+        save_every = int(c[2].number_input("save every", value=base.save_every, min_value=1,
+                                           key=f"save_every_{preset}"))
         checkpoint_every = int(c[3].number_input("checkpoint every", value=base.checkpoint_every, min_value=1,
                                                  key=f"checkpoint_every_{preset}"))
         seed = int(c[4].number_input("seed", value=base.seed, min_value=0, key=f"seed_{preset}"))

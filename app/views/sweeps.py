@@ -27,12 +27,15 @@ class Launched:
     def running(self) -> bool:
         return self.proc.poll() is None
 
-    def refusal(self) -> str | None:
-        """The sweep's one-line refusal of its input (exit 2), on every rerun; None otherwise."""
-        if self.proc.poll() != 2:
+    def problem(self, out: Path) -> str | None:
+        """What the sweep said when it refused its input (exit 2) or ended before it wrote sweep.json (a
+        crash: its last line); None otherwise (pair failures are in the sweep's own files)."""
+        rc = self.proc.poll()
+        if rc is None or rc == 0 or (rc != 2 and (out / "sweep.json").exists()):
             return None
         self.stderr.seek(0)
-        return self.stderr.read().strip() or "the sweep refused its input"
+        lines = self.stderr.read().strip().splitlines()
+        return (" ".join(lines) if rc == 2 else lines[-1]) if lines else f"the sweep ended with exit code {rc}"
 
 
 @st.cache_resource
@@ -75,7 +78,7 @@ with st.expander("Start a sweep", expanded=not root.exists()):
 
 sweeps = sorted(p.parent for p in root.glob("*/sweep.json")) if root.exists() else []
 pending = [Path(k) for k, p in processes().items()  # started, or refused: its error stays on show
-           if Path(k) not in sweeps and (p.running() or p.refusal())]
+           if Path(k) not in sweeps and (p.running() or p.problem(Path(k)))]
 if not sweeps and not pending:
     st.info("No sweeps yet: start one above, or with `python -m llpf_core sweep --out "
             f"{root}/NAME --model mlp --pairs 4`.")
@@ -89,9 +92,9 @@ live = launched is not None and launched.running()
 def follow() -> None:
     launched = processes().get(str(folder))
     running = launched is not None and launched.running()
-    refusal = launched.refusal() if launched else None
-    if refusal:
-        st.error(refusal)
+    problem = launched.problem(folder) if launched else None
+    if problem:
+        st.error(problem)
     if not (folder / "sweep.json").exists():
         if running:
             st.caption("training the modes, starting Ray ...")
@@ -119,7 +122,7 @@ def follow() -> None:
                     if len(e) > 1:
                         curves[col].append((p["name"], position(e, path), e[col].to_numpy()))
         s = p.get("summary") or {}
-        if s.get("barrier") is not None:
+        if p["status"] == "finished" and s.get("barrier") is not None:
             strip.append((p["name"], s["path_max_train_loss"], s["barrier"]))
         rows.append({"pair": p["name"], "status": p["status"], "progress": 1.0 if p["status"] == "finished"
                      else progress, "barrier": s.get("barrier"), "path max": s.get("path_max_train_loss"),
