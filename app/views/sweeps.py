@@ -150,15 +150,16 @@ def follow() -> None:
             fig.add_scatter(x=np.r_[GRID, GRID[::-1]], y=np.r_[mean + std, (mean - std)[::-1]], fill="toself",
                             line={"width": 0}, fillcolor="rgba(31,119,180,0.25)", name="mean +- 1 std")
             fig.add_scatter(x=GRID, y=mean, mode="lines", line={"color": "rgb(31,119,180)"}, name="mean")
-        fig.update_layout(title=f"{metric} ({len(ys)} runs)", xaxis_title="normalised position",
-                          height=320, margin={"t": 40, "b": 40})
+        fig.update_layout(title=f"{metric.replace('_', ' ')} ({len(ys)} runs)", xaxis_title="normalised position",
+                          height=340, margin={"t": 40, "b": 40},
+                          legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 1, "xanchor": "right"})
         col.plotly_chart(fig, use_container_width=True)
     fig = go.Figure()
     if strip:
         names, path_max, barrier = zip(*strip)
         fig.add_scatter(x=["path max"] * len(strip), y=path_max, mode="markers", text=names, name="path max")
         fig.add_scatter(x=["barrier"] * len(strip), y=barrier, mode="markers", text=names, name="barrier")
-    fig.update_layout(title="each pair: LLPF path max vs straight-line barrier", yaxis_type="log", height=320,
+    fig.update_layout(title="each pair: path max vs barrier", yaxis_type="log", height=340,
                       margin={"t": 40, "b": 40}, showlegend=False)
     cols[2].plotly_chart(fig, use_container_width=True)
 
