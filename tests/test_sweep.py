@@ -127,3 +127,4 @@ def test_a_folder_holding_another_sweep_or_another_models_modes_is_refused(tmp_p
     os.rename(out / "sweep.json", tmp_path / "moved.json")  # modes/ stays: seeds 1, 2 are mlp modes
     clash = run_cli("sweep", "--out", out, "--model", "lenet5", "--pairs", "1")
     assert clash.returncode == 2 and "is a mlp/digits mode of seed 1" in clash.stderr, clash.stderr
+    assert clash.stderr.count("\n") == 1
