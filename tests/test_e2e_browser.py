@@ -130,7 +130,8 @@ def test_demo_in_the_browser(server):
 
         page.get_by_role("link", name="Explore").click()
         page.get_by_text("Path vs straight line").first.wait_for(timeout=60_000)
-        assert "run=demo-" in page.url and page.get_by_text(f"Per-layer values at tick {stopped_at}").count()
+        assert "run=demo-" in page.url
+        page.get_by_text(f"Per-layer values at tick {stopped_at}").first.wait_for(timeout=60_000)  # drawn after
         page.wait_for_timeout(1000)
         page.screenshot(path=ARTIFACTS / "e2e-4-explore.png", full_page=True)
         browser.close()
