@@ -15,6 +15,7 @@ import urllib.request
 import pytest
 from playwright.sync_api import sync_playwright
 
+from llpf_core import load_preset
 from tests.conftest import REPO
 
 ARTIFACTS = REPO / "test-artifacts"
@@ -131,7 +132,12 @@ def test_demo_in_the_browser(server):
         page.get_by_role("link", name="Explore").click()
         page.get_by_text("Path vs straight line").first.wait_for(timeout=60_000)
         assert "run=demo-" in page.url
-        page.get_by_text(f"Per-layer values at tick {stopped_at}").first.wait_for(timeout=60_000)  # drawn after
+        header = page.get_by_text(re.compile(r"Per-layer values at tick \d+")).first
+        header.wait_for(timeout=60_000)  # drawn after the charts
+        # The last evaluated tick: the stopped one, or (a Stop that lands while a tick is being logged) the
+        # last evaluation before it; the demo evaluates every eval_every ticks.
+        shown = int(re.search(r"tick (\d+)", header.inner_text()).group(1))
+        assert stopped_at - load_preset("mlp-digits-m2m").eval_every < shown <= stopped_at, (shown, stopped_at)
         page.wait_for_timeout(1000)
         page.screenshot(path=ARTIFACTS / "e2e-4-explore.png", full_page=True)
         browser.close()
