@@ -1,3 +1,4 @@
+import base64
 import contextlib
 import json
 import os
@@ -5,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,3 +69,11 @@ def checkpoint_tick(out: Path) -> int:
         return json.loads((out / "checkpoint.json").read_text())["tick"]
     except (FileNotFoundError, json.JSONDecodeError):  # checkpoint.json is written atomically too
         return -1
+
+
+def plotly_array(value) -> np.ndarray:
+    """A trace's array as sent to the browser: a plain list, or plotly's base64 ``{dtype, bdata, shape}``."""
+    if isinstance(value, dict) and "bdata" in value:
+        out = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        return out.reshape([int(n) for n in value["shape"].split(",")]) if "shape" in value else out
+    return np.asarray(value)

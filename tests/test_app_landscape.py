@@ -1,7 +1,6 @@
 """Explore's Landscape tab on real runs: the plane computed by a background job of the dashboard's registry,
 drawn when the job ends, with the tick slider's marker and other runs on the same pair overlaid; and Home
 showing the demo's real plane."""
-import base64
 import dataclasses
 import os
 import shutil
@@ -9,7 +8,6 @@ import sys
 import threading
 import time
 
-import numpy as np
 import plotly.graph_objects as go
 import plotly.io
 import pytest
@@ -17,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from llpf_core import SearchConfig, compute_landscape, list_landscapes, load_landscape, load_preset, load_run, \
     project_pair_runs, run_search
-from tests.conftest import REPO
+from tests.conftest import REPO, plotly_array
 
 sys.path.insert(0, str(REPO / "app"))
 import state  # noqa: E402
@@ -55,14 +53,6 @@ def figure(at: AppTest) -> go.Figure:
     return found[0]
 
 
-def array(value) -> np.ndarray:
-    """A trace's array as sent: plotly encodes numpy arrays as base64 ``{dtype, bdata, shape}``."""
-    if isinstance(value, dict) and "bdata" in value:
-        out = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
-        return out.reshape([int(n) for n in value["shape"].split(",")]) if "shape" in value else out
-    return np.asarray(value)
-
-
 def names(fig: go.Figure) -> list[str]:
     return [t.name for t in fig.data]
 
@@ -87,7 +77,7 @@ def test_the_landscape_tab_computes_the_plane_in_the_background_and_draws_it(ws)
     fig = figure(at)
     assert {"straight line", "A, B, P", "tick 20"} <= set(names(fig))  # tick 20: the slider's marker
     [path] = [t for t in fig.data if (t.name or "").startswith("path (off-plane residual up to")]
-    assert list(array(path.customdata)[:, 0]) == [q["tick"] for q in plane.info["projected"]]
+    assert list(plotly_array(path.customdata)[:, 0]) == [q["tick"] for q in plane.info["projected"]]
     assert {b.label for b in at.get("download_button")} >= {"landscape.html", "grid.csv"}
 
     at.select_slider(key="explore_tick_first").set_value(10).run()
@@ -128,9 +118,9 @@ def test_other_runs_on_the_pair_are_overlaid_with_their_residuals(ws, monkeypatc
     at.multiselect(key="ls_others_first").select("line").run()
     assert not at.exception
     [line] = [t for t in figure(at).data if t.name == "linear: line"]
-    xs, ys = array(line.x), array(line.y)
+    xs, ys = plotly_array(line.x), plotly_array(line.y)
     assert list(xs) == pytest.approx([q["x"] for q in expected]) and len(xs) > 2
-    assert array(line.customdata)[:, 1].max() < 1e-4  # the straight line lies in the plane: residual ~0
+    assert plotly_array(line.customdata)[:, 1].max() < 1e-4  # the straight line lies in the plane: residual ~0
     assert abs(ys).max() < 1e-4 and xs.min() < 0.01 and xs.max() > 0.99  # along the x axis, A to B
     assert projected_runs == ["line"]
     at.select_slider(key="explore_tick_first").set_value(10).run()  # a rerun: the projections come from the cache

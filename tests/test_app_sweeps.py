@@ -1,5 +1,4 @@
 """The Sweeps page (issue 17) starts a real `sweep` process and follows the sweep folder it writes."""
-import base64
 import json
 import os
 import signal
@@ -13,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from llpf_core import load_run
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, plotly_array, run_cli
 
 sys.path.insert(0, str(REPO / "app"))
 
@@ -25,12 +24,6 @@ def sweep_home(tmp_path_factory):
     run_cli("sweep", "--model", "mlp", "--pairs", "2", "--workers", "2", "--set", "ticks=20", "--set", "save_every=5",
             "--quiet", "--out", home / "sweeps" / "two", env=env, check=True)
     return home
-
-
-def values(trace: dict, axis: str) -> np.ndarray:
-    """A plotly trace's x or y as sent to the browser (plain list, or plotly's base64 typed array)."""
-    v = trace[axis]
-    return np.frombuffer(base64.b64decode(v["bdata"]), v["dtype"]) if isinstance(v, dict) else np.asarray(v)
 
 
 def test_sweeps_page_shows_the_pairs_band_and_strip_plot(sweep_home, monkeypatch):
@@ -51,8 +44,8 @@ def test_sweeps_page_shows_the_pairs_band_and_strip_plot(sweep_home, monkeypatch
     run = load_run(sweep_home / "sweeps" / "two" / "runs" / "seed1-seed2")
     faint = next(t for t in json.loads(charts[0].proto.spec)["data"] if t.get("name") == "seed1-seed2")
     metrics, path = run.metrics.dropna(subset=["train_loss"]), run.path_table
-    assert len(path) > 2 and not np.allclose(values(faint, "x"), 1 - metrics["distance_rel"])
-    np.testing.assert_allclose(values(faint, "x"), np.interp(metrics["tick"], path["tick"], path["position"]))
+    assert len(path) > 2 and not np.allclose(plotly_array(faint["x"]), 1 - metrics["distance_rel"])
+    np.testing.assert_allclose(plotly_array(faint["x"]), np.interp(metrics["tick"], path["tick"], path["position"]))
 
 
 def sweep_processes() -> list[int]:
