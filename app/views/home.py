@@ -41,13 +41,17 @@ state.before_first_torch_import()
 
 
 def demo_plane():
-    """The newest demo run's newest complete landscape plane, or None."""
-    for folder in state.run_dirs():
-        run = state.read_run(folder) if folder.name.startswith("demo-") else None
-        planes = [llpf_core.load_landscape(run, t) for t in llpf_core.list_landscapes(run)] if run else []
-        complete = [p for p in planes if p.complete]
-        if complete:
-            return run, max(complete, key=lambda p: (p.path / "grid.csv").stat().st_mtime_ns)
+    """The newest complete landscape plane of a demo run, or None. Only the planes' file times are read
+    for the others, so Home stays quick with many runs (the run folder's layout: landscape/plane-*/)."""
+    grids = [g for folder in state.run_dirs() if folder.name.startswith("demo-")
+             for g in folder.glob("landscape/plane-*/grid.csv")]
+    for grid_csv in sorted(grids, key=lambda g: g.stat().st_mtime_ns, reverse=True):
+        run = state.read_run(grid_csv.parents[2])
+        if run is None:
+            continue
+        plane = llpf_core.load_landscape(run, int(grid_csv.parent.name.split("-")[1]))
+        if plane.complete:
+            return run, plane
     return None
 
 
