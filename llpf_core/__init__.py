@@ -12,9 +12,15 @@ from .version import __version__  # noqa: F401  (in __all__, built below)
 # Each public name and the module that defines it.
 _EXPORTS = {
     "checks": ["INDEPENDENCE_THRESHOLD", "Independence", "independence", "run_summary"],
-    "config": ["ALGORITHMS", "GENERIC_M2M", "BridgeSpec", "ContinuitySpec", "Phase", "PresetInfo", "SearchConfig", "TrainSpec",
-               "PATH_METHODS", "apply_overrides", "default_preset", "generic_m2m", "list_presets", "load_preset", "preset_info", "validate"],
-    "connect": ["ORIGIN", "TickEvent", "check_compatible", "run_search"],
+    "config": ["BridgeSpec", "ContinuitySpec", "CurveSpec", "Phase", "SearchConfig", "TrainSpec", "apply_overrides",
+               "method_settings", "validate"],
+    "presets": ["GENERIC_M2M", "PresetInfo", "default_preset", "generic_m2m", "list_presets", "load_preset",
+                "preset_info"],
+    "resolve": ["Resolved", "resolve_config"],
+    "methods.registry": ["MethodInfo", "get_method", "list_methods", "register_method"],
+    "methods.base": ["Method", "MethodContext", "Step", "TrainedCurve"],
+    "driver": ["TickEvent"],
+    "search": ["ORIGIN", "check_compatible", "run_search"],
     "data": ["ImageData", "list_datasets", "load_dataset"],
     "errors": ["UserError"],
     "landscape": ["Landscape", "compute_landscape", "list_landscapes", "load_landscape", "project_pair_runs",
@@ -49,23 +55,30 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what static analysers and IDEs see; at run time the names load lazily above
     from .checks import INDEPENDENCE_THRESHOLD, Independence, independence, run_summary  # noqa: F401
     from .config import (  # noqa: F401
-        ALGORITHMS,
-        GENERIC_M2M,
         BridgeSpec,
         ContinuitySpec,
+        CurveSpec,
         Phase,
-        PresetInfo,
         SearchConfig,
         TrainSpec,
         apply_overrides,
+        method_settings,
+        validate,
+    )
+    from .driver import TickEvent  # noqa: F401
+    from .methods.base import Method, MethodContext, Step, TrainedCurve  # noqa: F401
+    from .methods.registry import MethodInfo, get_method, list_methods, register_method  # noqa: F401
+    from .presets import (  # noqa: F401
+        GENERIC_M2M,
+        PresetInfo,
         default_preset,
         generic_m2m,
         list_presets,
         load_preset,
         preset_info,
-        validate,
     )
-    from .connect import ORIGIN, TickEvent, check_compatible, run_search  # noqa: F401
+    from .resolve import Resolved, resolve_config  # noqa: F401
+    from .search import ORIGIN, check_compatible, run_search  # noqa: F401
     from .data import ImageData, list_datasets, load_dataset  # noqa: F401
     from .errors import UserError  # noqa: F401
     from .flow import follow_data_flow, match_layers  # noqa: F401

@@ -59,7 +59,8 @@ def run_summary(run: Run) -> dict:
            "final_distance_rel": float(m["distance_rel"].iloc[-1]) if len(m) else None,
            "wall_s": float(m["wall_s"].iloc[-1]) if len(m) else run.info.get("wall_s"),
            "path_length": run.info.get("path_length"),
-           "sgd_steps": int(m["iterations"].sum()) if len(m) else run.info.get("sgd_steps")}
+           "sgd_steps": run.info["sgd_steps"] if "sgd_steps" in run.info else  # methods that train before the path
+           int(m["iterations"].sum()) if len(m) else None}
     ends = (m if len(m) else p).dropna(subset=["test_loss"])
     if len(ends):
         out.update(start_test_loss=float(ends["test_loss"].iloc[0]), start_test_acc=float(ends["test_acc"].iloc[0]),

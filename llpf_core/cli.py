@@ -7,6 +7,11 @@ import argparse
 import sys
 
 from .errors import UserError
+from .methods.registry import BUILTIN
+
+# The methods named in --help: the built-in ones (listing them imports nothing); a plugin's name is
+# checked against the registry once the plugins are loaded, so --algorithm takes it too.
+METHODS_HELP = f"{', '.join(BUILTIN)}, or a plugin's method (--plugin FILE.py)"
 
 # --- shared options ------------------------------------------------------------------------------
 
@@ -25,7 +30,8 @@ def _add_quiet_option(p: argparse.ArgumentParser) -> None:
 def _add_plugin_option(parser: argparse.ArgumentParser) -> None:
     """``--plugin`` on every command (added to each subparser, so it may follow the command name)."""
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
-                        help="load a plugin that registers models (repeatable; also $LLPF_PLUGINS, ':'-separated)")
+                        help="load a plugin that registers models or path methods (repeatable; also $LLPF_PLUGINS, "
+                             "':'-separated)")
 
 
 # --- parser ---------------------------------------------------------------------------------------
@@ -59,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("end", help="end mode file, or 'origin' for m2o")
     p.add_argument("--out", required=True, help="run folder to create")
     p.add_argument("--preset", help="preset name or JSON file (default: the one for the modes' model)")
-    p.add_argument("--algorithm", choices=["m2m", "m2o", "to_vs", "cross_sphere", "linear", "bezier", "rebasin"],
-                   help="an LLPF search, or a path method: linear, bezier (curve.* settings), rebasin")
+    p.add_argument("--algorithm", metavar="METHOD",
+                   help=f"the path method: {METHODS_HELP} (default: m2m; m2o to 'origin')")
     p.add_argument("--ticks", type=int)
     p.add_argument("--seed", type=int)
     _add_device_option(p, default="the preset's, auto; with --resume, the device to continue on")
@@ -101,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="first seed S (default 1)")
     p.add_argument("--modes", nargs="+", metavar="FILE", help="existing mode files, paired in order, instead of training")
     p.add_argument("--preset", help="preset name (default: the one for the model)")
-    p.add_argument("--algorithm", choices=["m2m", "to_vs", "cross_sphere"])
+    p.add_argument("--algorithm", metavar="METHOD[,METHOD...]",
+                   help=f"the path method(s) run on every pair, comma-separated: {METHODS_HELP} (default: m2m)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field for every pair")
     p.add_argument("--pair-set", action="append", metavar="PAIR:KEY=VALUE",
                    help="override a config field for one pair only, e.g. seed3-seed4:train.lr=0.01")

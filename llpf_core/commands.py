@@ -18,19 +18,15 @@ from tqdm import tqdm
 from . import (
     ORIGIN,
     UserError,
-    apply_overrides,
-    default_preset,
     list_presets,
     load_mode,
     load_preset,
     load_run,
-    preset_info,
+    resolve_config,
     run_search,
 )
 from .checks import independence, recheck, run_summary
-from .config import GENERIC_M2M, PATH_METHODS, SearchConfig, generic_m2m
 from .device import warn
-from .modefile import Mode
 from .safefile import write_atomic
 from .train import TrainRecipe, default_recipe, list_recipes, load_recipe, train_mode
 from .workspace import workspace_dir
@@ -109,34 +105,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _resolve_config(args, start: Mode):
-    algorithm = args.algorithm or ("m2o" if args.end == ORIGIN else "m2m")
-    name = args.preset or default_preset(start.meta.model, start.meta.dataset, algorithm)
-    if name is None and algorithm in PATH_METHODS:  # a path method needs no LLPF preset: the defaults
-        return _with_args(SearchConfig(algorithm=algorithm), args), "(defaults)"
-    if name is None and algorithm != "m2m":
-        raise UserError(f"no {algorithm} preset for model {start.meta.model!r}; pass --preset NAME (see `presets`)")
-    if name is None:  # a model without presets (a plugin's): the generic one-phase M2M
-        cfg, name = generic_m2m(), GENERIC_M2M
-    else:
-        info = preset_info(name)
-        if info.model != start.meta.model:
-            raise UserError(f"preset {name} is for model {info.model!r}, but the modes are {start.meta.model!r}")
-        if info.dataset != start.meta.dataset:
-            warn(f"preset {name} was tuned for {info.dataset}, the modes were trained on {start.meta.dataset}")
-        cfg = load_preset(name)
-    return _with_args(replace(cfg, algorithm=algorithm), args), name
-
-
-def _with_args(cfg: SearchConfig, args) -> SearchConfig:
-    for key in ("ticks", "seed"):
-        if getattr(args, key) is not None:
-            cfg = replace(cfg, **{key: getattr(args, key)})
-    if _device(args) is not None:
-        cfg = replace(cfg, device=args.device)
-    return apply_overrides(cfg, args.set or [])
-
-
 def cmd_connect(args) -> int:
     out = Path(args.out)
     resuming = args.resume and (out / "run.json").exists()
@@ -148,7 +116,10 @@ def cmd_connect(args) -> int:
     else:
         start = load_mode(args.start, "start mode file")
         end = ORIGIN if args.end == ORIGIN else load_mode(args.end, "end mode file")
-        cfg, preset = _resolve_config(args, start)
+        resolved = resolve_config(start.meta.model, start.meta.dataset, args.algorithm, preset=args.preset,
+                                  overrides=args.set or [], to_origin=end == ORIGIN, ticks=args.ticks,
+                                  seed=args.seed, device=_device(args))
+        cfg, preset = resolved.config, resolved.preset
     stop = threading.Event()
     bar = None
 
@@ -161,8 +132,7 @@ def cmd_connect(args) -> int:
                        disable=args.quiet, file=sys.stderr)
         bar.update(event.tick - bar.n)
         m = event.metrics
-        bar.set_postfix(phase=event.phase, loss=_fmt(m.get("train_loss_rolling")),
-                        dist=f"{m['distance_rel']:.3f}")
+        bar.set_postfix(phase=event.phase, loss=_fmt(m.get("train_loss_rolling")), dist=_fmt(m.get("distance_rel")))
 
     with _ctrl_c_stops(stop):
         try:
@@ -172,7 +142,7 @@ def cmd_connect(args) -> int:
             if bar is not None:
                 bar.close()
     _print_run_summary(run)
-    if run.status == "stopped" and run.info["algorithm"] not in PATH_METHODS:  # path methods start over
+    if run.status == "stopped":
         print(f"stopped; continue with: python -m llpf_core connect {args.start} {args.end} --out {out} --resume")
     return 0
 

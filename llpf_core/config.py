@@ -1,20 +1,15 @@
-"""``SearchConfig``: every setting of a path search, its ``--set key=value`` overrides, and presets.
+"""``SearchConfig``: every setting of a path search, and its ``--set key=value`` overrides.
 
-The dataclasses serialise to the ``config`` object of run.json. Presets are JSON files in
-assets/presets/ holding a description, the model and dataset they were tuned for, and a config.
+The dataclasses serialise to the ``config`` object of run.json. A plugin method's own settings (its
+registered dataclass) are stored there under the method's prefix too, beside the built-in ones.
 """
 import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .errors import UserError
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "assets" / "presets"
-
-ALGORITHMS = ("m2m", "m2o", "to_vs", "cross_sphere", "linear", "bezier", "rebasin")
-PATH_METHODS = ("linear", "bezier", "rebasin")  # llpf_core/methods/: one module each
 
 
 @dataclass
@@ -62,7 +57,7 @@ class BridgeSpec:
 
 @dataclass
 class CurveSpec:
-    """The path methods (llpf_core/methods/): points evaluated along the path, and bezier's training."""
+    """linear, bezier and rebasin (``curve.*``): points evaluated along the path, and bezier's training."""
     points: int = 21  # evaluated and saved points along the path, both ends included
     steps: int = 3000  # bezier: SGD steps on the bend, t ~ U(0, 1) per batch
     lr: float = 0.05
@@ -72,7 +67,7 @@ class CurveSpec:
 
 @dataclass
 class SearchConfig:
-    algorithm: str = "m2m"  # m2m | m2o | to_vs | cross_sphere
+    algorithm: str = "m2m"  # a registered path method (methods.registry.list_methods())
     ticks: int = 1000  # outer iterations (for cross_sphere: of the M2M stage)
     seed: int = 0  # data order, augmentation, evaluation subsets (decision 7)
     device: str = "auto"  # cpu | cuda | cuda:N | auto
@@ -99,13 +94,56 @@ class SearchConfig:
     stop_when_loss_exceeds: float | None = None  # stop early if the rolling train loss exceeds it
     bridge: BridgeSpec = field(default_factory=BridgeSpec)
     curve: CurveSpec = field(default_factory=CurveSpec)
+    # Plugin methods' settings by prefix (as plain dicts); to_dict writes them at the top level.
+    plugin_settings: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        plugin_settings = data.pop("plugin_settings")
+        return {**data, **plugin_settings}
 
     @classmethod
     def from_dict(cls, data: dict) -> "SearchConfig":
-        return _from_dict(cls, data, "")
+        if not isinstance(data, dict):
+            raise UserError(f"config must be an object, got {data!r}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"plugin_settings"}
+        extra = {k: v for k, v in data.items() if k not in names}
+        cfg = _from_dict(cls, {k: v for k, v in data.items() if k in names}, "")
+        if extra:
+            cfg.plugin_settings = {k: dataclasses.asdict(_plugin_settings(k, v)) for k, v in extra.items()}
+        return cfg
+
+
+def _plugin_settings(prefix: str, value):
+    """A plugin method's settings dataclass from the config's ``prefix`` object (type-checked)."""
+    from .methods.registry import settings_prefixes
+    info = settings_prefixes().get(prefix)
+    if info is None:
+        known = sorted({f.name for f in dataclasses.fields(SearchConfig)} - {"plugin_settings"})
+        raise UserError(f"unknown config key {prefix}; known keys: {', '.join(known)} (a plugin method's "
+                        f"settings need its --plugin FILE.py or LLPF_PLUGINS)")
+    return _from_dict(info.settings, value, prefix + ".")
+
+
+def method_settings(cfg: SearchConfig):
+    """The settings dataclass of ``cfg.algorithm`` (None for LLPF: its settings are SearchConfig's own)."""
+    from .methods.registry import get_method
+    info = get_method(cfg.algorithm)
+    if info.prefix is None:
+        return None
+    if info.prefix in cfg.plugin_settings:
+        return _plugin_settings(info.prefix, cfg.plugin_settings[info.prefix])
+    return getattr(cfg, info.prefix, None) or info.settings()
+
+
+def with_method_settings(cfg: SearchConfig) -> SearchConfig:
+    """``cfg`` holding its method's settings (their defaults if absent), so ``--set PREFIX.key`` finds them."""
+    from .methods.registry import get_method
+    info = get_method(cfg.algorithm)
+    if info.prefix is None or hasattr(cfg, info.prefix) or info.prefix in cfg.plugin_settings:
+        return cfg
+    return dataclasses.replace(cfg, plugin_settings={**cfg.plugin_settings,
+                                                     info.prefix: dataclasses.asdict(info.settings())})
 
 
 def _from_dict(cls, data, prefix: str):
@@ -195,7 +233,8 @@ def validate(cfg: SearchConfig) -> None:
         if not ok:
             raise UserError(msg)
 
-    need(cfg.algorithm in ALGORITHMS, f"algorithm must be one of {', '.join(ALGORITHMS)}, got {cfg.algorithm!r}")
+    from .methods.registry import get_method
+    get_method(cfg.algorithm)  # an unknown name lists the registered ones
     need(cfg.ticks > 0, f"ticks must be positive, got {cfg.ticks}")
     need(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
          f"device must be cpu, cuda, cuda:N or auto, got {cfg.device!r}")
@@ -246,85 +285,3 @@ def validate(cfg: SearchConfig) -> None:
     need(cfg.curve.lr > 0, f"curve.lr must be positive, got {cfg.curve.lr}")
     need(0 <= cfg.curve.momentum < 1, f"curve.momentum must be in [0, 1), got {cfg.curve.momentum}")
     need(cfg.curve.batch_size > 0, f"curve.batch_size must be positive, got {cfg.curve.batch_size}")
-
-
-# --- presets ---------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PresetInfo:
-    name: str
-    description: str
-    model: str
-    dataset: str
-    algorithm: str
-    default: bool  # the preset `connect` picks for this model, dataset and algorithm family
-
-
-def _preset_path(name: str) -> Path:
-    path = Path(name)
-    if path.suffix == ".json" and path.is_file():
-        return path
-    path = PRESET_DIR / f"{name}.json"
-    if not path.is_file():
-        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(p.name for p in list_presets())}")
-    return path
-
-
-def _read_preset(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read preset {path}: {e}") from None
-    for key in ("description", "model", "dataset", "config"):
-        if key not in data:
-            raise UserError(f"preset {path} lacks the key {key!r}")
-    return data
-
-
-def list_presets() -> list[PresetInfo]:
-    out = []
-    for path in sorted(PRESET_DIR.glob("*.json")):
-        data = _read_preset(path)
-        out.append(PresetInfo(path.stem, data["description"], data["model"], data["dataset"],
-                              data["config"].get("algorithm", "m2m"), bool(data.get("default"))))
-    return out
-
-
-def preset_info(name: str) -> PresetInfo:
-    path = _preset_path(name)
-    data = _read_preset(path)
-    return PresetInfo(path.stem, data["description"], data["model"], data["dataset"],
-                      data["config"].get("algorithm", "m2m"), bool(data.get("default")))
-
-
-def load_preset(name: str) -> SearchConfig:
-    """A preset's ``SearchConfig``, by name (assets/presets/NAME.json) or by path to a JSON file."""
-    path = _preset_path(name)
-    cfg = SearchConfig.from_dict(_read_preset(path)["config"])
-    validate(cfg)
-    return cfg
-
-
-GENERIC_M2M = "generic-m2m"  # the name runs record when no preset fits the model
-
-
-def generic_m2m() -> SearchConfig:
-    """M2M for any model without a preset (a plugin's): one phase moving every layer 2% of the remaining
-    distance per tick for 300 ticks (0.3% of it left at the end), evaluated every 10 ticks."""
-    cfg = SearchConfig(algorithm="m2m", ticks=300, phases=[Phase(layers=["*"], step_a=0.02)], merge_bias=True,
-                       variance_target="blend",
-                       train=TrainSpec(lr=0.01, batch_size=32, loss_threshold=0.01, min_iters=5, max_iters=50),
-                       eval_every=10, save_every=50, checkpoint_every=50,
-                       continuity=ContinuitySpec(points=10, samples=500, every=10))
-    validate(cfg)
-    return cfg
-
-
-def default_preset(model: str, dataset: str, algorithm: str) -> str | None:
-    """The default preset for this model and dataset; M2M presets serve m2m and cross_sphere,
-    M2O presets serve m2o and to_vs. Falls back to a default for the model on another dataset."""
-    family = ("m2o", "to_vs") if algorithm in ("m2o", "to_vs") else ("m2m", "cross_sphere")
-    candidates = [p for p in list_presets() if p.default and p.model == model and p.algorithm in family]
-    exact = [p for p in candidates if p.dataset == dataset]
-    chosen = exact or candidates
-    return chosen[0].name if chosen else None

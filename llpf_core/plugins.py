@@ -81,3 +81,8 @@ def load_plugins(specs: list[str] | None = None) -> None:
                 load_plugin(spec)
     for spec in specs or []:
         load_plugin(spec)
+
+
+def loaded_plugins() -> list[str]:
+    """The plugins loaded in this process (paths or module names), to load again in another one."""
+    return list(_loaded)

@@ -1,8 +1,9 @@
-"""Sweeps: the same search on many independently trained pairs, one Ray task per pair.
+"""Sweeps: the same search on many independently trained pairs, one Ray task per pair and method.
 
-A sweep folder holds ``modes/`` (seed<S>.safetensors), ``runs/<pair>/`` (ordinary run folders),
-``sweep.json`` (the resolved sweep and each pair's status) and ``summary.csv`` (one row per pair), both
-rewritten atomically whenever a pair changes state. Ray is imported only inside the functions here:
+A sweep folder holds ``modes/`` (seed<S>.safetensors), ``runs/<run>/`` (ordinary run folders: ``<pair>``
+for a sweep of one method, ``<pair>-<method>`` for several), ``sweep.json`` (the sweep and each run's
+status) and ``summary.csv`` (one row per pair and method), both rewritten atomically whenever a run
+changes state. Ray is imported only inside the functions here:
 ``import llpf_core`` and the dashboard never load it. torch is too: the storage check's task on every node
 then costs a worker no ``import torch`` (1.2 s, which delayed every pair on a 2-core machine).
 
@@ -12,21 +13,18 @@ cluster, where the sweep folder must be on storage every node reaches (checked b
 import csv
 import io
 import os
-import signal
 import socket
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
 
 SWEEP_FORMAT = "llpf-sweep/1"
-SUMMARY_COLUMNS = ["run", "start_seed", "end_seed", "status", "barrier", "path_max_train_loss",
+SUMMARY_COLUMNS = ["run", "algorithm", "start_seed", "end_seed", "status", "barrier", "path_max_train_loss",
                    "final_distance_rel", "wall_s", "error"]
-# Test hook: "PAIR:TICK" makes the task running PAIR SIGKILL its own worker once, at that tick.
-KILL_AT_ENV = "LLPF_SWEEP_KILL_AT"
 TASK_RETRIES = 3  # a worker or node that dies: Ray reruns the pair's task, which resumes from its checkpoint
 
 
@@ -36,8 +34,8 @@ class SweepSpec:
     model: str
     dataset: str
     seeds: list[int]  # pairs (seeds[0], seeds[1]), (seeds[2], seeds[3]), ...
-    preset: str
-    algorithm: str
+    preset: str  # "" (new sweeps without --preset): each method's default preset for the model
+    algorithm: str  # one method, or several comma-separated
     overrides: list[str] = field(default_factory=list)
     recipe: str = ""
     modes: list[str] = field(default_factory=list)  # given mode files instead of trained seeds
@@ -46,6 +44,10 @@ class SweepSpec:
 
 def pair_name(a: int, b: int) -> str:
     return f"seed{a}-seed{b}"
+
+
+def algorithms_of(spec: "SweepSpec") -> list[str]:
+    return [a.strip() for a in spec.algorithm.split(",") if a.strip()]
 
 
 def plan_sweep(model: str | None, dataset: str, pairs: int | None, seed: int = 1, *,
@@ -66,37 +68,31 @@ def plan_sweep(model: str | None, dataset: str, pairs: int | None, seed: int = 1
         if not model:
             raise UserError("a sweep needs --model (or --modes FILE...)")
         seeds = list(range(seed, seed + 2 * pairs))
-    spec = SweepSpec(model, dataset, seeds, *resolve_preset(model, dataset, preset, algorithm),
-                     overrides=list(overrides or []), recipe=recipe or "", modes=[str(m) for m in modes or []],
-                     pair_overrides=dict(pair_overrides or {}))
+    methods = [a.strip() for a in (algorithm or "m2m").split(",") if a.strip()]
+    if not methods or len(set(methods)) != len(methods):
+        raise UserError(f"--algorithm {algorithm!r}: name each method once, comma-separated, e.g. linear,rebasin,m2m")
+    spec = SweepSpec(model, dataset, seeds, preset or "", ",".join(methods), overrides=list(overrides or []),
+                     recipe=recipe or "", modes=[str(m) for m in modes or []], pair_overrides=dict(pair_overrides or {}))
     names = {n for n, _, _ in _pairs(spec)}
     unknown = sorted(set(spec.pair_overrides) - names)
     if unknown:
         raise UserError(f"--pair-set names {unknown[0]!r}, which is not a pair of this sweep "
                         f"({', '.join(sorted(names))})")
     for name, _, _ in _pairs(spec):
-        pair_config(spec, name)  # a bad --set or --pair-set fails here, before any work
+        for method in methods:
+            pair_config(spec, name, method)  # a bad method, --set or --pair-set fails here, before any work
     return spec
 
 
-def resolve_preset(model: str, dataset: str, preset: str | None, algorithm: str | None) -> tuple[str, str]:
-    from . import default_preset, preset_info
-    algorithm = algorithm or "m2m"
-    name = preset or default_preset(model, dataset, algorithm)
-    if name is None:
-        raise UserError(f"no preset for model {model!r}; pass --preset NAME (see `presets`)")
-    if preset_info(name).model != model:
-        raise UserError(f"preset {name} is for model {preset_info(name).model!r}, not {model!r}")
-    return name, algorithm
-
-
-def pair_config(spec: SweepSpec, name: str):
-    """One pair's SearchConfig: the preset, the algorithm, --set, then that pair's own overrides."""
-    from . import apply_overrides, load_preset, validate
-    cfg = replace(load_preset(spec.preset), algorithm=spec.algorithm)
-    cfg = apply_overrides(cfg, [*spec.overrides, *spec.pair_overrides.get(name, [])])
-    validate(cfg)
-    return cfg
+def pair_config(spec: SweepSpec, pair: str, algorithm: str | None = None):
+    """The SearchConfig of one pair and method (default: the sweep's only one), from the one resolver:
+    the preset, the method, --set, then that pair's own overrides."""
+    from . import resolve_config
+    methods = algorithms_of(spec)
+    if algorithm is None and len(methods) > 1:
+        raise ValueError(f"the sweep runs {spec.algorithm}: name the method")
+    return resolve_config(spec.model, spec.dataset, algorithm or methods[0], preset=spec.preset or None,
+                          overrides=[*spec.overrides, *spec.pair_overrides.get(pair, [])]).config
 
 
 def _pairs(spec: SweepSpec) -> list[tuple[str, int, int]]:
@@ -130,9 +126,11 @@ class _SweepFolder:
 
     def __init__(self, out: Path, spec: SweepSpec, info: dict | None):
         self.out = out
+        methods = algorithms_of(spec)
+        runs = [(n if len(methods) == 1 else f"{n}-{m}", n, m, a, b) for n, a, b in _pairs(spec) for m in methods]
         self.info = info or {"format": SWEEP_FORMAT, "spec": spec.__dict__, "status": "created", "pairs": [
-            {"name": n, "start_seed": a, "end_seed": b, "status": "pending", "error": None,
-             "start": None, "end": None, "run": f"runs/{n}"} for n, a, b in _pairs(spec)]}
+            {"name": run, "pair": n, "algorithm": m, "start_seed": a, "end_seed": b, "status": "pending",
+             "error": None, "start": None, "end": None, "run": f"runs/{run}"} for run, n, m, a, b in runs]}
 
     def pair(self, name: str) -> dict:
         return next(p for p in self.info["pairs"] if p["name"] == name)
@@ -149,9 +147,9 @@ class _SweepFolder:
         w.writeheader()
         for p in self.info["pairs"]:
             s = p.get("summary") or {}
-            w.writerow({"run": p["name"], "start_seed": p["start_seed"], "end_seed": p["end_seed"],
-                        "status": p["status"], "error": p["error"] or "",
-                        **{k: s.get(k, "") for k in SUMMARY_COLUMNS[4:8]}})
+            w.writerow({"run": p["name"], "algorithm": p.get("algorithm", self.info["spec"]["algorithm"]),
+                        "start_seed": p["start_seed"], "end_seed": p["end_seed"], "status": p["status"],
+                        "error": p["error"] or "", **{k: s.get(k, "") for k in SUMMARY_COLUMNS[5:9]}})
         write_atomic(self.out / "summary.csv", buf.getvalue().encode())
 
 
@@ -167,22 +165,17 @@ def _train_task(model: str, dataset: str, seed: int, path: str, recipe: str, thr
     return path
 
 
-def _pair_task(start: str, end: str, cfg_dict: dict, run_dir: str, threads: int, kill_at: str | None) -> dict:
-    """Run (or resume) one pair's search; a failure is returned, not raised (Ray retries only dead workers)."""
+def _pair_task(start: str, end: str, cfg_dict: dict, run_dir: str, threads: int, plugins: list[str]) -> dict:
+    """Run (or resume) one pair's search; a failure is returned, not raised (Ray retries only dead workers).
+    ``plugins``: the plugin files the sweep loaded (a plugin method runs in the worker too)."""
     import torch
 
     from . import SearchConfig, run_search, run_summary
+    from .plugins import load_plugins
     torch.set_num_threads(threads)
-    on_tick = None
-    if kill_at and kill_at.rsplit(":", 1)[0] == Path(run_dir).name:
-        marker, tick = Path(run_dir) / ".killed", int(kill_at.rsplit(":", 1)[1])
-
-        def on_tick(event):  # the test hook: die once, as a crashed worker would
-            if event.tick == tick and not marker.exists():
-                marker.touch()
-                os.kill(os.getpid(), signal.SIGKILL)
     try:
-        run = run_search(start, end, SearchConfig.from_dict(cfg_dict), run_dir, on_tick=on_tick, resume=True)
+        load_plugins(plugins)
+        run = run_search(start, end, SearchConfig.from_dict(cfg_dict), run_dir, resume=True)
     except Exception as e:  # noqa: BLE001  (recorded in sweep.json; the other pairs go on)
         return {"status": "failed", "error": str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"}
     summary = run_summary(run)
@@ -335,14 +328,15 @@ def _train_missing(ray, spec, mode_paths, cpus, gpus, threads, say) -> None:
 
 def _run_pairs(ray, spec, folder, mode_paths, workers, cpus, gpus, threads, say) -> None:
     todo = [p for p in folder.info["pairs"] if p["status"] != "finished"]
+    from .plugins import loaded_plugins
     task = ray.remote(_pair_task).options(**_options(cpus, gpus))
-    kill_at = os.environ.get(KILL_AT_ENV)
+    plugins = loaded_plugins()
     running: dict = {}
 
     def submit(p: dict) -> None:
         start, end = mode_paths[p["start_seed"]], mode_paths[p["end_seed"]]
-        ref = task.remote(str(start), str(end), pair_config(spec, p["name"]).to_dict(),
-                          str(folder.out / p["run"]), threads, kill_at)
+        cfg = pair_config(spec, p.get("pair", p["name"]), p.get("algorithm", spec.algorithm))
+        ref = task.remote(str(start), str(end), cfg.to_dict(), str(folder.out / p["run"]), threads, plugins)
         running[ref] = p["name"]
         folder.set(p["name"], status="running", error=None, start=str(start), end=str(end))
 

@@ -1,5 +1,3 @@
-"""Path methods beside LLPF: ``linear``, ``bezier`` and ``rebasin``, one module each.
-
-Each method turns the endpoints into a list of states along a path; ``common.run_method`` evaluates
-them and writes the run folder in the one path format (points/, path.csv, baseline.csv, run.json).
-"""
+"""Path methods: the registry (registry.py), the contract every method follows (base.py), and one module
+per built-in method: LLPF's searches (llpf.py; the algorithm itself in llpf_core/llpf/), linear, bezier
+and rebasin. Plugins register more the same way (docs/writing-a-method.md)."""

@@ -1,6 +1,11 @@
 """``linear``: the straight line from A to B as a path (no training)."""
-from .common import Context, MethodPath, line_states
+from ..config import CurveSpec
+from .base import Method, line_states
+from .registry import register_method
 
 
-def build(ctx: Context) -> MethodPath:
-    return MethodPath(line_states(ctx.a, ctx.b, ctx.cfg.curve.points))
+@register_method("linear", settings=CurveSpec, prefix="curve", preset_family="m2m",
+                 description="the straight line from the start to the end mode (no training)")
+class Linear(Method):
+    def path(self) -> list[dict]:
+        return line_states(self.ctx.a, self.ctx.b, self.ctx.settings.points)

@@ -7,9 +7,11 @@ permuted with their channels; the evaluator recomputes them along the path.
 """
 import torch
 
+from ..config import CurveSpec
 from ..errors import UserError
 from ..modefile import ModeMeta, now_iso, save_mode
-from .common import Context, MethodPath, line_states
+from .base import Method, line_states
+from .registry import register_method
 
 # group -> [(state key, axis, block)]: ``block`` consecutive entries of the axis per unit (flatten)
 Spec = dict[str, list[tuple[str, int, int]]]
@@ -144,12 +146,19 @@ def weight_matching(spec: Spec, a: dict[str, torch.Tensor], b: dict[str, torch.T
     return perms
 
 
-def build(ctx: Context) -> MethodPath:
-    spec = permutation_spec(ctx.meta.model, ctx.a)
-    perms = weight_matching(spec, ctx.a, ctx.b, seed=ctx.cfg.seed)
-    aligned = apply_permutation(spec, perms, ctx.b)
-    meta = ModeMeta(model=ctx.meta.model, model_kwargs=ctx.meta.model_kwargs, dataset=ctx.meta.dataset,
-                    seed=ctx.meta.seed, created=now_iso(),
-                    extra={"llpf.aligned_to": "start", "llpf.run": ctx.writer.path.name})
-    save_mode(ctx.writer.path / "aligned_end.safetensors", {k: v.contiguous() for k, v in aligned.items()}, meta)
-    return MethodPath(line_states(ctx.a, aligned, ctx.cfg.curve.points))
+@register_method("rebasin", settings=CurveSpec, prefix="curve", preset_family="m2m",
+                 description="weight matching (Git Re-Basin) aligns the end mode to the start, then the straight line")
+class Rebasin(Method):
+    @classmethod
+    def check(cls, start, end, cfg) -> None:
+        check_supported(start.meta.model)
+
+    def path(self) -> list[dict]:
+        ctx, meta = self.ctx, self.ctx.start.meta
+        spec = permutation_spec(meta.model, ctx.a)
+        perms = weight_matching(spec, ctx.a, ctx.b, seed=ctx.cfg.seed)
+        aligned = apply_permutation(spec, perms, ctx.b)
+        saved = ModeMeta(model=meta.model, model_kwargs=meta.model_kwargs, dataset=meta.dataset, seed=meta.seed,
+                         created=now_iso(), extra={"llpf.aligned_to": "start", "llpf.run": ctx.folder.name})
+        save_mode(ctx.folder / "aligned_end.safetensors", {k: v.contiguous() for k, v in aligned.items()}, saved)
+        return line_states(ctx.a, aligned, ctx.settings.points)
