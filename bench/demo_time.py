@@ -26,6 +26,7 @@ t0 = time.perf_counter()
 import llpf_core.cli as cli
 import llpf_core.commands as commands
 import llpf_core.connect as connect
+import llpf_core.driver as driver
 parts = {"import llpf_core and the commands (torch)": time.perf_counter() - t0}
 
 def timed(label, fn):
@@ -39,8 +40,9 @@ def timed(label, fn):
 
 commands.train_mode = timed("train two modes", commands.train_mode)
 commands.run_search = timed("search (300 ticks)", commands.run_search)
-connect._Search.__init__ = timed("  of which set-up (data, models)", connect._Search.__init__)
-connect._Search._begin = timed("  of which tick 0 and the baseline", connect._Search._begin)
+driver.Driver.__init__ = timed("  of which set-up (data, models)", driver.Driver.__init__)
+connect.LLPF.begin = timed("  of which tick 0 and the baseline", connect.LLPF.begin)
+driver.Driver._baseline = timed("  of which tick 0 and the baseline", driver.Driver._baseline)
 t = time.perf_counter()
 cli.main(sys.argv[1:])
 parts["demo command in all"] = time.perf_counter() - t

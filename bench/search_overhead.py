@@ -56,6 +56,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import llpf_core.connect as connect  # noqa: E402
+import llpf_core.driver as driver  # noqa: E402
 from llpf_core import (  # noqa: E402
     UserError,
     apply_overrides,
@@ -117,12 +118,13 @@ DEFAULT_CASES = {"cpu": ["mlp-digits-m2m", "lenet5-fashion-mnist-m2m", "resnet18
 
 # label: functions whose (outermost) calls count toward it
 TIMED = {
-    "set-up (data, models, tick 0, baseline)": [(connect._Search, "__init__"), (connect._Search, "_begin")],
+    "set-up (data, models, tick 0, baseline)": [(driver.Driver, "__init__"), (connect.LLPF, "begin"),
+                                                (driver.Driver, "_baseline")],
     "train steps": [(connect, "train_until")],
-    "move and variance correction": [(connect._Search, "_move"), (connect._Search, "_variance_targets"),
+    "move and variance correction": [(connect.LLPF, "_move"), (connect.LLPF, "_variance_targets"),
                                      (VarianceCorrection, "__call__")],
-    "distances for the metrics row": [(connect._Search, "_layer_distances")],
-    "evaluation (metrics, layers.csv)": [(Evaluator, "evaluate"), (connect._Search, "_layer_rows")],
+    "distances for the metrics row": [(connect.LLPF, "_layer_distances")],
+    "evaluation (metrics, layers.csv)": [(Evaluator, "evaluate"), (connect.LLPF, "layer_rows")],
     "continuity": [(Evaluator, "line")],
     "I/O (CSV, points, checkpoints, run.json)": [
         (RunWriter, "append"), (RunWriter, "flush"), (RunWriter, "save_point"), (RunWriter, "save_checkpoint"),

@@ -166,12 +166,11 @@ class Driver:
         while not m.done():
             prev = self._continuity_start()
             step = m.advance()
-            stopped = self.stop_event.is_set()
             if m.walks:
-                self._log(step, prev, force_eval=step.force_eval or stopped)
+                self._log(step, prev, force_eval=step.force_eval or self.stop_event.is_set())
             else:
                 self._progress(step)
-            if stopped:
+            if self.stop_event.is_set():  # also when set by on_tick
                 return self._end("stopped")
             if step.stopped_early:
                 return self._end("finished", stopped_early=step.stopped_early)

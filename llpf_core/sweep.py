@@ -87,12 +87,17 @@ def plan_sweep(model: str | None, dataset: str, pairs: int | None, seed: int = 1
 def pair_config(spec: SweepSpec, pair: str, algorithm: str | None = None):
     """The SearchConfig of one pair and method (default: the sweep's only one), from the one resolver:
     the preset, the method, --set, then that pair's own overrides."""
-    from . import resolve_config
+    from . import SearchConfig, get_method, resolve_config
     methods = algorithms_of(spec)
     if algorithm is None and len(methods) > 1:
         raise ValueError(f"the sweep runs {spec.algorithm}: name the method")
-    return resolve_config(spec.model, spec.dataset, algorithm or methods[0], preset=spec.preset or None,
-                          overrides=[*spec.overrides, *spec.pair_overrides.get(pair, [])]).config
+    algorithm = algorithm or methods[0]
+    # --set keys under another swept plugin method's own prefix (polychain.steps) are that method's only.
+    others = {get_method(m).prefix for m in methods if m != algorithm} - {get_method(algorithm).prefix} - \
+        set(SearchConfig.__dataclass_fields__)
+    overrides = [o for o in [*spec.overrides, *spec.pair_overrides.get(pair, [])]
+                 if o.partition("=")[0].split(".")[0] not in others]
+    return resolve_config(spec.model, spec.dataset, algorithm, preset=spec.preset or None, overrides=overrides).config
 
 
 def _pairs(spec: SweepSpec) -> list[tuple[str, int, int]]:

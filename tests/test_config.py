@@ -16,7 +16,7 @@ from llpf_core import (
     match_layers,
     validate,
 )
-from llpf_core.config import default_preset
+from llpf_core import default_preset
 
 
 def test_overrides_are_typed_and_nested():
@@ -50,7 +50,7 @@ def test_bad_overrides_are_user_errors(item, message):
 
 @pytest.mark.parametrize("change, message", [
     (dict(ticks=0), "ticks must be positive"),
-    (dict(algorithm="m3m"), "algorithm must be one of"),
+    (dict(algorithm="m3m"), "unknown algorithm .m3m.; choose one of: m2m, m2o"),
     (dict(eval_every=0), "eval_every must be positive"),
     (dict(checkpoint_every=-1), "checkpoint_every must be positive"),
     (dict(device="tpu"), "device must be"),

@@ -14,7 +14,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import llpf_core.connect
+import llpf_core.driver
+import llpf_core.llpf.kinds
 import llpf_core.train
 from llpf_core import (
     SearchConfig,
@@ -27,7 +28,6 @@ from llpf_core import (
     save_mode,
 )
 from llpf_core.device import apply_cuda_settings, out_of_memory, resolve_device
-from llpf_core.geometry import angle_conformal_lr, variance
 from llpf_core.modefile import ModeMeta
 from llpf_core.runfolder import RunWriter, read_run_json
 from tests.conftest import REPO, run_cli
@@ -156,7 +156,7 @@ def test_out_of_memory_during_set_up_is_one_line_and_writes_nothing(digits_modes
 
     out = tmp_path / "run"
     with monkeypatch.context() as m:
-        m.setattr(llpf_core.connect, "Evaluator", no_memory)
+        m.setattr(llpf_core.driver, "Evaluator", no_memory)
         with pytest.raises(UserError) as e:
             run_search(*digits_modes, short("mlp-digits-m2m", "ticks=3"), out)
     message = str(e.value)
@@ -174,7 +174,7 @@ def test_out_of_memory_during_a_resumed_set_up_leaves_the_run_as_it_was(digits_m
     def no_memory(*args, **kwargs):
         raise RuntimeError("CUDA error: out of memory")
 
-    monkeypatch.setattr(llpf_core.connect, "load_dataset", no_memory)
+    monkeypatch.setattr(llpf_core.driver, "load_dataset", no_memory)
     with pytest.raises(UserError, match="^out of memory: setting up the search"):
         run_search(None, None, None, out, resume=True)
     assert folder_snapshot(out) == before
@@ -265,21 +265,22 @@ def test_pause_lands_inside_a_long_tick_with_a_consistent_checkpoint(digits_mode
 
 # --- 5. M2O: one optimizer group -------------------------------------------------------------------------
 
-def per_group_sgd(params, lr):
-    """M2O's optimizer before issue 15: one SGD group per parameter."""
-    return torch.optim.SGD([{"params": [p]} for p in params], lr=lr)
+class PerGroupSGD(torch.optim.SGD):
+    """M2O's optimizer before issue 15: one SGD group per parameter, each angle-conformal rate set as its
+    group's lr (llpf-algorithm.md section 2, as the paper's code does)."""
 
+    def __init__(self, params, lr):
+        super().__init__([{"params": [p]} for p in params], lr=lr)
+        self.lr0 = lr
 
-def per_group_m2o_step(self, stage, phase):
-    """``_Search._step`` for M2O before issue 15: the angle-conformal rates set as each group's lr."""
-    with torch.no_grad():
-        self._move(stage, phase)
-        var_now = torch.stack([variance(x) for x in self.xs])
-        lrs = angle_conformal_lr(stage.train.lr, var_now, self.start_var.clamp_min(1e-30), self.cfg.lr_policy).tolist()
-        for group, name, lr, var0 in zip(self.optimizer.param_groups, self.names, lrs, (self.start_var > 0).tolist()):
-            if "weight" in name and name not in self.norm_names and var0:
-                group["lr"] = lr
-    return llpf_core.connect.train_until(self.model, self.optimizer, self.stream, stage.train, self.cfg.dtype)
+    @property
+    def scales(self):
+        return [g["lr"] / self.lr0 for g in self.param_groups]
+
+    @scales.setter
+    def scales(self, values):
+        for group, scale in zip(self.param_groups, values):
+            group["lr"] = self.lr0 * scale
 
 
 @pytest.mark.parametrize("end", ["origin", "mode"])
@@ -288,8 +289,7 @@ def test_m2o_with_one_optimizer_group_matches_one_group_per_parameter(digits_mod
     cfg = short("mlp-digits-m2o", "ticks=30", "algorithm=m2o", "phases.0.step_a=0.02", "train.loss_threshold=0.005")
     end = "origin" if end == "origin" else digits_modes[1]
     run = run_search(digits_modes[0], end, cfg, tmp_path / "one")
-    monkeypatch.setattr(llpf_core.connect, "PerParameterSGD", per_group_sgd)
-    monkeypatch.setattr(llpf_core.connect._Search, "_step", per_group_m2o_step)
+    monkeypatch.setattr(llpf_core.llpf.kinds, "PerParameterSGD", PerGroupSGD)
     reference = run_search(digits_modes[0], end, cfg, tmp_path / "per-group")
     a, b = run.metrics, reference.metrics
     assert list(a["iterations"]) == list(b["iterations"]) and (a["iterations"] > 5).any()
@@ -312,7 +312,7 @@ def cnn_modes(tmp_path):
     return modes
 
 
-def test_channels_last_gives_the_nchw_run_and_keeps_the_end_state_in_the_models_format(tmp_path):
+def test_channels_last_gives_the_nchw_run(tmp_path):
     a, b = cnn_modes(tmp_path)
     cfg = apply_overrides(load_preset("cnn-digits-m2m"), ["device=cpu", "ticks=8", "continuity.every=2",
                                                           "eval_every=2"])
@@ -323,12 +323,6 @@ def test_channels_last_gives_the_nchw_run_and_keeps_the_end_state_in_the_models_
     assert list(x["iterations"]) == list(y["iterations"])
     for column in ("distance", "train_loss", "test_loss", "continuity_max_loss"):
         assert np.allclose(x[column], y[column], rtol=1e-5, equal_nan=True), column
-
-    search = llpf_core.connect._Search(RunWriter(tmp_path / "unused"), dataclasses.replace(cfg, channels_last=True),
-                                       llpf_core.connect.load_mode(a), llpf_core.connect.load_mode(b), None, None, None)
-    four_d = [(n, v) for n, v in search.end_state.items() if v.dim() == 4]
-    assert four_d and all(v.is_contiguous(memory_format=torch.channels_last) for _, v in four_d)
-    assert all(x.is_contiguous(memory_format=torch.channels_last) for x in search.xs if x.dim() == 4)
 
 
 # --- 7. the CLI demo on the CPU ------------------------------------------------------------------------------
@@ -388,7 +382,8 @@ def test_cuda_settings_are_applied_on_cuda_only():
 
 def test_the_engine_imports_neither_streamlit_nor_ray():
     code = ("import llpf_core, sys\n"
-            "from llpf_core import connect, train, data, evaluate, modefile, runfolder, checks, commands, cli\n"
+            "from llpf_core import connect, driver, search, train, data, evaluate, modefile, runfolder, checks\n"
+            "from llpf_core import commands, cli\n"
             "llpf_core.run_search, llpf_core.load_preset\n"
             "print(' '.join(sys.modules))")
     loaded = set(subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,

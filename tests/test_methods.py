@@ -122,9 +122,10 @@ def test_a_stopped_bezier_run_resumes_from_its_checkpoint_as_if_never_stopped(tm
     whole = run_search(a, b, cfg, tmp_path / "whole")
     stop, save = threading.Event(), RunWriter.save_checkpoint
 
-    def save_then_stop(writer, tensors, info):  # Stop pressed right after the first checkpoint (step 20)
+    def save_then_stop(writer, tensors, info):  # Stop pressed right after the checkpoint at step 20
         save(writer, tensors, info)
-        stop.set()
+        if info["tick"] == 20:
+            stop.set()
 
     monkeypatch.setattr(RunWriter, "save_checkpoint", save_then_stop)
     cut = run_search(a, b, cfg, tmp_path / "cut", stop_event=stop)

@@ -11,7 +11,8 @@ import ray
 import torch
 
 from llpf_core import load_run, run_search
-from llpf_core.sweep import KILL_AT_ENV, _options, pair_config, plan_sweep, read_sweep, run_sweep
+from llpf_core.plugins import load_plugin
+from llpf_core.sweep import _options, pair_config, plan_sweep, read_sweep, run_sweep
 from tests.conftest import REPO, checkpoint_tick, run_cli
 
 FAST = ["ticks=20", "checkpoint_every=5", "save_every=10"]
@@ -44,8 +45,12 @@ def test_three_pairs_with_two_workers_equal_each_search_run_alone(tmp_path):
         assert summary.set_index("run").loc[p["name"], "barrier"] == pytest.approx(alone.info["summary"]["barrier"])
 
 
-def test_a_killed_worker_is_retried_and_resumes_its_pair_while_a_failing_pair_is_reported(tmp_path, monkeypatch):
-    monkeypatch.setenv(KILL_AT_ENV, "seed1-seed2:13")  # SIGKILLs the worker once, after the tick-10 checkpoint
+def test_a_killed_worker_is_retried_and_resumes_its_pair_while_a_failing_pair_is_reported(tmp_path):
+    # The fault comes from a test plugin, which the sweep loads in its workers as it does any plugin: the
+    # worker running seed1-seed2 SIGKILLs itself once at tick 13, after the tick-10 checkpoint.
+    load_plugin(str(REPO / "tests" / "plugins" / "kill_worker_once.py"))
+    (tmp_path / "sw" / "runs" / "seed1-seed2").mkdir(parents=True)
+    (tmp_path / "sw" / "runs" / "seed1-seed2" / ".kill-at").write_text("13")
     spec = plan_sweep("mlp", "digits", 2, 1, overrides=FAST, recipe="mlp-digits",
                       pair_overrides={"seed3-seed4": ["train.lr=1e6"]})
     result = run_sweep(tmp_path / "sw", spec, workers=2)
@@ -128,3 +133,53 @@ def test_a_folder_holding_another_sweep_or_another_models_modes_is_refused(tmp_p
     clash = run_cli("sweep", "--out", out, "--model", "lenet5", "--pairs", "1")
     assert clash.returncode == 2 and "is a mlp/digits mode of seed 1" in clash.stderr, clash.stderr
     assert clash.stderr.count("\n") == 1
+
+
+def test_a_sweep_runs_bezier_on_every_pair(tmp_path, digits_modes):
+    modes = [str(m.path) for m in digits_modes]
+    spec = plan_sweep(None, "digits", None, modes=modes, algorithm="bezier",
+                      overrides=["curve.steps=30", "curve.points=5"])
+    result = run_sweep(tmp_path / "sw", spec, workers=2)
+    assert result.exit_code == 0, result.pairs
+    summary = pd.read_csv(tmp_path / "sw" / "summary.csv")
+    assert summary[["run", "algorithm", "status"]].values.tolist() == [["seed1-seed2", "bezier", "finished"]]
+    run = load_run(tmp_path / "sw" / "runs" / "seed1-seed2")
+    assert run.info["summary"]["sgd_steps"] == 30 and list(run.metrics["tick"]) == [0, 1, 2, 3, 4]
+    assert summary["barrier"].iloc[0] == pytest.approx(run.info["summary"]["barrier"])
+
+
+def test_a_cli_sweep_of_several_methods_has_one_row_per_pair_and_method(tmp_path, digits_modes):
+    out = tmp_path / "sw"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    run_cli("sweep", "--out", out, "--modes", *[m.path for m in digits_modes], "--algorithm", "linear,rebasin,m2m",
+            "--set", "ticks=20", "--set", "curve.points=5", "--workers", "2", "--quiet", env=env, check=True)
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary[["run", "algorithm", "status"]].values.tolist() == [
+        ["seed1-seed2-linear", "linear", "finished"], ["seed1-seed2-rebasin", "rebasin", "finished"],
+        ["seed1-seed2-m2m", "m2m", "finished"]]
+    for name, points in (("linear", 5), ("rebasin", 5), ("m2m", 21)):
+        run = load_run(out / "runs" / f"seed1-seed2-{name}")
+        assert run.info["algorithm"] == name and len(run.metrics) == points and len(run.path_table)
+    # rebasin's path beats the straight line's barrier, which every method on the pair shares
+    barrier = summary["barrier"].iloc[0]
+    assert (summary["barrier"] == barrier).all()
+    assert summary.set_index("algorithm").loc["rebasin", "path_max_train_loss"] < barrier / 2
+
+
+def test_an_unknown_method_in_a_sweep_is_one_line_and_writes_nothing(tmp_path):
+    proc = run_cli("sweep", "--out", tmp_path / "sw", "--model", "mlp", "--pairs", "1", "--algorithm", "linear,m3m")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown algorithm 'm3m'" in proc.stderr
+    assert not (tmp_path / "sw").exists()
+
+
+def test_a_plugin_method_runs_in_the_sweeps_workers(tmp_path, digits_modes):
+    load_plugin(str(REPO / "examples" / "polychain.py"))  # as `sweep --plugin examples/polychain.py` does
+    spec = plan_sweep(None, "digits", None, modes=[str(m.path) for m in digits_modes], algorithm="polychain,linear",
+                      overrides=["polychain.steps=40", "polychain.points=5", "curve.points=5"])
+    result = run_sweep(tmp_path / "sw", spec, workers=2)
+    assert result.exit_code == 0, result.pairs
+    summary = pd.read_csv(tmp_path / "sw" / "summary.csv")
+    assert summary[["run", "algorithm", "status"]].values.tolist() == [
+        ["seed1-seed2-polychain", "polychain", "finished"], ["seed1-seed2-linear", "linear", "finished"]]
+    run = load_run(tmp_path / "sw" / "runs" / "seed1-seed2-polychain")
+    assert run.info["summary"]["sgd_steps"] == 40 and len(run.path_table) == 5

@@ -1,14 +1,15 @@
 """Methods: every run on one pair of endpoints overlaid by position along its path, with a cost table."""
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 import state
 import streamlit as st
-from llpf_core import PATH_METHODS, SearchConfig, UserError, default_preset, load_preset
+from llpf_core import UserError, get_method, list_methods, resolve_config
 
-COMPARED = ("linear", "bezier", "rebasin", "m2m")  # the methods one click runs on a pair
+# The methods one click runs on a pair: every registered one between two modes that works with any model's
+# defaults (not m2o, to_vs or cross_sphere, which need a preset of their own).
+COMPARED = [m for m in list_methods() if get_method(m).needs_end and not get_method(m).needs_preset]
 
 st.title("Methods side by side")
 runs = [r for r in (state.read_run(p) for p in state.run_dirs()) if r is not None and r.info.get("end")]
@@ -29,23 +30,13 @@ def _label(key: tuple) -> str:
 key = st.selectbox("Endpoints", list(pairs), format_func=_label, key="methods_pair")
 
 
-def _config(method: str, model: str, dataset: str) -> SearchConfig:
-    """Path methods take their defaults; an LLPF method the model's default preset."""
-    if method in PATH_METHODS:
-        return SearchConfig(algorithm=method)
-    preset = default_preset(model, dataset, method)
-    if preset is None:
-        raise UserError(f"no {method} preset for model {model!r}; start it on the Search page")
-    return replace(load_preset(preset), algorithm=method)
-
-
 def _run_missing(first, missing: list[str]) -> list[str]:
     """Start one background job per missing method on this pair (queued behind the job limit)."""
     from runner import unique_run_name
     start, end = first.info["start"], first.info["end"]
     names = []
     for method in missing:
-        cfg = _config(method, start["meta"]["model"], start["meta"]["dataset"])
+        cfg = resolve_config(start["meta"]["model"], start["meta"]["dataset"], method).config  # as the CLI's
         name = unique_run_name(state.runs_dir(), method, {j.name for j in state.registry().jobs()})
         state.registry().start_search(name, start["path"], end["path"], cfg, state.runs_dir() / name)
         names.append(name)

@@ -1,5 +1,8 @@
-"""Search: choose two modes, an algorithm and a preset, edit the layer order and settings, and start."""
-from dataclasses import replace
+"""Search: choose two modes, a path method and a preset, edit the layer order (LLPF) or the method's own
+settings, and start. The methods and their settings come from the method registry, the config from the
+one resolver (``resolve_config``), as in the CLI."""
+import json
+from dataclasses import fields, replace
 
 import confine
 import layer_order
@@ -9,18 +12,19 @@ import streamlit as st
 from runner import unique_run_name
 
 from llpf_core import (
-    ALGORITHMS,
     GENERIC_M2M,
     ORIGIN,
-    PATH_METHODS,
     ContinuitySpec,
     TrainSpec,
     UserError,
+    apply_overrides,
     check_compatible,
     default_preset,
-    generic_m2m,
+    get_method,
+    list_methods,
     list_presets,
-    load_preset,
+    method_settings,
+    resolve_config,
     validate,
 )
 
@@ -41,11 +45,10 @@ if not modes:
     st.stop()
 
 # --- what to connect ---------------------------------------------------------------------------------
-algorithm = st.radio("Algorithm", ALGORITHMS, horizontal=True, key="algorithm",
-                     help="m2m: mode to mode · m2o: shrink toward the origin (or onto the end's sphere) · "
-                          "to_vs: onto the end's variance sphere · cross_sphere: to_vs, then m2m · the comparison "
-                          "methods: linear (the straight line), bezier (a trained curve), rebasin (weight "
-                          "matching, then the straight line)")
+methods = list_methods()
+algorithm = st.radio("Algorithm", methods, horizontal=True, key="algorithm",
+                     help=" · ".join(f"{m}: {get_method(m).description}" for m in methods))
+method = get_method(algorithm)
 left, right = st.columns(2)  # start and end side by side; the preset and device below them
 start_name = left.selectbox("Start mode", list(modes), key="start_mode")
 start = modes[start_name]
@@ -53,14 +56,14 @@ start = modes[start_name]
 
 def compatible(name: str) -> bool:
     try:
-        check_compatible(start, modes[name], replace(load_preset("mlp-digits-m2m"), algorithm="m2m"))
+        check_compatible(start, modes[name], resolve_config(start.meta.model, start.meta.dataset, "m2m").config)
         return True
     except UserError:
         return False
 
 
 ends = [n for n in modes if n != start_name and compatible(n)]
-if algorithm == "m2o":
+if not method.needs_end:
     ends = [ORIGIN] + ends
 end_name = right.selectbox("End mode", ends, key="end_mode",
                            help="Only modes of the same model and dataset are offered.")
@@ -73,8 +76,8 @@ end = None if end_name == ORIGIN else modes[end_name]
 model, dataset = start.meta.model, start.meta.dataset
 presets = [p.name for p in list_presets() if p.model == model]
 fallback = default_preset(model, dataset, algorithm)
-generic = not presets and algorithm == "m2m"  # a model without presets (a plugin's): all layers, one phase
-if not generic and (not presets or fallback is None):
+generic = fallback is None and not method.needs_preset  # a model without presets (a plugin's): the generic M2M
+if fallback is None and not generic:
     st.error(f"No {algorithm} preset for model {model}; add one to assets/presets.")
     st.stop()
 preset = left.selectbox("Preset", [GENERIC_M2M] if generic else presets,
@@ -82,35 +85,43 @@ preset = left.selectbox("Preset", [GENERIC_M2M] if generic else presets,
                         key=f"preset_{model}_{dataset}_{algorithm}")
 device = right.selectbox("Device", ["auto", "cpu", "cuda"], key="device",
                          help="auto: the GPU when there is one, else the CPU")
-base = replace(generic_m2m() if generic else load_preset(preset), algorithm=algorithm, device=device)
-
-# --- the layer order (LLPF) or the curve (the comparison methods) ------------------------------------
-def curve_settings(base):
-    """The path methods' settings (``curve.*``): points along the path, and bezier's training of its bend."""
-    st.subheader("Path")
-    st.caption({"linear": "The straight line from the start to the end mode, evaluated at evenly spaced points.",
-                "bezier": "A quadratic Bezier curve whose bend is trained by SGD (Garipov et al. 2018), "
-                          "evaluated at evenly spaced points.",
-                "rebasin": "Git Re-Basin weight matching permutes the end mode's units to match the start, "
-                           "then the straight line to the permuted end."}[algorithm])
-    c = st.columns(5)
-    points = int(c[0].number_input("points along the path", value=base.curve.points, min_value=2,
-                                   key="curve_points", help="Evaluated and saved, both ends included"))
-    if algorithm != "bezier":
-        return replace(base.curve, points=points)
-    return replace(base.curve, points=points,
-                   steps=int(c[1].number_input("SGD steps", value=base.curve.steps, min_value=0, key="curve_steps")),
-                   lr=c[2].number_input("lr", value=base.curve.lr, min_value=1e-6, format="%.4f", key="curve_lr"),
-                   momentum=c[3].number_input("momentum", value=base.curve.momentum, min_value=0.0, max_value=0.99,
-                                              format="%.2f", key="curve_momentum"),
-                   batch_size=int(c[4].number_input("batch size", value=base.curve.batch_size, min_value=1,
-                                                    key="curve_batch_size")))
+try:
+    base = resolve_config(model, dataset, algorithm, preset=preset, to_origin=end is None, device=device).config
+except UserError as e:
+    st.error(str(e))
+    st.stop()
 
 
-path_method = algorithm in PATH_METHODS
+# --- the layer order (LLPF) or the method's own settings -----------------------------------------------
+def own_settings(base):
+    """The method's own settings (its registered dataclass, under its config prefix), one input each."""
+    st.subheader("Settings")
+    st.caption(method.description)
+    current = method_settings(base)
+    shown = [f for f in fields(current) if method.reads is None or f.name in method.reads]
+    overrides = []
+    for column, f in zip(st.columns(max(len(shown), 1)), shown):
+        value, key = getattr(current, f.name), f"{method.prefix}_{f.name}"
+        if isinstance(value, bool):
+            value = column.checkbox(f.name, value=value, key=key)
+        elif isinstance(value, int):
+            value = int(column.number_input(f.name, value=value, step=1, key=key))
+        elif isinstance(value, float):
+            value = column.number_input(f.name, value=value, format="%.4g", key=key)
+        else:
+            value = column.text_input(f.name, value=str(value), key=key)
+        overrides.append(f"{method.prefix}.{f.name}={json.dumps(value)}")
+    return apply_overrides(base, overrides)
+
+
+path_method = not method.walks
 issues = []
 if path_method:
-    base = replace(base, curve=curve_settings(base))
+    try:
+        base = own_settings(base)
+    except UserError as e:
+        issues = [str(e)]
+        st.error(str(e))
     phases, ticks = base.phases, base.ticks
 else:
     st.subheader("Layer order")

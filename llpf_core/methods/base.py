@@ -133,8 +133,11 @@ class Method:
 class TrainedCurve(Method):
     """A method that trains for ``total`` SGD steps and then returns its path (bezier, polychain).
 
-    A subclass sets itself up in ``__init__`` and supplies ``train_step`` (one step; returns the batch
-    loss as a tensor) and ``path``; ``state_dict``/``load_state_dict`` save the trained tensors."""
+    A subclass sets itself up in ``__init__``, with ``trained`` (the tensors it trains, by name) and
+    ``optimizer``, and supplies ``train_step`` (one step; returns the batch loss) and ``path``. Its
+    checkpoints hold ``trained`` and the optimizer's momentum (the driver adds the batches and RNG)."""
+    trained: dict[str, torch.Tensor]
+    optimizer: torch.optim.Optimizer
 
     def train_step(self) -> torch.Tensor:
         raise NotImplementedError
@@ -158,6 +161,28 @@ class TrainedCurve(Method):
 
     def sgd_steps(self) -> int:
         return self.progress
+
+    def _optimized(self) -> list[torch.Tensor]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def state_dict(self) -> tuple[dict, dict]:
+        tensors = {f"trained.{k}": v.detach() for k, v in self.trained.items()}
+        for i, p in enumerate(self._optimized()):
+            buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                tensors[f"momentum.{i}"] = buf
+        return tensors, {"step": self.progress, "steps": self.total}
+
+    def load_state_dict(self, tensors: dict, info: dict) -> None:
+        import torch
+        super().load_state_dict(tensors, info)
+        with torch.no_grad():
+            for k, v in self.trained.items():
+                v.copy_(tensors[f"trained.{k}"])
+        for i, p in enumerate(self._optimized()):
+            if f"momentum.{i}" in tensors:
+                self.optimizer.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].to(p.device).clone()
+        self.ctx.record(resumed_from_step=self.progress)
 
 
 def float_keys(state: dict[str, torch.Tensor]) -> list[str]:

@@ -2,8 +2,8 @@
 
 theta(t) = (1 - t)^2 A + 2 t (1 - t) C + t^2 B; C starts at the midpoint and is trained by SGD with
 one t ~ U(0, 1) drawn per batch. BatchNorm statistics are recomputed at each evaluated t by the evaluator.
-Its checkpoint holds the bend and SGD's momentum (the driver adds the batch stream and the random
-state), so a resumed run continues with the same batches and t as an uninterrupted one.
+Its checkpoint holds the bend and SGD's momentum (TrainedCurve; the driver adds the batch stream and the
+random state), so a resumed run continues with the same batches and t as an uninterrupted one.
 """
 import torch
 import torch.nn.functional as F
@@ -28,10 +28,11 @@ class Bezier(TrainedCurve):
         spec, a, b = ctx.settings, ctx.a, ctx.b
         self.params = {k for k, _ in build_model(ctx.start.meta.model, **ctx.start.meta.model_kwargs)
                        .named_parameters()}
-        self.bend = {k: ((a[k] + b[k]) / 2).clone().requires_grad_(k in self.params) for k in float_keys(a)}
-        self.trained = [v for k, v in self.bend.items() if k in self.params]
+        self.bend = self.trained = {k: ((a[k] + b[k]) / 2).clone().requires_grad_(k in self.params)
+                                    for k in float_keys(a)}
         self.model = build_model(ctx.start.meta.model, **ctx.start.meta.model_kwargs).to(ctx.device).train()
-        self.optimizer = torch.optim.SGD(self.trained, lr=spec.lr, momentum=spec.momentum)
+        self.optimizer = torch.optim.SGD([v for k, v in self.bend.items() if k in self.params], lr=spec.lr,
+                                         momentum=spec.momentum)
         self.stream = ctx.batches(spec.batch_size)
 
     @property
@@ -57,21 +58,3 @@ class Bezier(TrainedCurve):
                        (b[k] if t > 0.5 else a[k]) for k in a} for t in ts]
         states[-1] = dict(b)  # exactly B (the formula gives it up to rounding)
         return states
-
-    def state_dict(self) -> tuple[dict, dict]:
-        tensors = {f"bend.{k}": v.detach() for k, v in self.bend.items()}
-        for i, p in enumerate(self.trained):
-            buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
-                tensors[f"momentum.{i}"] = buf
-        return tensors, {"step": self.progress, "steps": self.total}
-
-    def load_state_dict(self, tensors: dict, info: dict) -> None:
-        super().load_state_dict(tensors, info)
-        with torch.no_grad():
-            for k, v in self.bend.items():
-                v.copy_(tensors[f"bend.{k}"])
-        for i, p in enumerate(self.trained):
-            if f"momentum.{i}" in tensors:
-                self.optimizer.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].to(p.device).clone()
-        self.ctx.record(resumed_from_step=self.progress)

@@ -146,7 +146,7 @@ def weight_matching(spec: Spec, a: dict[str, torch.Tensor], b: dict[str, torch.T
     return perms
 
 
-@register_method("rebasin", settings=CurveSpec, prefix="curve", preset_family="m2m",
+@register_method("rebasin", settings=CurveSpec, prefix="curve", preset_family="m2m", reads=("points",),
                  description="weight matching (Git Re-Basin) aligns the end mode to the start, then the straight line")
 class Rebasin(Method):
     @classmethod

@@ -33,14 +33,20 @@ class MethodInfo:
     preset_family: str | None = None  # "m2m" or "m2o": the presets it takes its defaults from
     needs_preset: bool = False  # no generic fallback: a model without a preset is refused
     plugin: dict | None = None  # the plugin file that registered it ({"path", "sha256"})
+    reads: tuple[str, ...] | None = None  # the settings it reads, where it shares its settings (None: all)
+
+    @property
+    def walks(self) -> bool:
+        """An LLPF-like method: a path point after every unit of work, configured by phases (a layer order)."""
+        return bool(getattr(self.build, "walks", False))
 
 
 _METHODS: dict[str, MethodInfo] = {}
 
 
 def register_method(name: str, *, description: str, settings: type | None = None, prefix: str | None = None,
-                    needs_end: bool = True, preset_family: str | None = None,
-                    needs_preset: bool = False) -> Callable:
+                    needs_end: bool = True, preset_family: str | None = None, needs_preset: bool = False,
+                    reads: tuple[str, ...] | None = None) -> Callable:
     """Decorator: register a ``Method`` class (or any ``build(ctx)`` callable) as path method ``name``.
 
     ``settings`` is a dataclass of the method's own settings; they live in the run's config under
@@ -55,7 +61,7 @@ def register_method(name: str, *, description: str, settings: type | None = None
             raise ValueError(f"method {name!r} is already registered")
         chosen_prefix = prefix or (name if settings is not None else None)
         _METHODS[name] = MethodInfo(name, description, build, settings, chosen_prefix, needs_end, preset_family,
-                                    needs_preset, plugin)
+                                    needs_preset, plugin, reads)
         return build
     return decorator
 
