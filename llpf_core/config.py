@@ -103,14 +103,19 @@ class SearchConfig:
         return {**data, **plugin_settings}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SearchConfig":
+    def from_dict(cls, data: dict, plugins_loaded: bool = True) -> "SearchConfig":
+        """``plugins_loaded=False`` (reading a finished run): a plugin method's settings whose plugin is not
+        loaded are kept as they are, unchecked."""
         if not isinstance(data, dict):
             raise UserError(f"config must be an object, got {data!r}")
         names = {f.name for f in dataclasses.fields(cls)} - {"plugin_settings"}
         extra = {k: v for k, v in data.items() if k not in names}
         cfg = _from_dict(cls, {k: v for k, v in data.items() if k in names}, "")
         if extra:
-            cfg.plugin_settings = {k: dataclasses.asdict(_plugin_settings(k, v)) for k, v in extra.items()}
+            from .methods.registry import settings_prefixes
+            known = settings_prefixes()
+            cfg.plugin_settings = {k: v if not plugins_loaded and k not in known and isinstance(v, dict)
+                                   else dataclasses.asdict(_plugin_settings(k, v)) for k, v in extra.items()}
         return cfg
 
 

@@ -218,7 +218,7 @@ class Run:
 
     @property
     def config(self) -> SearchConfig:
-        return SearchConfig.from_dict(self.info["config"])
+        return SearchConfig.from_dict(self.info["config"], plugins_loaded=False)
 
     def _table(self, name: str, columns: list[str]) -> pd.DataFrame:
         path = self.path / f"{name}.csv"
