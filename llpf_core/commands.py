@@ -120,6 +120,8 @@ def cmd_connect(args) -> int:
                                   overrides=args.set or [], to_origin=end == ORIGIN, ticks=args.ticks,
                                   seed=args.seed, device=_device(args))
         cfg, preset = resolved.config, resolved.preset
+        if resolved.warning:
+            warn(resolved.warning)
     stop = threading.Event()
     bar = None
 

@@ -8,7 +8,6 @@ then the method's name and its own settings' defaults, the explicit fields, and 
 from dataclasses import dataclass, replace
 
 from .config import SearchConfig, apply_overrides, validate, with_method_settings
-from .device import warn
 from .errors import UserError
 from .methods.registry import get_method
 from .presets import GENERIC_M2M, default_preset, generic_m2m, load_preset, preset_info
@@ -18,6 +17,7 @@ from .presets import GENERIC_M2M, default_preset, generic_m2m, load_preset, pres
 class Resolved:
     config: SearchConfig
     preset: str  # the preset used, or GENERIC_M2M
+    warning: str | None = None  # e.g. the preset was tuned for another dataset (the caller shows it)
 
 
 def resolve_config(model: str, dataset: str, algorithm: str | None = None, *, preset: str | None = None,
@@ -30,7 +30,7 @@ def resolve_config(model: str, dataset: str, algorithm: str | None = None, *, pr
     info = get_method(algorithm)
     if to_origin and info.needs_end:
         raise UserError(f"algorithm {algorithm} needs an end mode, not 'origin'")
-    name = preset or default_preset(model, dataset, algorithm)
+    name, warning = preset or default_preset(model, dataset, algorithm), None
     if name is None and info.needs_preset:
         raise UserError(f"no {algorithm} preset for model {model!r}; pass --preset NAME (see `presets`)")
     if name is None or name == GENERIC_M2M:  # a model without presets: the generic one-phase M2M
@@ -40,10 +40,10 @@ def resolve_config(model: str, dataset: str, algorithm: str | None = None, *, pr
         if chosen.model != model:
             raise UserError(f"preset {name} is for model {chosen.model!r}, but the modes are {model!r}")
         if chosen.dataset != dataset:
-            warn(f"preset {name} was tuned for {chosen.dataset}, the modes were trained on {dataset}")
+            warning = f"preset {name} was tuned for {chosen.dataset}, the modes were trained on {dataset}"
         cfg = load_preset(name)
     cfg = with_method_settings(replace(cfg, algorithm=algorithm))
     given = {k: v for k, v in fields.items() if v is not None}
     cfg = apply_overrides(replace(cfg, **given), list(overrides))
     validate(cfg)
-    return Resolved(cfg, name)
+    return Resolved(cfg, name, warning)

@@ -152,13 +152,12 @@ def test_the_search_page_offers_the_plugin_method_and_its_own_settings(tmp_path,
     assert "polychain" in at.radio(key="algorithm").options
     at.radio(key="algorithm").set_value("polychain").run()
     assert not at.exception and not at.error and not at.data_editor
-    at.number_input(key="polychain_steps").set_value(50).run()
-    at.number_input(key="polychain_points").set_value(7).run()
+    for setting, value in (("steps", 50), ("points", 7)):  # one input per field of PolychainSettings
+        at.number_input(key=f"polychain_{setting}").set_value(value).run()
     at.text_input(key="run_name").input("chain").run()
     at.button(key="start_search").click().run()
-    assert not at.exception
     job = state.registry().wait("chain", 300)
-    assert job is not None and job.status == "finished", job
+    assert not at.exception and job is not None and job.status == "finished", job
     run = load_run(tmp_path / "runs" / "chain")
     assert run.info["algorithm"] == "polychain" and run.info["summary"]["sgd_steps"] == 50
     assert len(run.metrics) == 7 and run.config.plugin_settings["polychain"]["points"] == 7
@@ -181,3 +180,23 @@ def test_a_run_json_config_round_trips_with_the_plugins_settings(digits_modes):
     again = SearchConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg and again.to_dict()["polychain"]["lr"] == 0.01
     assert "polychain" not in load_preset("mlp-digits-m2m").to_dict()
+
+
+def test_explore_and_compare_list_runs_of_every_method(tmp_path, digits_modes, monkeypatch):
+    sys.path.insert(0, str(REPO / "app"))
+    base = resolve_config("mlp", "digits", "m2m", overrides=["ticks=10"], device="cpu").config
+    for algorithm, extra in (("linear", {}), ("bezier", {"steps": 20}), ("rebasin", {})):
+        cfg = resolve_config("mlp", "digits", algorithm, overrides=["curve.points=5"] +
+                             [f"curve.{k}={v}" for k, v in extra.items()], device="cpu").config
+        run_search(*digits_modes, cfg, tmp_path / "runs" / algorithm)
+    run_search(*digits_modes, base, tmp_path / "runs" / "m2m")
+    monkeypatch.setenv("LLPF_HOME", str(tmp_path))
+    at = AppTest.from_file(str(REPO / "app" / "views" / "explore.py"), default_timeout=60).run()
+    assert not at.exception
+    assert sorted(at.selectbox(key="explore_run").options) == ["bezier (finished)", "linear (finished)",
+                                                               "m2m (finished)", "rebasin (finished)"]
+    at.selectbox(key="explore_run").set_value("bezier").run()
+    assert not at.exception and at.select_slider(key="explore_tick_bezier").options == ["0", "1", "2", "3", "4"]
+    at = AppTest.from_file(str(REPO / "app" / "views" / "compare.py"), default_timeout=60).run()
+    assert not at.exception and sorted(at.multiselect(key="compare_runs").options) == [
+        "bezier", "linear", "m2m", "rebasin"]

@@ -86,10 +86,13 @@ preset = left.selectbox("Preset", [GENERIC_M2M] if generic else presets,
 device = right.selectbox("Device", ["auto", "cpu", "cuda"], key="device",
                          help="auto: the GPU when there is one, else the CPU")
 try:
-    base = resolve_config(model, dataset, algorithm, preset=preset, to_origin=end is None, device=device).config
+    resolved = resolve_config(model, dataset, algorithm, preset=preset, to_origin=end is None, device=device)
 except UserError as e:
     st.error(str(e))
     st.stop()
+base = resolved.config
+if resolved.warning:
+    st.caption(resolved.warning)
 
 
 # --- the layer order (LLPF) or the method's own settings -----------------------------------------------
