@@ -24,8 +24,9 @@ from .flow import match_layers, norm_layer_names
 from .geometry import VarianceCorrection, angle_conformal_lr, distances, geodesic, move_, variance
 from .modefile import Mode, ModeMeta, load_mode, versions
 from .pathfile import llpf_path
+from .readers import check_schema, checkpoint_errors, set_cuda_rng, set_torch_rng
 from .registry import build_model
-from .runfolder import Run, RunWriter, load_run, read_run_json
+from .runfolder import CHECKPOINT_FILE, Run, RunWriter, load_run, read_run_json
 from .thresholds import endpoint_train_loss, threshold_record
 from .train import BatchStream, PerParameterSGD, train_until
 
@@ -197,8 +198,11 @@ def run_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
                        "start": _endpoint(start_mode), "end": _endpoint(end_mode),
                        "config": cfg.to_dict(), "loss_thresholds": search.threshold_records,
                        "device_used": str(search.device), "versions": versions()})
+    if checkpoint is not None:  # before anything is written, so that a damaged checkpoint changes nothing
+        with checkpoint_errors(out_dir / CHECKPOINT_FILE):
+            search.restore(*checkpoint)
     try:
-        search.run(checkpoint)
+        search.run(resumed=checkpoint is not None)
     except BaseException as e:
         oom = out_of_memory(e, f"searching on {search.device}: {_OOM_HINT}")
         try:
@@ -217,6 +221,8 @@ def run_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
     return load_run(out_dir)
 
 
+CHECKPOINT_INFO = {"tick": int, "stage_index": int, "stage_start": int, "phase_index": int, "stream_pos": int,
+                   "dist0": float, "wall_s": float}
 _OOM_HINT = ("start a new run with smaller settings, e.g. --set train.batch_size=N (also eval_samples, "
              "continuity.samples); --resume keeps the stored config")
 
@@ -328,14 +334,12 @@ class _Search:
 
     # --- the loop --------------------------------------------------------------------------------
 
-    def run(self, checkpoint: tuple[dict[str, torch.Tensor], dict] | None) -> None:
-        """From the start, or from ``checkpoint`` (the run folder's, read by run_search)."""
+    def run(self, resumed: bool) -> None:
+        """From the start, or from the checkpoint ``restore`` loaded."""
         self.t0 = time.perf_counter()
-        if checkpoint is None:
+        if not resumed:
             self.writer.truncate_after(-1)  # a run killed before its first checkpoint starts over
             self._begin()
-        else:
-            self._restore(*checkpoint)
         self.writer.update(status="running", error=None, device_used=str(self.device))
         while not self._finished():
             stage = self.stages[self.stage_index]
@@ -712,7 +716,8 @@ class _Search:
                 "rolling_window": []}  # each tick starts a fresh window, so it is empty between ticks
         self.writer.save_checkpoint(tensors, info)
 
-    def _restore(self, tensors: dict[str, torch.Tensor], info: dict) -> None:
+    def restore(self, tensors: dict[str, torch.Tensor], info: dict) -> None:
+        check_schema(info, CHECKPOINT_INFO, self.writer.path / CHECKPOINT_FILE, where="llpf.checkpoint")
         self.tick, self.stage_index, self.stage_start = info["tick"], info["stage_index"], info["stage_start"]
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("state/")})
         self._begin_stage()
@@ -721,9 +726,10 @@ class _Search:
         self.start_var = torch.stack([tensors[f"start_var/{n}"] for n in self.names]).to(self.device)
         self.target_var = torch.stack([tensors[f"target_var/{n}"] for n in self.names]).to(self.device)
         self.conformal = None  # from the restored start variances, not those _begin_stage measured
-        torch.set_rng_state(tensors["torch_rng"])
+        path = self.writer.path / CHECKPOINT_FILE
+        set_torch_rng(tensors["torch_rng"], path, "torch_rng")
         if "cuda_rng" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
+            set_cuda_rng(tensors["cuda_rng"], self.device, path, "cuda_rng")
         if info["phase_index"] >= 0:
             self._begin_phase(info["phase_index"], tensors["c_len"].to(self.device))
         self.dist0, self.layer_dist0 = info["dist0"], tensors["layer_dist0"].to(self.device)

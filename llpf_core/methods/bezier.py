@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from ..readers import checkpoint_errors, set_torch_rng
 from ..registry import build_model
+from ..runfolder import CHECKPOINT_FILE
 from ..train import BatchStream
 from .common import Context, MethodPath, float_keys
 
@@ -32,7 +34,8 @@ def build(ctx: Context) -> MethodPath:
     generator = torch.Generator(ctx.device).manual_seed(cfg.seed)
     stream = BatchStream(ctx.train_data, spec.batch_size, generator)
     torch.manual_seed(cfg.seed)
-    steps = _restore(ctx, bend, trained, optimizer, stream)
+    with checkpoint_errors(ctx.writer.path / CHECKPOINT_FILE):
+        steps = _restore(ctx, bend, trained, optimizer, stream)
     while steps < spec.steps:
         if ctx.stop_event.is_set():
             _checkpoint(ctx, steps, bend, trained, optimizer, stream)
@@ -80,6 +83,6 @@ def _restore(ctx: Context, bend: dict, trained: list, optimizer, stream: BatchSt
         if f"momentum.{i}" in tensors:
             optimizer.state[p]["momentum_buffer"] = tensors[f"momentum.{i}"].to(p.device).clone()
     stream.load_state_dict({"perm": tensors["stream.perm"], "pos": info["stream_pos"], "rng": tensors["stream.rng"]})
-    torch.set_rng_state(tensors["torch.rng"])
+    set_torch_rng(tensors["torch.rng"], ctx.writer.path / CHECKPOINT_FILE, "torch.rng")
     ctx.writer.update(resumed_from_step=int(info["step"]))
     return int(info["step"])
