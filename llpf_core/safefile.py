@@ -85,6 +85,35 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     write_atomic(path, safetensors_bytes(cpu, metadata=metadata))
 
 
+def read_header(path: str | os.PathLike, what: str = "file",
+                fix: str | None = None) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """A safetensors file's metadata and its tensors' shapes, from the header alone (no tensor is loaded)."""
+    path = _readable(path, what)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for bad files
+        raise _invalid(path, what, e, fix or PICKLE_HINT) from None
+    return metadata, shapes
+
+
+def _readable(path: str | os.PathLike, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} {'is not a regular file' if path.exists() else 'does not exist'}")
+    try:
+        open(path, "rb").close()  # an unreadable file is not a corrupt one
+    except OSError as e:
+        raise os_error(e, f"read {what}", path) from None
+    return path
+
+
+def _invalid(path: Path, what: str, e: Exception, fix: str) -> UserError:
+    return UserError(f"{path} is not a valid safetensors {what} ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else 'unreadable'}); {fix}")
+
+
 PICKLE_HINT = "it may be truncated, corrupt or a pickle (.pt), which LLPF never loads"
 
 
@@ -94,20 +123,13 @@ def read_tensors(path: str | os.PathLike, what: str = "file",
 
     safetensors parses a JSON header and raw buffers only, so no code in the file can run.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} {path} {'is not a regular file' if path.exists() else 'does not exist'}")
-    try:
-        open(path, "rb").close()  # an unreadable file is not a corrupt one
-    except OSError as e:
-        raise os_error(e, f"read {what}", path) from None
+    path = _readable(path, what)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises several types for bad files
-        raise UserError(f"{path} is not a valid safetensors {what} ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else 'unreadable'}); {fix}") from None
+        raise _invalid(path, what, e, fix) from None
     if DIGEST_KEY in metadata and tensor_digest(tensors, metadata) != metadata[DIGEST_KEY]:
         raise UserError(f"{path} is damaged (its content does not match the checksum it was written with); "
                         f"it cannot be used: start a new run (or restore the file from a backup)")
