@@ -122,7 +122,12 @@ def read_csv(path: str | os.PathLike, columns: list[str], *, text: tuple[str, ..
         content = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise damaged(path, f"not UTF-8 text: {_first_line(e)}", fix) from None
-    content = content[:content.rfind("\n") + 1]
+    return parse_csv(content[:content.rfind("\n") + 1], path, columns, text=text, required=required, fix=fix)
+
+
+def parse_csv(content: str, path: str | os.PathLike, columns: list[str], *, text: tuple[str, ...] = (),
+              required: tuple[str, ...] = (), fix: str = RESTART) -> pd.DataFrame:
+    """``read_csv`` for the text of ``path`` already read (whole lines)."""
     if not content:
         return pd.DataFrame(columns=columns)
     if "\0" in content:

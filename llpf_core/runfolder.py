@@ -20,8 +20,8 @@ import torch
 from .config import SearchConfig
 from .errors import UserError
 from .modefile import Mode, load_mode, now_iso
-from .readers import RESTART, check_schema, damaged, generator_state, parse_json, read_csv, read_json
-from .safefile import TMP_SUFFIX, os_error, read_tensors, save_tensors, write_atomic, write_json
+from .readers import RESTART, check_schema, damaged, generator_state, parse_csv, parse_json, read_csv, read_json
+from .safefile import DIGEST_KEY, TMP_SUFFIX, os_error, read_header, read_tensors, save_tensors, write_atomic, write_json
 
 RUN_FORMAT = "run/1"
 METRICS_COLUMNS = ["tick", "stage", "phase", "iterations", "train_loss_rolling", "train_acc_rolling",
@@ -135,7 +135,12 @@ class RunWriter:
                 continue
             # A torn last line (no newline: killed mid-write) is dropped with the rows after the tick.
             kept[path] = [lines[0]] + [ln for ln in lines[1:] if ln.endswith("\n") and _row_tick(ln, path) <= tick]
+            parse_csv("".join(kept[path]), path, TABLES[table], text=TEXT_COLUMNS.get(table, ()),
+                      required=REQUIRED_COLUMNS.get(table, ()))
         points = [p for p in (self.path / "points").glob("[0-9]*.safetensors") if p.stem.isdigit()]
+        for point in points:  # the points kept make the path at the end: a damaged one fails now, not then
+            if int(point.stem) <= tick:
+                read_header(point, "point file", f"it is damaged; {RESTART}")
         for path, lines in kept.items():
             write_atomic(path, "".join(lines).encode())
         for point in points:
@@ -219,6 +224,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     tensors, meta = read_tensors(path, "checkpoint", f"it is damaged; {RESTART}")
     if "llpf.checkpoint" not in meta:
         raise damaged(path, "its metadata lacks llpf.checkpoint", RESTART)
+    unknown = sorted(set(meta) - {"llpf.checkpoint", DIGEST_KEY})  # e.g. a checksum's key with a flipped bit
+    if unknown:
+        raise damaged(path, f"its metadata has the unknown key {unknown[0][:40]!r}", RESTART)
     info = parse_json(meta["llpf.checkpoint"], path, "llpf.checkpoint")
     check_schema(info, {"device_type?": str}, path, where="llpf.checkpoint")
     device_type = info.get("device_type")  # absent in checkpoints from before it was recorded
