@@ -45,21 +45,22 @@ def check_kwargs(kwargs, what: str) -> dict:
             return
         if isinstance(v, int):
             if abs(v) >= MAX_INT:
-                raise UserError(f"{what}: model kwarg {key} = {str(v)[:20]} is out of range (|value| < 2**31)")
+                raise UserError(f"{what}: model kwarg {key!r} = {str(v)[:20]} is out of range (|value| < 2**31)")
         elif isinstance(v, float):
             if v != v or v in (float("inf"), float("-inf")):
-                raise UserError(f"{what}: model kwarg {key} is {v}, not a finite number")
+                raise UserError(f"{what}: model kwarg {key!r} is {v}, not a finite number")
         elif isinstance(v, str):
             if len(v) > MAX_TEXT:
-                raise UserError(f"{what}: model kwarg {key} is a string of {len(v)} characters (at most {MAX_TEXT})")
+                raise UserError(f"{what}: model kwarg {key!r} is a string of {len(v)} characters (at most {MAX_TEXT})")
         else:
-            raise UserError(f"{what}: model kwarg {key} is a {type(v).__name__}; kwargs hold numbers, strings, "
+            raise UserError(f"{what}: model kwarg {key!r} is a {type(v).__name__}; kwargs hold numbers, strings, "
                             f"booleans or lists of them")
 
     for key, value in kwargs.items():
+        key = key[:40]
         if isinstance(value, list):
             if len(value) > MAX_LIST:
-                raise UserError(f"{what}: model kwarg {key} lists {len(value)} values (at most {MAX_LIST})")
+                raise UserError(f"{what}: model kwarg {key!r} lists {len(value)} values (at most {MAX_LIST})")
             for i, v in enumerate(value):
                 scalar(f"{key}[{i}]", v)
         else:
@@ -70,12 +71,12 @@ def check_kwargs(kwargs, what: str) -> dict:
 def meta_model(name: str, kwargs: dict, what: str) -> nn.Module:
     """The model built on the meta device (no storage) after ``check_kwargs``, within the budget."""
     check_kwargs(kwargs, what)
-    model_builder(name)  # imports the zoo family outside the meta device; an unknown name is one line
     try:
+        model_builder(name)  # imports the zoo family outside the meta device
         with torch.device("meta"):
             model = build_model(name, **kwargs)
     except UserError as e:
-        raise UserError(f"{what}: {e}") from None
+        raise UserError(f"{what}: {str(e).splitlines()[0]}") from None
     except Exception as e:  # noqa: BLE001  (the builder is code; any failure here means the kwargs don't fit)
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise UserError(f"{what}: model {name!r} cannot be built with kwargs {_short(kwargs)} "

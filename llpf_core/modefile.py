@@ -121,7 +121,7 @@ def load_mode(path: str | os.PathLike, what: str = "mode file") -> Mode:
     meta = ModeMeta.from_metadata(metadata, path)
     if "llpf.plugin" in meta.extra and meta.model not in list_models():
         plugin = _json_object(meta.extra, "llpf.plugin", path)
-        if not all(isinstance(plugin.get(k), str) for k in ("path", "sha256")):
+        if not all(isinstance(plugin.get(k), str) and plugin[k].isprintable() for k in ("path", "sha256")):
             raise UserError(f"{path} has malformed llpf metadata (llpf.plugin lacks its path or sha256); "
                             f"re-create the file")
         raise UserError(f"{path}: model {meta.model!r} comes from the plugin {plugin['path'][:200]} (sha256 "

@@ -79,7 +79,8 @@ def build_model(name: str, **kwargs) -> nn.Module:
     try:
         model = builder(**_accepted(builder, kwargs))
     except TypeError as e:
-        raise UserError(f"bad arguments for model {name!r}: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"bad arguments for model {name!r}: {first}") from None
     if not hasattr(model, "input_shape") and "in_channels" in kwargs and "image_size" in kwargs:
         model.input_shape = (kwargs["in_channels"], kwargs["image_size"], kwargs["image_size"])
     return model
