@@ -38,7 +38,7 @@ REQUIRED_COLUMNS = {"metrics": ("tick",), "layers": ("tick", "layer"), "continui
                     "path": ("index", "tick", "position"), "baseline": ("alpha",)}
 _ENDPOINT = {"path": (str, None), "sha256": (str, None), "meta": {"model": str, "model_kwargs": dict, "dataset": str}}
 RUN_SCHEMA = {"format": str, "name": str, "status": str, "algorithm": str, "start": _ENDPOINT,
-              "end": (None, _ENDPOINT), "config": dict, "error?": (str, None), "device_used?": str,
+              "end": (None, _ENDPOINT), "config": dict, "error?": (str, None), "device_used": str,
               "loss_thresholds?": dict, "summary?": (dict, None), "path_length?": (float, None),
               "sgd_steps?": (int, None), "wall_s?": (float, None), "stopped_early?": (str, None),
               "sphere?": (None, {"stage": str, "ticks": int, "reached": bool, "note?": (str, None)})}

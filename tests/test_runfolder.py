@@ -8,7 +8,7 @@ from llpf_core.runfolder import FLUSH_S, RunWriter
 
 
 # What run.json holds for any run (a reader refuses one without these).
-INFO = {"name": "run", "algorithm": "m2m", "config": {},
+INFO = {"name": "run", "algorithm": "m2m", "config": {}, "device_used": "cpu",
         "start": {"path": None, "sha256": None, "meta": {"model": "mlp", "model_kwargs": {}, "dataset": "digits"}},
         "end": None}
 
