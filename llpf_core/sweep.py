@@ -109,7 +109,7 @@ def _pairs(spec: SweepSpec) -> list[tuple[str, int, int]]:
 SWEEP_SCHEMA = {"format": str, "status": str,
                 "spec": {"model": str, "dataset": str, "seeds": [int], "preset": str, "algorithm": str,
                          "overrides?": [str], "recipe?": str, "modes?": [str], "pair_overrides?": dict},
-                "pairs": [{"name": str, "start_seed": int, "end_seed": int, "status": str, "error?": (str, None),
+                "pairs": [{"name": str, "start_seed": int, "end_seed": int, "status": str, "error": (str, None),
                            "run": str, "summary?": (dict, None)}]}
 
 
@@ -130,7 +130,12 @@ def read_sweep(out: str | Path) -> dict:
         raise damaged(file, f"spec has the unknown key {unknown[0][:40]!r}", fix)
     for name, overrides in info["spec"].get("pair_overrides", {}).items():
         check_schema(overrides, [str], file, fix, f"spec.pair_overrides.{name}")
-    for pair in info["pairs"]:  # a pair's run folder is inside the sweep folder
+    seeds = info["spec"]["seeds"]
+    if len(seeds) < 2 or len(seeds) % 2:
+        raise damaged(file, f"spec.seeds lists {len(seeds)} seeds, not pairs of them", fix)
+    for pair in info["pairs"]:  # each pair's seeds are the spec's; its run folder is inside the sweep folder
+        if pair["start_seed"] not in seeds or pair["end_seed"] not in seeds:
+            raise damaged(file, f"pair {pair['name'][:40]!r} has seeds the spec does not list", fix)
         run = Path(pair["run"])
         if run.is_absolute() or ".." in run.parts or not run.parts:
             raise damaged(file, f"pair {pair['name'][:40]!r} names the run folder {pair['run'][:60]!r}, outside the "
