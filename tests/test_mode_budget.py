@@ -160,3 +160,16 @@ def test_fuzzed_metadata_is_one_line_or_a_clean_load_and_never_allocates_beyond_
     assert result["loaded"] >= 1 and result["refused"] >= 6, result
     # The file's tensors are 36 KB; before the check, {"hidden": [20000, 20000]} alone took 1.6 GB more.
     assert result["peak_growth_mb"] < 100, result
+
+
+def test_a_dashboard_upload_of_a_huge_model_is_one_line_and_leaves_the_folder_empty(base, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "app"))  # as `streamlit run app/Home.py` does for the app's modules
+    from uploads import save_upload
+    huge = tmp_path / "huge.safetensors"
+    write_mode(huge, base, **{"llpf.model_kwargs": json.dumps({"hidden": [100000, 100000]})})
+    modes = tmp_path / "modes"
+    with pytest.raises(UserError) as e:
+        save_upload(huge.read_bytes(), "huge.safetensors", modes)
+    message = str(e.value)
+    assert "\n" not in message and "more than the limit" in message and "huge.safetensors" in message, message
+    assert list(modes.iterdir()) == []
