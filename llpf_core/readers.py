@@ -174,11 +174,6 @@ def generator_state(state, device_type: str, path: str | os.PathLike, key: str) 
     return state
 
 
-def set_generator_state(generator: torch.Generator, state, path: str | os.PathLike, key: str) -> None:
-    """``generator.set_state`` for a checkpoint's tensor, checked first (see ``generator_state``)."""
-    generator.set_state(generator_state(state, generator.device.type, path, key))
-
-
 def set_torch_rng(state, path: str | os.PathLike, key: str) -> None:
     """``torch.set_rng_state`` (the CPU's global generator) for a checkpoint's tensor, checked first."""
     torch.set_rng_state(generator_state(state, "cpu", path, key))
