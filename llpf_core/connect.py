@@ -13,9 +13,14 @@ from .geometry import VarianceCorrection, angle_conformal_lr, distances, geodesi
 from .llpf.schedule import Stage, plan, train_specs
 from .methods.base import Method, MethodContext, Step
 from .modefile import Mode
+from .readers import check_schema
 from .registry import build_model
+from .runfolder import CHECKPOINT_FILE
 from .thresholds import endpoint_train_loss, threshold_record
 from .train import TickTraining, train_until
+
+# The LLPF state a checkpoint's info holds, checked before it is used (the driver checks its own keys).
+CHECKPOINT_INFO = {"stage_index": int, "stage_start": int, "phase_index": int, "dist0": float}
 
 
 class LLPF(Method):
@@ -345,6 +350,7 @@ class LLPF(Method):
                          "phase_index": self.phase_index, "dist0": self.dist0}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], info: dict) -> None:
+        check_schema(info, CHECKPOINT_INFO, self.ctx.folder / CHECKPOINT_FILE, where="llpf.checkpoint")
         super().load_state_dict(tensors, info)
         self.stage_index, self.stage_start = info["stage_index"], info["stage_start"]
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("state/")})

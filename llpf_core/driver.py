@@ -26,7 +26,8 @@ from .methods.registry import get_method
 from .modefile import Mode, ModeMeta
 from .pathfile import llpf_path
 from .registry import build_model
-from .runfolder import RunWriter, load_run
+from .readers import check_schema, checkpoint_errors, set_cuda_rng, set_torch_rng
+from .runfolder import CHECKPOINT_FILE, RunWriter, load_run
 from .safefile import os_error
 
 OOM_HINT = ("start a new run with smaller settings, e.g. --set train.batch_size=N (also eval_samples, "
@@ -128,8 +129,11 @@ class Driver:
     def run(self, checkpoint: tuple[dict[str, torch.Tensor], dict] | None) -> None:
         """From the start, or from ``checkpoint``; the run's status says how it ended. A failure is recorded
         in run.json and raised (out of memory and a failed write as a one-line ``UserError``)."""
+        if checkpoint is not None:  # in memory, before anything is written: a damaged checkpoint changes nothing
+            with checkpoint_errors(self.writer.path / CHECKPOINT_FILE):
+                self._restore(*checkpoint)
         try:
-            self._run(checkpoint)
+            self._run(resumed=checkpoint is not None)
         except BaseException as e:
             error = out_of_memory(e, f"searching on {self.device}: {OOM_HINT}")
             if error is None and isinstance(e, OSError):
@@ -149,10 +153,10 @@ class Driver:
         finally:
             self.writer.close()
 
-    def _run(self, checkpoint) -> None:
+    def _run(self, resumed: bool) -> None:
         m = self.method
         self.t0 = time.perf_counter()
-        if checkpoint is None:
+        if not resumed:
             self.writer.truncate_after(-1)  # a run killed before its first checkpoint starts over
             torch.manual_seed(self.cfg.seed)  # dropout and other global randomness (decision 7)
             first = m.begin()
@@ -161,7 +165,7 @@ class Driver:
             self._baseline()
             self._checkpoint()
         else:
-            self._restore(*checkpoint)
+            self._keep_restored_rows()
         self.writer.update(status="running", error=None, device_used=str(self.device))
         while not m.done():
             prev = self._continuity_start()
@@ -310,15 +314,20 @@ class Driver:
         self.writer.save_checkpoint(tensors, info)
 
     def _restore(self, tensors: dict[str, torch.Tensor], info: dict) -> None:
+        path = self.writer.path / CHECKPOINT_FILE
+        check_schema(info, {"tick": int, "wall_s": float, "stream_pos?": int}, path, where="llpf.checkpoint")
         m = self.method
         m.load_state_dict(tensors, info)
         if self.ctx.stream is not None and "stream/perm" in tensors:
             self.ctx.stream.load_state_dict({"perm": tensors["stream/perm"], "pos": info["stream_pos"],
                                              "rng": tensors["stream/rng"]})
-        torch.set_rng_state(tensors["torch_rng"])
+        set_torch_rng(tensors["torch_rng"], path, "torch_rng")
         if "cuda_rng" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
-        self.clock_offset = info["wall_s"]
+            set_cuda_rng(tensors["cuda_rng"], self.device, path, "cuda_rng")
+        self.clock_offset = float(info["wall_s"])
+
+    def _keep_restored_rows(self) -> None:
+        m = self.method
         # A method that is not a walker writes its rows and points once trained: a resume redoes them all.
         self.writer.truncate_after(m.progress if m.walks else -1)
         if m.walks and (self.writer.path / "points" / f"{m.progress:06d}.safetensors").exists():

@@ -11,7 +11,8 @@ import torch
 from .data import load_dataset
 from .errors import UserError
 from .evaluate import Evaluator
-from .modefile import Mode, ModeMeta, check_state, save_mode
+from .modecheck import checked_model
+from .modefile import Mode, ModeMeta, save_mode
 from .registry import build_model
 from .safefile import read_tensors
 
@@ -51,8 +52,8 @@ def import_state(state_path: str | os.PathLike, model_name: str, dataset: str, o
     train = load_dataset(dataset, "train", data_root)
     test = load_dataset(dataset, "test", data_root)
     kwargs = {**train.model_kwargs(), **(model_kwargs or {})}
-    model = build_model(model_name, **kwargs)
-    check_state(tensors, model, f"{state_path} does not fit model {model_name!r}", check_dtype=False)
+    model = checked_model(model_name, kwargs, {k: tuple(v.shape) for k, v in tensors.items()},
+                          str(state_path))
     expected = model.state_dict()
     for k, v in expected.items():  # a float64 or half-precision save is the same weights
         if tensors[k].dtype != v.dtype and not (tensors[k].is_floating_point() and v.is_floating_point()):

@@ -14,8 +14,6 @@ same settings continues after them.
 """
 from __future__ import annotations
 
-import io
-import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
+from .readers import damaged, read_csv, read_json
 from .runfolder import Run
 from .safefile import os_error, read_tensors, write_atomic, write_json
 
@@ -60,7 +59,14 @@ class Plane:
                 + (ys[:, None].to(self.a) * self.scale) * self.v[None])
 
 
-def flat_params(state: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
+def flat_params(state: dict[str, torch.Tensor], names: list[str], shapes: list[torch.Size],
+                path: str | Path) -> torch.Tensor:
+    """The parameters ``names`` of ``state`` (read from ``path``) as one vector; a file without them, or
+    with other shapes, is one ``UserError``."""
+    bad = [n for n, shape in zip(names, shapes) if n not in state or state[n].shape != shape]
+    if bad:
+        raise UserError(f"{path} does not hold this run's model (parameter {bad[0]} is missing or of another "
+                        f"shape); it was replaced or is damaged: restore it, or choose another run")
     return torch.cat([state[n].detach().float().flatten() for n in names])
 
 
@@ -87,24 +93,33 @@ def make_plane(names: list[str], shapes: list[torch.Size], a: torch.Tensor, b: t
 
 # --- the run's files ------------------------------------------------------------------------------
 
-def _endpoint_state(run: Run, key: str) -> dict[str, torch.Tensor]:
+def _endpoint_path(run: Run, key: str) -> str:
     end = run.info.get(key)
     if not end or not end.get("path"):
         raise UserError(f"run {run.name} has no end mode (M2O to the origin), so there is no plane through "
                         f"A, B and a path point; choose an M2M run")
-    return read_tensors(end["path"], f"{key} mode file")[0]
+    return end["path"]
 
 
-def _point_state(run: Run, tick: int) -> dict[str, torch.Tensor]:
-    return read_tensors(run.point(tick).path, "point file")[0]  # run.point names the saved ticks if missing
+def _endpoint_state(run: Run, key: str) -> dict[str, torch.Tensor]:
+    return read_tensors(_endpoint_path(run, key), f"{key} mode file")[0]
 
 
-def _param_names(run: Run) -> tuple[nn.Module, list[str], list[torch.Size]]:
-    from .registry import build_model
+def _flat_endpoint(run: Run, key: str, names: list[str], shapes: list[torch.Size]) -> torch.Tensor:
+    return flat_params(_endpoint_state(run, key), names, shapes, _endpoint_path(run, key))
+
+
+def _flat_file(path: Path, names: list[str], shapes: list[torch.Size]) -> torch.Tensor:
+    return flat_params(read_tensors(path, "point file")[0], names, shapes, path)
+
+
+def _param_names(run: Run) -> tuple[list[str], list[torch.Size]]:
+    """The model's parameter names and shapes, from a model built on the meta device (no memory)."""
+    from .modecheck import meta_model
     meta = run.info["start"]["meta"]
-    model = build_model(meta["model"], **meta["model_kwargs"])
+    model = meta_model(meta["model"], meta["model_kwargs"], f"{run.path / 'run.json'}")
     params = list(model.named_parameters())
-    return model, [n for n, _ in params], [p.shape for _, p in params]
+    return [n for n, _ in params], [p.shape for _, p in params]
 
 
 def plane_dir(run: Run, tick: int) -> Path:
@@ -113,27 +128,27 @@ def plane_dir(run: Run, tick: int) -> Path:
 
 def default_point(run: Run) -> int:
     """The tick of the saved point farthest from the straight line between the modes."""
-    _, names, _ = _param_names(run)
-    a = flat_params(_endpoint_state(run, "start"), names)
-    u = flat_params(_endpoint_state(run, "end"), names) - a
+    names, shapes = _param_names(run)
+    a = _flat_endpoint(run, "start", names, shapes)
+    u = _flat_endpoint(run, "end", names, shapes) - a
     saved = run.points()
     if not saved:
         raise UserError(f"run {run.name} has no saved points")
-    dist = {t: line_distance(a, u, flat_params(read_tensors(f, "point file")[0], names)) for t, f in saved}
+    dist = {t: line_distance(a, u, _flat_file(f, names, shapes)) for t, f in saved}
     return max(dist, key=dist.get)
 
 
 def run_plane(run: Run, tick: int) -> Plane:
-    _, names, shapes = _param_names(run)
-    a, b = (flat_params(_endpoint_state(run, k), names) for k in ("start", "end"))
-    return make_plane(names, shapes, a, b, flat_params(_point_state(run, tick), names))
+    names, shapes = _param_names(run)
+    a, b = (_flat_endpoint(run, k, names, shapes) for k in ("start", "end"))
+    return make_plane(names, shapes, a, b, _flat_file(run.point(tick).path, names, shapes))
 
 
 def project_run(plane: Plane, run: Run) -> list[dict]:
     """``{tick, x, y, residual_rel}`` of every saved point of ``run`` (this run, or another on the pair)."""
     rows = []
     for tick, f in run.points():
-        x, y, r = plane.coords(flat_params(read_tensors(f, "point file")[0], plane.names))
+        x, y, r = plane.coords(_flat_file(f, plane.names, plane.shapes))
         rows.append({"tick": tick, "x": x, "y": y, "residual_rel": r})
     return rows
 
@@ -200,8 +215,9 @@ class PlaneEvaluator:
         cfg = run.config
         self.device = resolve_device(device)
         meta = run.info["start"]["meta"]
-        model, _, _ = _param_names(run)
-        model = model.to(self.device)
+        from .registry import build_model
+        _param_names(run)  # the model fits the budget (it is built on the meta device first)
+        model = build_model(meta["model"], **meta["model_kwargs"]).to(self.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         train = load_dataset(meta["dataset"], "train", data_root).to(self.device)
@@ -338,15 +354,16 @@ def compute_landscape(run: Run, point: int | None = None, grid: int = 21, margin
 
 def _rows_to_keep(folder: Path, info: dict) -> int:
     """Complete rows of an earlier computation with the same settings (a torn last line is cut off);
-    0 when there is none or its settings differ."""
+    0 when there is none, its settings differ or its files are damaged (the computation starts over)."""
     try:
-        old = json.loads((folder / "plane.json").read_text())
+        old = read_json(folder / "plane.json")
+        grid = read_csv(folder / "grid.csv", GRID_COLUMNS)
         text = (folder / "grid.csv").read_text()
-    except (OSError, json.JSONDecodeError):
+    except (UserError, OSError, UnicodeDecodeError):
         return 0
     same = all(old.get(k) == info[k] for k in ("format", "point_tick", "grid", "margin", "samples", "x", "y"))
     lines = text.splitlines(keepends=True)
-    if not same or not lines:
+    if not same or not lines or grid.isna().any().any():
         return 0
     rows = [ln for ln in lines[1:] if ln.endswith("\n")]
     if len(rows) != len(lines) - 1:
@@ -359,21 +376,26 @@ def list_landscapes(run: Run) -> list[int]:
     folder = run.path / "landscape"
     if not folder.is_dir():
         return []
-    return sorted(int(d.name.split("-")[1]) for d in folder.glob("plane-[0-9]*") if (d / "plane.json").is_file())
+    return sorted(int(d.name.split("-")[1]) for d in folder.glob("plane-[0-9]*")
+                  if d.name.split("-")[1].isdigit() and (d / "plane.json").is_file())
+
+
+_PAIR = [float]
+PLANE_SCHEMA = {"format": str, "point_tick": int, "scale": float, "p": _PAIR, "x": _PAIR, "y": _PAIR, "grid": int,
+                "margin": float, "samples": dict, "parameters": int,
+                "projected": [{"tick": int, "x": float, "y": float, "residual_rel": float}]}
 
 
 def load_landscape(run: Run, tick: int) -> Landscape:
     folder = plane_dir(run, tick)
-    try:
-        info = json.loads((folder / "plane.json").read_text())
-        text = (folder / "grid.csv").read_text() if (folder / "grid.csv").exists() else ""
-    except FileNotFoundError:
+    if not (folder / "plane.json").exists():
         raise UserError(f"run {run.name} has no landscape plane at tick {tick}; compute it with "
-                        f"`python -m llpf_core landscape {run.path} --point {tick}`") from None
-    except OSError as e:
-        raise os_error(e, "read", folder) from None
-    text = text[:text.rfind("\n") + 1]
-    grid = pd.read_csv(io.StringIO(text)) if text.count("\n") > 1 else pd.DataFrame(columns=GRID_COLUMNS)
+                        f"`python -m llpf_core landscape {run.path} --point {tick}`")
+    fix = f"compute it again with `python -m llpf_core landscape {run.path} --point {tick}`"
+    info = read_json(folder / "plane.json", PLANE_SCHEMA, fix=fix)
+    if not (len(info["p"]) == len(info["x"]) == len(info["y"]) == 2 and GRID_MIN <= info["grid"] <= GRID_MAX):
+        raise damaged(folder / "plane.json", "its point, axes or grid size are out of shape", fix)
+    grid = read_csv(folder / "grid.csv", GRID_COLUMNS, required=tuple(GRID_COLUMNS[:2]), fix=fix)
     return Landscape(folder, info, grid)
 
 

@@ -60,20 +60,27 @@ def _accepted(fn: Callable, kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k in params or k not in offered}
 
 
+def model_builder(name: str) -> Callable[..., nn.Module]:
+    """The registered builder of ``name`` (importing its zoo family first); an unknown name is a ``UserError``."""
+    plugins.load_plugins()
+    if name not in _MODELS and name in ZOO:
+        import_module(f"{__package__}.models.{ZOO[name]}")
+    if name not in _MODELS:
+        raise UserError(f"unknown model {name[:60]!r}; choose one of: {', '.join(list_models())}")
+    return _MODELS[name]
+
+
 def build_model(name: str, **kwargs) -> nn.Module:
     """Build a freshly initialised model. ``kwargs`` go to the builder (num_classes, in_channels, ...).
 
     A model without ``input_shape`` (a plugin's) gets one from ``in_channels`` and ``image_size``,
     for ``follow_data_flow``."""
-    plugins.load_plugins()
-    if name not in _MODELS and name in ZOO:
-        import_module(f"{__package__}.models.{ZOO[name]}")
-    if name not in _MODELS:
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+    builder = model_builder(name)
     try:
-        model = _MODELS[name](**_accepted(_MODELS[name], kwargs))
+        model = builder(**_accepted(builder, kwargs))
     except TypeError as e:
-        raise UserError(f"bad arguments for model {name!r}: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"bad arguments for model {name!r}: {first}") from None
     if not hasattr(model, "input_shape") and "in_channels" in kwargs and "image_size" in kwargs:
         model.input_shape = (kwargs["in_channels"], kwargs["image_size"], kwargs["image_size"])
     return model

@@ -20,7 +20,8 @@ import torch
 from .config import SearchConfig
 from .errors import UserError
 from .modefile import Mode, load_mode, now_iso
-from .safefile import TMP_SUFFIX, os_error, read_tensors, save_tensors, write_atomic, write_json
+from .readers import RESTART, check_schema, damaged, generator_state, parse_csv, parse_json, read_csv, read_json
+from .safefile import DIGEST_KEY, TMP_SUFFIX, os_error, read_header, read_tensors, save_tensors, write_atomic, write_json
 
 RUN_FORMAT = "run/1"
 METRICS_COLUMNS = ["tick", "stage", "phase", "iterations", "train_loss_rolling", "train_acc_rolling",
@@ -31,6 +32,18 @@ LAYERS_COLUMNS = ["tick", "layer", "distance", "distance_rel", "variance", "vari
 CONTINUITY_COLUMNS = ["tick", "alpha", "loss", "acc"]
 BASELINE_COLUMNS = ["alpha", "train_loss", "train_acc", "test_loss", "test_acc"]
 TABLES = {"metrics": METRICS_COLUMNS, "layers": LAYERS_COLUMNS, "continuity": CONTINUITY_COLUMNS}
+# Per table: the columns that hold text, and those no row may leave empty (read_csv checks the rest are numbers).
+TEXT_COLUMNS = {"metrics": ("stage", "phase"), "layers": ("layer",)}
+REQUIRED_COLUMNS = {"metrics": ("tick",), "layers": ("tick", "layer"), "continuity": ("tick", "alpha"),
+                    "path": ("index", "tick", "position"), "baseline": ("alpha",)}
+_ENDPOINT = {"path": (str, None), "sha256": (str, None), "meta": {"model": str, "model_kwargs": dict, "dataset": str}}
+RUN_SCHEMA = {"format": str, "name": str, "status": str, "algorithm": str, "start": _ENDPOINT,
+              "end": (None, _ENDPOINT), "config": dict, "error?": (str, None), "device_used": str,
+              "loss_thresholds?": dict, "summary?": (dict, None), "path_length?": (float, None),
+              "sgd_steps?": (int, None), "wall_s?": (float, None), "stopped_early?": (str, None),
+              "sphere?": (None, {"stage": str, "ticks": int, "reached": bool, "note?": (str, None)})}
+_THRESHOLD = {"used": float, "configured": float, "loss_floor_factor": float, "endpoint_train_loss": float}
+CHECKPOINT_FILE = "checkpoint.safetensors"
 FLUSH_S = 0.5  # rows wait at most this long in memory: live readers lag by no more, and fast runs
 #               don't pay a write per tick
 
@@ -101,21 +114,36 @@ class RunWriter:
             _clear(buffer)
 
     def truncate_after(self, tick: int) -> None:
-        """Drop CSV rows of ticks after ``tick`` (written after the checkpoint a resume starts from)."""
+        """Drop CSV rows of ticks after ``tick`` (written after the checkpoint a resume starts from).
+
+        Every table is read and checked before any is rewritten: a damaged row before ``tick`` is a
+        ``UserError`` that leaves the folder as it was."""
+        kept = {}
         for table in TABLES:
             path = self.path / f"{table}.csv"
             if not path.exists():
                 continue
             try:
-                lines = path.read_text().splitlines(keepends=True)
+                raw = path.read_bytes()
             except OSError as e:
                 raise os_error(e, "read", path) from None
+            try:
+                lines = raw.decode("utf-8").splitlines(keepends=True)
+            except UnicodeDecodeError:
+                raise damaged(path, "not UTF-8 text", RESTART) from None
             if not lines:
                 continue
             # A torn last line (no newline: killed mid-write) is dropped with the rows after the tick.
-            kept = [lines[0]] + [ln for ln in lines[1:] if ln.endswith("\n") and _row_tick(ln) <= tick]
-            write_atomic(path, "".join(kept).encode())
-        for point in (self.path / "points").glob("[0-9]*.safetensors"):
+            kept[path] = [lines[0]] + [ln for ln in lines[1:] if ln.endswith("\n") and _row_tick(ln, path) <= tick]
+            parse_csv("".join(kept[path]), path, TABLES[table], text=TEXT_COLUMNS.get(table, ()),
+                      required=REQUIRED_COLUMNS.get(table, ()))
+        points = [p for p in (self.path / "points").glob("[0-9]*.safetensors") if p.stem.isdigit()]
+        for point in points:  # the points kept make the path at the end: a damaged one fails now, not then
+            if int(point.stem) <= tick:
+                read_header(point, "point file", f"it is damaged; {RESTART}")
+        for path, lines in kept.items():
+            write_atomic(path, "".join(lines).encode())
+        for point in points:
             if int(point.stem) > tick:
                 try:
                     point.unlink()
@@ -139,15 +167,13 @@ class RunWriter:
                 os.fsync(f.fileno())
             except OSError as e:
                 raise os_error(e, "write", self.path / f"{table}.csv") from None
-        save_tensors(self.path / "checkpoint.safetensors", tensors, {"llpf.checkpoint": json.dumps(info)})
+        save_tensors(self.path / CHECKPOINT_FILE, tensors, {"llpf.checkpoint": json.dumps(info)}, digest=True)
         write_json(self.path / "checkpoint.json", info)
 
     def load_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict] | None:
-        path = self.path / "checkpoint.safetensors"
-        if not path.exists():
-            return None
-        tensors, meta = read_tensors(path, "checkpoint")
-        return tensors, json.loads(meta["llpf.checkpoint"])
+        """The checkpoint's tensors and info, or None when there is none; a damaged one is one ``UserError``."""
+        path = self.path / CHECKPOINT_FILE
+        return read_checkpoint(path) if path.exists() else None
 
     def close(self) -> None:
         try:
@@ -179,22 +205,52 @@ def _clear(buffer: io.StringIO) -> None:
     buffer.truncate()
 
 
-def _row_tick(line: str) -> int:
-    return int(line.split(",", 1)[0])
+def _row_tick(line: str, path: Path) -> int:
+    try:
+        return int(line.split(",", 1)[0])
+    except ValueError:
+        raise damaged(path, f"a row starts with {line.split(',', 1)[0][:20]!r}, not a tick", RESTART) from None
+
+
+# Random-generator states in checkpoints, by key: the device type whose generator wrote them (None: the
+# device type the checkpoint records). A run driver that adds keys adds them here.
+GENERATOR_KEYS = {"torch_rng": "cpu", "torch.rng": "cpu", "cuda_rng": "cuda", "stream/rng": None, "stream.rng": None}
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """A checkpoint file's tensors and its ``llpf.checkpoint`` info, checked as far as the file alone
+    allows: the info is a JSON object, and every generator state fits its device type. What a method
+    reads from it beyond that goes through ``readers.checkpoint_errors``."""
+    tensors, meta = read_tensors(path, "checkpoint", f"it is damaged; {RESTART}")
+    if "llpf.checkpoint" not in meta:
+        raise damaged(path, "its metadata lacks llpf.checkpoint", RESTART)
+    unknown = sorted(set(meta) - {"llpf.checkpoint", DIGEST_KEY})  # e.g. a checksum's key with a flipped bit
+    if unknown:
+        raise damaged(path, f"its metadata has the unknown key {unknown[0][:40]!r}", RESTART)
+    info = parse_json(meta["llpf.checkpoint"], path, "llpf.checkpoint")
+    check_schema(info, {"device_type?": str}, path, where="llpf.checkpoint")
+    device_type = info.get("device_type")  # absent in checkpoints from before it was recorded
+    if device_type not in (None, "cpu", "cuda"):
+        raise damaged(path, f"llpf.checkpoint names the device type {device_type[:20]!r}", RESTART)
+    for key, tensor in tensors.items():  # a CUDA state is checked where it is restored, on a machine with a GPU
+        if key in GENERATOR_KEYS and (GENERATOR_KEYS[key] or device_type) == "cpu":
+            generator_state(tensor, "cpu", path, key)
+    return tensors, info
 
 
 def read_run_json(path: Path) -> dict:
     file = Path(path) / "run.json"
     if not file.is_file():
         raise UserError(f"{path} is not a run folder (no run.json)")
+    info = read_json(file, RUN_SCHEMA)
+    if info["format"] != RUN_FORMAT:
+        raise UserError(f"{file} has format {info['format'][:40]!r}, expected {RUN_FORMAT!r}")
+    for spec, record in info.get("loss_thresholds", {}).items():
+        check_schema(record, _THRESHOLD, file, where=f"loss_thresholds.{spec}")
     try:
-        info = json.loads(file.read_text())
-    except OSError as e:
-        raise os_error(e, "read", file) from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{file} is not valid JSON ({e}); the run folder is damaged") from None
-    if info.get("format") != RUN_FORMAT:
-        raise UserError(f"{file} has format {info.get('format')!r}, expected {RUN_FORMAT!r}")
+        SearchConfig.from_dict(info["config"])
+    except UserError as e:
+        raise damaged(file, f"config: {e}", RESTART) from None
     return info
 
 
@@ -221,15 +277,8 @@ class Run:
         return SearchConfig.from_dict(self.info["config"], plugins_loaded=False)
 
     def _table(self, name: str, columns: list[str]) -> pd.DataFrame:
-        path = self.path / f"{name}.csv"
-        try:
-            text = path.read_text() if path.exists() else ""
-        except OSError as e:
-            raise os_error(e, "read", path) from None
-        text = text[:text.rfind("\n") + 1]  # a line being written right now is not a row yet
-        if not text:
-            return pd.DataFrame(columns=columns)
-        return pd.read_csv(io.StringIO(text))
+        return read_csv(self.path / f"{name}.csv", columns, text=TEXT_COLUMNS.get(name, ()),
+                        required=REQUIRED_COLUMNS.get(name, ()))
 
     @property
     def metrics(self) -> pd.DataFrame:
@@ -256,7 +305,7 @@ class Run:
     def points(self) -> list[tuple[int, Path]]:
         """Saved path points as (tick, file), in tick order."""
         files = sorted((self.path / "points").glob("[0-9]*.safetensors"))
-        return [(int(f.stem), f) for f in files]
+        return [(int(f.stem), f) for f in files if f.stem.isdigit()]
 
     def point(self, tick: int) -> Mode:
         path = self.path / "points" / f"{tick:06d}.safetensors"

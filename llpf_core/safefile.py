@@ -1,5 +1,6 @@
 """Atomic file writes and safe safetensors reads, shared by mode files, points and checkpoints."""
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -60,18 +61,44 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+DIGEST_KEY = "llpf.sha256"
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """sha256 over the metadata (but ``DIGEST_KEY``) and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in sorted(metadata.items()) if k != DIGEST_KEY}).encode())
+    for key in sorted(tensors):
+        t = tensors[key].detach().to("cpu").contiguous()
+        h.update(f"\0{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
-                 metadata: dict[str, str]) -> None:
-    """Save tensors (copied to the CPU) and string metadata as one safetensors file, atomically."""
+                 metadata: dict[str, str], digest: bool = False) -> None:
+    """Save tensors (copied to the CPU) and string metadata as one safetensors file, atomically.
+    With ``digest``, the metadata also holds ``DIGEST_KEY``, which ``read_tensors`` then verifies: damage
+    anywhere in the file is found, not only in its header."""
     cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+    if digest:
+        metadata = {**metadata, DIGEST_KEY: tensor_digest(cpu, metadata)}
     write_atomic(path, safetensors_bytes(cpu, metadata=metadata))
 
 
-def read_tensors(path: str | os.PathLike, what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a safetensors file. Anything else (a pickle, a truncated file) is a ``UserError``.
+def read_header(path: str | os.PathLike, what: str = "file",
+                fix: str | None = None) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """A safetensors file's metadata and its tensors' shapes, from the header alone (no tensor is loaded)."""
+    path = _readable(path, what)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for bad files
+        raise _invalid(path, what, e, fix or PICKLE_HINT) from None
+    return metadata, shapes
 
-    safetensors parses a JSON header and raw buffers only, so no code in the file can run.
-    """
+
+def _readable(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path} {'is not a regular file' if path.exists() else 'does not exist'}")
@@ -79,12 +106,31 @@ def read_tensors(path: str | os.PathLike, what: str = "file") -> tuple[dict[str,
         open(path, "rb").close()  # an unreadable file is not a corrupt one
     except OSError as e:
         raise os_error(e, f"read {what}", path) from None
+    return path
+
+
+def _invalid(path: Path, what: str, e: Exception, fix: str) -> UserError:
+    return UserError(f"{path} is not a valid safetensors {what} ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else 'unreadable'}); {fix}")
+
+
+PICKLE_HINT = "it may be truncated, corrupt or a pickle (.pt), which LLPF never loads"
+
+
+def read_tensors(path: str | os.PathLike, what: str = "file",
+                 fix: str = PICKLE_HINT) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors file. Anything else (a pickle, a truncated file) is a ``UserError``.
+
+    safetensors parses a JSON header and raw buffers only, so no code in the file can run.
+    """
+    path = _readable(path, what)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises several types for bad files
-        raise UserError(f"{path} is not a valid safetensors {what} ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else 'unreadable'}); it may be truncated, "
-                        f"corrupt or a pickle (.pt), which LLPF never loads") from None
+        raise _invalid(path, what, e, fix) from None
+    if DIGEST_KEY in metadata and tensor_digest(tensors, metadata) != metadata[DIGEST_KEY]:
+        raise UserError(f"{path} is damaged (its content does not match the checksum it was written with); "
+                        f"it cannot be used: start a new run (or restore the file from a backup)")
     return tensors, metadata

@@ -107,18 +107,40 @@ def _pairs(spec: SweepSpec) -> list[tuple[str, int, int]]:
 
 # --- the sweep folder -----------------------------------------------------------------------------
 
+SWEEP_SCHEMA = {"format": str, "status": str,
+                "spec": {"model": str, "dataset": str, "seeds": [int], "preset": str, "algorithm": str,
+                         "overrides?": [str], "recipe?": str, "modes?": [str], "pair_overrides?": dict},
+                "pairs": [{"name": str, "start_seed": int, "end_seed": int, "status": str, "error": (str, None),
+                           "run": str, "summary?": (dict, None)}]}
+
+
 def read_sweep(out: str | Path) -> dict:
-    """sweep.json, read back (a UserError when the folder holds no sweep)."""
-    import json
+    """sweep.json, read back and checked (a UserError when the folder holds no sweep or it is damaged)."""
+    from dataclasses import fields
+
+    from .readers import check_schema, damaged, read_json
     file = Path(out) / "sweep.json"
     if not file.is_file():
         raise UserError(f"{out} holds no sweep (no sweep.json); start one with `sweep --out {out} ...`")
-    try:
-        info = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {file}: {e}") from None
-    if info.get("format") != SWEEP_FORMAT:
-        raise UserError(f"{file} has format {info.get('format')!r}, expected {SWEEP_FORMAT!r}")
+    fix = "restore it from a backup, or start the sweep again with another --out"
+    info = read_json(file, SWEEP_SCHEMA, fix=fix)
+    if info["format"] != SWEEP_FORMAT:
+        raise UserError(f"{file} has format {info['format'][:40]!r}, expected {SWEEP_FORMAT!r}")
+    unknown = sorted(set(info["spec"]) - {f.name for f in fields(SweepSpec)})
+    if unknown:
+        raise damaged(file, f"spec has the unknown key {unknown[0][:40]!r}", fix)
+    for name, overrides in info["spec"].get("pair_overrides", {}).items():
+        check_schema(overrides, [str], file, fix, f"spec.pair_overrides.{name}")
+    seeds = info["spec"]["seeds"]
+    if len(seeds) < 2 or len(seeds) % 2:
+        raise damaged(file, f"spec.seeds lists {len(seeds)} seeds, not pairs of them", fix)
+    for pair in info["pairs"]:  # each pair's seeds are the spec's; its run folder is inside the sweep folder
+        if pair["start_seed"] not in seeds or pair["end_seed"] not in seeds:
+            raise damaged(file, f"pair {pair['name'][:40]!r} has seeds the spec does not list", fix)
+        run = Path(pair["run"])
+        if run.is_absolute() or ".." in run.parts or not run.parts:
+            raise damaged(file, f"pair {pair['name'][:40]!r} names the run folder {pair['run'][:60]!r}, outside the "
+                                f"sweep", fix)
     return info
 
 

@@ -52,9 +52,15 @@ class BatchStream:
         return {"perm": self.perm, "pos": self.pos, "rng": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.perm = state["perm"].to(self.data.device)
-        self.pos = int(state["pos"])
+        """Restore a checkpoint's state; a value that cannot be this stream's is a ``ValueError``."""
+        perm, pos = state["perm"], state["pos"]
+        if perm.dtype != torch.long or perm.dim() != 1 or len(perm) not in (0, len(self.data)) or \
+                (len(perm) and not bool(((perm >= 0) & (perm < len(self.data))).all())):
+            raise ValueError(f"the batch order is not a permutation of the {len(self.data)} samples")
+        if isinstance(pos, bool) or not isinstance(pos, int) or not 0 <= pos <= len(perm) + self.batch_size:
+            raise ValueError(f"the batch position {pos!r} is out of range")
         self.generator.set_state(state["rng"])
+        self.perm, self.pos = perm.to(self.data.device), pos
 
 
 class PerParameterSGD(torch.optim.SGD):

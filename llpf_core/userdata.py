@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .safefile import read_tensors, save_tensors
+from .safefile import DIGEST_KEY, read_tensors, save_tensors
 
 FOLDER, TENSORS = "folder:", "tensors:"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -81,11 +81,9 @@ def _folder(root: Path) -> dict:
         [[str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns] for s in SPLITS for f, _ in files[s]]
     ).encode()).hexdigest()
     cache = root / CACHE_NAME
-    if cache.is_file():
-        tensors, meta = read_tensors(cache, "dataset cache")
-        if meta.get("fingerprint") == fingerprint:
-            return {**tensors, "mean": tuple(json.loads(meta["mean"])), "std": tuple(json.loads(meta["std"])),
-                    "classes": classes}
+    cached = _read_cache(cache, fingerprint)
+    if cached is not None:
+        return {**cached, "classes": classes}
     data = {}
     for split in SPLITS:
         images = [_decode(f) for f, _ in files[split]]
@@ -104,7 +102,8 @@ def _folder(root: Path) -> dict:
     _check(data, where, classes)
     mean, std = _stats(data["train_images"])
     try:  # a cache that cannot be written (a read-only folder) only costs the decoding next time
-        save_tensors(cache, data, {"fingerprint": fingerprint, "mean": json.dumps(mean), "std": json.dumps(std)})
+        save_tensors(cache, data, {"fingerprint": fingerprint, "mean": json.dumps(mean), "std": json.dumps(std)},
+                     digest=True)
     except UserError:
         pass
     return {**data, "mean": mean, "std": std, "classes": classes}
@@ -128,6 +127,21 @@ def _decode(path: Path) -> torch.Tensor:
     if img.shape[0] == 4:
         img = img[:3]
     return img
+
+
+def _read_cache(cache: Path, fingerprint: str) -> dict | None:
+    """The cached tensors, mean and std; None when there is no cache, it is stale or it is damaged (it is a
+    cache: the images are decoded again and it is rewritten)."""
+    if not cache.is_file():
+        return None
+    try:
+        tensors, meta = read_tensors(cache, "dataset cache")
+        if meta.get("fingerprint") != fingerprint or DIGEST_KEY not in meta:
+            return None
+        mean, std = tuple(json.loads(meta["mean"])), tuple(json.loads(meta["std"]))
+    except (UserError, ValueError, KeyError, TypeError):
+        return None
+    return {**tensors, "mean": mean, "std": std}
 
 
 def _tensor_file(path: Path) -> dict:

@@ -30,6 +30,7 @@ from llpf_core import (
 from llpf_core.device import apply_cuda_settings, out_of_memory, resolve_device
 from llpf_core.modefile import ModeMeta
 from llpf_core.runfolder import RunWriter, read_run_json
+from llpf_core.safefile import DIGEST_KEY, tensor_digest
 from tests.conftest import REPO, run_cli
 
 
@@ -80,7 +81,8 @@ def doctor_checkpoint(out, device_type: str | None):
         del info["device_type"]
     else:
         info["device_type"] = device_type
-    save_file(tensors, str(path), {**metadata, "llpf.checkpoint": json.dumps(info)})
+    metadata = {**metadata, "llpf.checkpoint": json.dumps(info)}
+    save_file(tensors, str(path), {**metadata, DIGEST_KEY: tensor_digest(tensors, metadata)})
 
 
 def test_resuming_a_gpu_checkpoint_on_the_cpu_is_refused_before_anything_is_written(digits_modes, tmp_path):

@@ -7,6 +7,12 @@ from llpf_core import load_run
 from llpf_core.runfolder import FLUSH_S, RunWriter
 
 
+# What run.json holds for any run (a reader refuses one without these).
+INFO = {"name": "run", "algorithm": "m2m", "config": {}, "device_used": "cpu",
+        "start": {"path": None, "sha256": None, "meta": {"model": "mlp", "model_kwargs": {}, "dataset": "digits"}},
+        "end": None}
+
+
 def ticks_on_disk(path) -> list[int]:
     return list(load_run(path).metrics["tick"])
 
@@ -14,7 +20,7 @@ def ticks_on_disk(path) -> list[int]:
 def test_rows_reach_the_disk_soon_and_before_checkpoints_and_status_changes(tmp_path, monkeypatch):
     path = tmp_path / "run"
     writer = RunWriter(path)
-    writer.create({"name": "run"})
+    writer.create(INFO)
     writer.append("metrics", [{"tick": 0, "stage": "m2m", "phase": "m2m:0", "wall_s": 0.0}])
     assert ticks_on_disk(path) == []  # in memory for now
     writer.update(status="paused")
@@ -36,7 +42,7 @@ def test_rows_reach_the_disk_soon_and_before_checkpoints_and_status_changes(tmp_
 def test_a_line_being_written_is_not_read_as_a_row(tmp_path):
     path = tmp_path / "run"
     writer = RunWriter(path)
-    writer.create({"name": "run"})
+    writer.create(INFO)
     writer.append("metrics", [{"tick": 0, "wall_s": 0.0}])
     writer.close()
     with open(path / "metrics.csv", "a") as f:

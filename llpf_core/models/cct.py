@@ -80,7 +80,7 @@ class TransformerClassifier(nn.Module):
         super().__init__()
         self.attention_pool = nn.Linear(dim, 1)  # registered first, runs after the blocks (upstream order)
         self.positional_emb = nn.Parameter(torch.zeros(1, sequence_length, dim))
-        drop_path = torch.linspace(0, stochastic_depth, depth).tolist()  # rises linearly over the blocks
+        drop_path = torch.linspace(0, stochastic_depth, depth, device="cpu").tolist()  # rises linearly over the blocks
         self.blocks = nn.ModuleList(
             TransformerEncoderLayer(dim, num_heads, int(dim * mlp_ratio), attention_dropout, p)
             for p in drop_path)
