@@ -130,8 +130,13 @@ class Driver:
         """From the start, or from ``checkpoint``; the run's status says how it ended. A failure is recorded
         in run.json and raised (out of memory and a failed write as a one-line ``UserError``)."""
         if checkpoint is not None:  # in memory, before anything is written: a damaged checkpoint changes nothing
-            with checkpoint_errors(self.writer.path / CHECKPOINT_FILE):
-                self._restore(*checkpoint)
+            try:
+                with checkpoint_errors(self.writer.path / CHECKPOINT_FILE):
+                    self._restore(*checkpoint)
+                self._keep_restored_rows()  # checks every table and kept point before it rewrites any
+            except BaseException:
+                self.writer.close()
+                raise
         try:
             self._run(resumed=checkpoint is not None)
         except BaseException as e:
@@ -164,8 +169,6 @@ class Driver:
                 self._log(first, None)
             self._baseline()
             self._checkpoint()
-        else:
-            self._keep_restored_rows()
         self.writer.update(status="running", error=None, device_used=str(self.device))
         while not m.done():
             prev = self._continuity_start()
