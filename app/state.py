@@ -100,9 +100,15 @@ def job(name: str):
     return found if found and found.folder is not None and confine.inside(found.folder, workspace()) else None
 
 
+def browser() -> str | None:
+    """This browser's ``llpf_client`` cookie, given by the gate (serve.py); None without the gate."""
+    value = st.context.cookies.get(COOKIE)
+    return value if isinstance(value, str) and value else None
+
+
 def claim_session() -> None:
     """Forget this session's state if another browser took it over (a reattach with a leaked session id)."""
-    client = st.context.cookies.get(COOKIE)
+    client = browser()
     if client is None:
         return
     if st.session_state.get(OWNER) not in (None, client):
@@ -119,7 +125,7 @@ def access_granted(given: str | None = None) -> bool:
     """
     if not token():
         return True
-    client = st.context.cookies.get(COOKIE)
+    client = browser()
     before = ACCESS.granted(client) if client is not None else st.session_state.get(ACCESS_KEY, False)
     if before:
         return True

@@ -1,4 +1,5 @@
 """Modes: the trained networks in the workspace; train, upload and check them for independence."""
+import logging
 import time
 
 import charts
@@ -17,6 +18,7 @@ from llpf_core import (
     list_recipes,
 )
 
+log = logging.getLogger("llpf.modes")
 st.title("Modes")
 table = state.modes_table()
 if len(table):
@@ -91,6 +93,9 @@ for f in files or []:
         mode = uploads.save_upload(f.getvalue(), f.name, state.modes_dir())
     except UserError as e:
         state.show_error(e)
+    except Exception:  # one file that breaks the reader must not stop the others, nor show a traceback
+        log.exception("reading the uploaded file %r failed", f.name)
+        state.show_error(UserError(f"{f.name} could not be read as a mode file; the server's log has the details"))
     else:
         done.add((f.name, f.size))
         st.success(state.plain(f"added {mode.path.name}: {mode.meta.model} on {mode.meta.dataset}, "
