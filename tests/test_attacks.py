@@ -201,13 +201,16 @@ def test_9_a_bad_upload_is_one_line_and_the_next_file_is_still_added(served, dig
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM)
         page = browser.new_page()
-        page.goto(f"{served.url}/modes?workspace=uploader")
+        page.goto(served.url)
         page.get_by_label("Access token").fill(TOKEN)
         page.get_by_role("button", name="Enter").click()
+        page.get_by_role("button", name="Run the demo").wait_for(timeout=120_000)
+        page.goto(f"{served.url}/modes?workspace=uploader")  # a new session: the browser's cookie holds the token
         page.get_by_text("Upload modes").wait_for(timeout=120_000)
         page.get_by_test_id("stFileUploaderDropzoneInput").first.set_input_files([str(bad), str(digits_modes[1].path)])
         page.get_by_text(f"added {digits_modes[1].path.name}", exact=False).wait_for(timeout=120_000)
-        errors = [t.strip() for t in page.get_by_test_id("stAlertContainer").all_inner_texts() if "bad" in t]
+        alerts = page.get_by_test_id("stAlertContainer").get_by_test_id("stMarkdownContainer").all_inner_texts()
+        errors = [t.strip() for t in alerts if "bad" in t]
         assert len(errors) == 1 and "\n" not in errors[0], errors
         assert page.get_by_test_id("stException").count() == 0
         browser.close()
