@@ -182,9 +182,10 @@ class Client:
             return e.code
 
 
-def authenticate(client: Client, token: str) -> Page:
-    """Give the token through the prompt's form, as a browser would; returns the page after it."""
-    prompt = client.run()
+def authenticate(client: Client, token: str, query: str = "") -> Page:
+    """Give the token through the prompt's form, as a browser would (on the page at ``?query``); returns the
+    page after it."""
+    prompt = client.run(query=query)
     field_id = prompt.widget("text_input", "Access token").id
     submit = next(b for b in prompt.of("button") if b.is_form_submitter).id
-    return client.run(**{field_id: token, submit: True})
+    return client.run(query=query, **{field_id: token, submit: True})

@@ -35,8 +35,7 @@ def served(tmp_path_factory):
 def visitor(served):
     """A visitor who gave the token, in the workspace "alice"."""
     client = Client(served.url)
-    authenticate(client, TOKEN)
-    client.run(query="workspace=alice")
+    assert authenticate(client, TOKEN, "workspace=alice").has_widget("button", "Run the demo")
     yield client
     client.close()
 
@@ -64,8 +63,8 @@ def test_1_clear_cache_from_a_client_without_the_token_leaves_jobs_and_the_limit
     server, proc = start_server(tmp_path, LLPF_ACCESS_TOKEN=TOKEN, LLPF_MAX_JOBS="1")
     try:
         alice, bob = Client(server.url), Client(server.url)
-        authenticate(alice, TOKEN)
-        authenticate(bob, TOKEN)
+        authenticate(alice, TOKEN, "workspace=alice")
+        authenticate(bob, TOKEN, "workspace=bob")
         home = alice.run(query="workspace=alice")
         alice.run(query="workspace=alice", **{home.widget("button", "Run the demo").id: True})
         deadline = time.monotonic() + 300  # the demo trains its two modes, then searches (ticks=100000)
@@ -82,7 +81,11 @@ def test_1_clear_cache_from_a_client_without_the_token_leaves_jobs_and_the_limit
         texts = bob.run(query="workspace=bob").texts()
         assert any("1 running of 1 slot(s), 1 queued" in t for t in texts), texts  # bob waits: the limit held
         # finding 11, file modes: what the served process and its jobs write is private (umask 077)
-        written = list((server.home / "alice").rglob("*"))
+        deadline = time.monotonic() + 300
+        while not list((server.home / "alice" / "modes").glob("*.safetensors")):  # the demo's first mode
+            assert time.monotonic() < deadline, "the demo wrote no mode"
+            time.sleep(1)
+        written = list(server.home.rglob("*"))
         assert written and all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in written), \
             {str(p): oct(p.stat().st_mode) for p in written}
     finally:
@@ -122,7 +125,7 @@ def test_3_import_paths_outside_the_workspace_are_refused_alike_whether_or_not_t
         page = submit(visitor, "modes", "Import", {"or its path in your workspace": str(path)})
         refusals.append(one_refusal(page).replace(repr(str(path)), "PATH"))
     assert len(set(refusals)) == 1, refusals  # nothing tells what exists out there
-    assert not list((served.home / "alice").rglob("*.safetensors"))
+    assert not list(served.home.rglob("*.safetensors"))
 
 
 @pytest.mark.parametrize("fields", [{"Dataset": "folder:{outside}"}, {"Dataset": "tensors:/etc/passwd"},
