@@ -64,7 +64,8 @@ def visitor_path(text: str, workspace: Path, what: str) -> Path:
         allowed = [Path(workspace).resolve(), *shared_paths()]
     except (OSError, RuntimeError, ValueError):  # a NUL byte, a symlink loop, a name too long
         resolved, allowed = None, []
-    if not text or resolved is None or not any(resolved.is_relative_to(root) for root in allowed):
+    too_long = len(text) > 1000 or any(len(part.encode()) > 255 for part in Path(text).parts)
+    if not text or too_long or resolved is None or not any(resolved.is_relative_to(root) for root in allowed):
         raise UserError(f"the {what} {text[:80]!r} is not inside your workspace or a folder this server shares; "
                         f"give a path inside your workspace, e.g. data/NAME (the server's operator can share "
                         f"more folders with LLPF_SHARED_PATHS)")
