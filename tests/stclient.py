@@ -95,6 +95,10 @@ class Page:
     def widget(self, kind: str, label: str):
         return next(w for w in self.of(kind) if w.label == label)
 
+    def keyed(self, kind: str, key: str):
+        """The widget made with ``key=KEY`` (Streamlit's widget ids end with the user's key)."""
+        return next(w for w in self.of(kind) if w.id.endswith(f"-{key}"))
+
     def has_widget(self, kind: str, label: str) -> bool:
         return any(w.label == label for w in self.of(kind))
 
