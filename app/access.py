@@ -42,6 +42,7 @@ class Access:
         self._clients: OrderedDict[str, None] = OrderedDict()
         self._failures: deque[tuple[float, str]] = deque()
         self.per_address, self.global_limit, self.window_s = per_address, global_limit, window_s
+        self.cookie_required = False  # the served frame (serve.py) sets it: only a cookie can hold the grant
 
     def granted(self, client: str | None) -> bool:
         """No token is set, or this browser cookie gave it."""

@@ -10,6 +10,7 @@ import os
 os.umask(0o077)  # first: llpf_core.safefile reads the umask when it is imported
 
 import streamlit as st  # noqa: E402
+from access import ACCESS  # noqa: E402
 from gate import Gate  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 from streamlit import config  # noqa: E402
@@ -24,4 +25,5 @@ SERVED_OPTIONS = {
 for key, value in SERVED_OPTIONS.items():
     config.set_option(key, value, "app/serve.py")
 
+ACCESS.cookie_required = True  # the gate gives every browser its cookie; a session id alone grants nothing
 app = st.App("Home.py", middleware=[Middleware(Gate)])

@@ -109,11 +109,10 @@ def browser() -> str | None:
 def claim_session() -> None:
     """Forget this session's state if another browser took it over (a reattach with a leaked session id)."""
     client = browser()
-    if client is None:
-        return
-    if st.session_state.get(OWNER) not in (None, client):
+    if st.session_state.get(OWNER, client) != client:
         st.session_state.clear()
-    st.session_state[OWNER] = client
+    if client is not None:
+        st.session_state[OWNER] = client
 
 
 def access_granted(given: str | None = None) -> bool:
@@ -121,20 +120,24 @@ def access_granted(given: str | None = None) -> bool:
     time, wrong ones limited per address and server-wide and logged).
 
     Served through the gate (serve.py), the grant belongs to the browser's HttpOnly cookie, which a leaked
-    session id does not carry; without the gate (``streamlit run app/Home.py``) to the session.
+    session id does not carry, and a client without the cookie is never let in; without the gate
+    (``streamlit run app/Home.py``, one user on their own machine) the grant belongs to the session.
     """
     if not token():
         return True
     client = browser()
-    before = ACCESS.granted(client) if client is not None else st.session_state.get(ACCESS_KEY, False)
-    if before:
+    if ACCESS.cookie_required:
+        if client is None:
+            return False
+        if ACCESS.granted(client):
+            return True
+    elif st.session_state.get(ACCESS_KEY):
         return True
-    if given is None:
+    if given is None or not ACCESS.attempt(given, st.context.ip_address or "localhost", client):
         return False
-    if ACCESS.attempt(given, st.context.ip_address or "localhost", client):
+    if not ACCESS.cookie_required:
         st.session_state[ACCESS_KEY] = True
-        return True
-    return False
+    return True
 
 
 def access_wait_s() -> float:

@@ -188,13 +188,13 @@ def test_8_reattaching_to_an_authenticated_session_by_its_id_shows_only_the_prom
     victim = Client(served.url)
     assert authenticate(victim, TOKEN).has_widget("button", "Run the demo")
     victim.run(query="workspace=victim")
+    bare = Client(served.url, cookies=False, reattach=victim.session_id)  # no cookie at all
+    assert not bare.run().has_widget("button", "Run the demo")
     attacker = Client(served.url, reattach=victim.session_id)  # its own cookies, the victim's session id
     page = attacker.run()
     assert attacker.session_id == victim.session_id  # Streamlit did hand the session over
     assert page.has_widget("text_input", "Access token") and not page.has_widget("button", "Run the demo")
     assert attacker.upload(victim.session_id, "f", b"x") == 403
-    bare = Client(served.url, cookies=False, reattach=victim.session_id)  # no cookie at all
-    assert not bare.run().has_widget("button", "Run the demo")
 
 
 # --- finding 9: tracebacks shown to visitors ------------------------------------------------------------------
