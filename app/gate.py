@@ -64,7 +64,7 @@ class Gate:
         if scope["type"] == "websocket":
             return await self.app(scope, _without_developer_messages(receive), send)
         if client is None:
-            send = _setting_cookie(send)
+            send = _setting_cookie(send, secure=scope.get("scheme") == "https")
         return await self.app(scope, receive, send)
 
     @staticmethod
@@ -78,8 +78,11 @@ class Gate:
         await send({"type": "http.response.body", "body": body})
 
 
-def _setting_cookie(send):
-    value = f"{COOKIE}={new_client_id()}; Path=/; HttpOnly; SameSite=Strict".encode()
+def _setting_cookie(send, secure: bool):
+    # Lax: sent when a link from elsewhere opens the page (Strict would replace the cookie and its grant), never
+    # with another site's requests or websockets. Secure behind TLS (uvicorn takes the scheme from a proxy on
+    # loopback: X-Forwarded-Proto).
+    value = f"{COOKIE}={new_client_id()}; Path=/; HttpOnly; SameSite=Lax{'; Secure' if secure else ''}".encode()
 
     async def wrapped(message):
         if message["type"] == "http.response.start":

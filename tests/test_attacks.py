@@ -67,9 +67,6 @@ def open_page(page, url: str) -> None:
     if prompt.count():
         prompt.fill(TOKEN)
         page.get_by_role("button", name="Enter").click()
-        if "/modes" in url:  # the prompt's rerun lands on Home: come back
-            sidebar.wait_for(timeout=120_000)
-            page.goto(url)
     sidebar.wait_for(timeout=120_000)
 
 
@@ -217,8 +214,8 @@ def test_9_a_bad_upload_is_one_line_and_the_next_file_is_still_added(served, dig
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM)
         page = browser.new_page()
-        open_page(page, served.url)
-        open_page(page, f"{served.url}/modes?workspace=uploader")  # served: the browser's cookie holds the token
+        open_page(page, f"{served.url}/?workspace=uploader")
+        page.get_by_role("link", name="Modes").click()
         page.get_by_text("Upload modes").wait_for(timeout=120_000)
         page.get_by_test_id("stFileUploaderDropzoneInput").first.set_input_files([str(bad), str(digits_modes[1].path)])
         page.get_by_text(f"added {digits_modes[1].path.name}", exact=False).wait_for(timeout=120_000)
