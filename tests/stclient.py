@@ -154,7 +154,8 @@ class Client:
         page, deadline = Page(session_id=self.session_id), time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
-            assert left > 0, f"no script_finished within {timeout} s; got {[e.WhichOneof('type') for e in page.elements]}"
+            drawn = [e.WhichOneof("type") for e in page.elements]
+            assert left > 0, f"no script_finished within {timeout} s; got {drawn}"
             msg = ForwardMsg()
             msg.ParseFromString(self.ws.recv(timeout=left))
             kind = msg.WhichOneof("type")

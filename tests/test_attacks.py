@@ -202,7 +202,7 @@ def test_9_odd_workspace_names_are_one_line_errors(served, visitor, choice):
     field = page.widget("text_input", "Workspace").id
     page = visitor.run(**{field: choice})
     errors = [a for a in page.alerts() if "workspace" in a]
-    assert len(errors) == 1 and "\n" not in errors[0] and not page.of("exception"), (page.alerts(), page.of("exception"))
+    assert len(errors) == 1 and "\n" not in errors[0] and not page.of("exception"), page.alerts()
     assert files(served.home) == before
 
 

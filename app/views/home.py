@@ -61,8 +61,8 @@ if found:
     run, plane = found
     with explanation.container():
         st.plotly_chart(landscape_chart.landscape_figure(plane.grid, plane.info), key="home_landscape")
-        st.caption(f"The demo's own plane ({state.plain(run.name)}): the loss over the plane through its two modes A and B "
-                   f"and the path point P at tick {plane.info['point_tick']}: the straight line (dashed) "
+        st.caption(f"The demo's own plane ({state.plain(run.name)}): the loss over the plane through its two modes "
+                   f"A and B and the path point P at tick {plane.info['point_tick']}: the straight line (dashed) "
                    "and the LLPF path through its points, with each point's off-plane residual. Explore's "
                    "Landscape tab has more.")
 st.subheader("Workspace")
