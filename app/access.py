@@ -43,6 +43,14 @@ class Access:
         self._failures: deque[tuple[float, str]] = deque()
         self.per_address, self.global_limit, self.window_s = per_address, global_limit, window_s
         self.cookie_required = False  # the served frame (serve.py) sets it: only a cookie can hold the grant
+        self._warned = False
+
+    def warn_unserved(self) -> None:
+        """Say once in the log that a token without the gate protects the pages only (app/Home.py served)."""
+        if not self.cookie_required and not self._warned:
+            self._warned = True
+            log.warning("LLPF_ACCESS_TOKEN is set but the server runs app/Home.py: uploads and session ids are not "
+                        "gated; serve with `streamlit run app/serve.py` (docs/threat-model.md)")
 
     def granted(self, client: str | None) -> bool:
         """No token is set, or this browser cookie gave it."""

@@ -131,8 +131,10 @@ def access_granted(given: str | None = None) -> bool:
             return False
         if ACCESS.granted(client):
             return True
-    elif st.session_state.get(ACCESS_KEY):
-        return True
+    else:
+        ACCESS.warn_unserved()
+        if st.session_state.get(ACCESS_KEY):
+            return True
     if given is None or not ACCESS.attempt(given, st.context.ip_address or "localhost", client):
         return False
     if not ACCESS.cookie_required:
