@@ -1,4 +1,5 @@
-# LLPF Explorer: the Streamlit dashboard and the `python -m llpf_core` CLI in one image.
+# LLPF Explorer: the Streamlit dashboard (served: app/serve.py, docs/threat-model.md) and the `python -m llpf_core`
+# CLI in one image.
 #
 #   CPU:  docker build -t llpf .
 #         docker run --rm -p 127.0.0.1:8501:8501 -e STREAMLIT_SERVER_ADDRESS=0.0.0.0 -v llpf-workspace:/workspace llpf
@@ -51,4 +52,4 @@ USER 10001:10001
 EXPOSE 8501
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://localhost:8501/_stcore/health', timeout=4)"]
-CMD ["streamlit", "run", "app/Home.py"]
+CMD ["streamlit", "run", "app/serve.py"]

@@ -14,6 +14,7 @@ from llpf_core import UserError, workspace_dir
 
 st.set_page_config(page_title="LLPF Explorer", page_icon=":material/route:", layout="wide")
 
+state.claim_session()
 if not state.access_granted():  # $LLPF_ACCESS_TOKEN: only the prompt until the right token is given
     st.title("LLPF Explorer")
     with st.form("access_form"):
@@ -22,8 +23,10 @@ if not state.access_granted():  # $LLPF_ACCESS_TOKEN: only the prompt until the 
     if submitted:
         if state.access_granted(given):
             st.rerun()
-        time.sleep(1.0)  # slows guessing
-        st.error("Wrong access token: ask whoever runs this server for it.", icon=":material/lock:")
+        time.sleep(1.0)  # slows guessing within a session; access.py limits it across sessions
+        wait = state.access_wait_s()
+        st.error(f"Too many wrong tokens from your address or in all: try again in {wait:.0f} s." if wait else
+                 "Wrong access token: ask whoever runs this server for it.", icon=":material/lock:")
     st.stop()
 
 page = st.navigation([
@@ -46,7 +49,7 @@ with st.sidebar:
     try:
         state.workspace()
     except UserError as e:
-        st.error(str(e), icon=":material/error:")
+        state.show_error(e)
         st.stop()
     if choice:
         st.query_params["workspace"] = choice
@@ -65,5 +68,5 @@ with machine:
     st.caption(f"Jobs on this server: {len(running)} running of {state.registry().queue.limit} slot(s), "
                f"{len(waiting)} queued")
     for j in mine.values():
-        st.caption(f"{j.name}: {j.status}" + (f" (#{waiting.index(j.name) + 1} in the queue)"
+        st.caption(f"{state.plain(j.name)}: {j.status}" + (f" (#{waiting.index(j.name) + 1} in the queue)"
                                               if j.name in waiting else ""))

@@ -152,7 +152,8 @@ class Registry:
         """Train one mode per seed, one after another, into ``modes_dir``."""
         if not seeds:
             raise UserError("give at least one seed")
-        paths = [modes_dir / f"{model}-{dataset}-seed{s}.safetensors" for s in seeds]
+        data_label = Path(dataset.partition(":")[2] or dataset).name  # folder:/.../imgs -> imgs: one file name
+        paths = [modes_dir / f"{model}-{data_label}-seed{s}.safetensors" for s in seeds]
         taken = [p.name for p in paths if p.exists()]
         if taken:
             raise UserError(f"mode files already exist: {', '.join(taken)}; choose other seeds or delete them")

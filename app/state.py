@@ -8,8 +8,8 @@ the Home page's text and demo button are on screen before that.
 """
 from __future__ import annotations
 
-import hmac
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import confine
 import streamlit as st
+from access import ACCESS, COOKIE, token
 from streamlit.errors import StreamlitPageNotFoundError
 
 import llpf_core
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
     from llpf_core import Mode, Run
 
 WORKSPACE = "workspace"  # the workspace this session chose inside the root ($LLPF_HOME), "" for the root
-ACCESS = "access_granted"  # this browser session gave the right $LLPF_ACCESS_TOKEN
+ACCESS_KEY = "access_granted"  # this session gave the right $LLPF_ACCESS_TOKEN (served without the gate)
+OWNER = "browser"  # the llpf_client cookie of the browser this session belongs to (served through the gate)
 SELECTED_RUN = "selected_run"  # the run shown by the live view and Explore
 # While a search runs, its progress line updates every REFRESH_S and its charts every CHART_REFRESH_S.
 # Redrawing the plotly charts is the browser's main cost while watching (0.3 of a core with a redraw
@@ -42,6 +44,9 @@ REFRESH_S = 1.0
 CHART_REFRESH_S = 5.0
 YOUNG_CHART_REFRESH_S = 1.0
 YOUNG_RUN_S = 30.0
+# What makes Streamlit's markdown more than text: links and images ([...](...), :color[...]), emphasis, code,
+# LaTeX, HTML, headings, tables, and bare URLs (autolinked): backslashed, they show as typed.
+_MARKDOWN_SPECIAL = re.compile(r"[\\`*_{}\[\]<>#|~$]|(?<=:)//|(?i:(?<=www)\.)")
 
 
 def chart_refresh_s(metrics: pd.DataFrame | None) -> float:
@@ -70,11 +75,17 @@ def registry() -> Registry:
 
 
 def workspace() -> Path:
-    """This session's workspace inside the root (UserError, creating nothing, if it would leave it)."""
+    """This session's workspace inside the root (UserError if it would leave it). Creates nothing: a shared
+    ``?workspace=`` link makes no folder by being visited; the first file written there does."""
     choice = st.session_state.get(WORKSPACE)
     if choice is None:
         choice = st.query_params.get("workspace", "")
-    return confine.create_workspace(confine.resolve_workspace(workspace_dir(), choice))
+    return confine.resolve_workspace(workspace_dir(), choice)
+
+
+def visitor_path(text: str, what: str) -> Path:
+    """A path the visitor typed, inside their workspace or a shared folder (confine.visitor_path)."""
+    return confine.visitor_path(text, workspace(), what)
 
 
 def my_jobs() -> list:
@@ -89,15 +100,51 @@ def job(name: str):
     return found if found and found.folder is not None and confine.inside(found.folder, workspace()) else None
 
 
+def browser() -> str | None:
+    """This browser's ``llpf_client`` cookie, given by the gate (serve.py); None without the gate."""
+    value = st.context.cookies.get(COOKIE)
+    return value if isinstance(value, str) and value else None
+
+
+def claim_session() -> None:
+    """Forget this session's state if another browser took it over (a reattach with a leaked session id)."""
+    client = browser()
+    if st.session_state.get(OWNER, client) != client:
+        st.session_state.clear()
+    if client is not None:
+        st.session_state[OWNER] = client
+
+
 def access_granted(given: str | None = None) -> bool:
-    """No $LLPF_ACCESS_TOKEN, this session gave it before, or ``given`` is it (compared in constant time)."""
-    token = os.environ.get("LLPF_ACCESS_TOKEN", "")
-    if not token or st.session_state.get(ACCESS):
+    """No $LLPF_ACCESS_TOKEN, this browser gave it before, or ``given`` is it (access.py: compared in constant
+    time, wrong ones limited per address and server-wide and logged).
+
+    Served through the gate (serve.py), the grant belongs to the browser's HttpOnly cookie, which a leaked
+    session id does not carry, and a client without the cookie is never let in; without the gate
+    (``streamlit run app/Home.py``, one user on their own machine) the grant belongs to the session.
+    """
+    if not token():
         return True
-    if given is not None and hmac.compare_digest(given.encode(), token.encode()):
-        st.session_state[ACCESS] = True
-        return True
-    return False
+    client = browser()
+    if ACCESS.cookie_required:
+        if client is None:
+            return False
+        if ACCESS.granted(client):
+            return True
+    else:
+        ACCESS.warn_unserved()
+        if st.session_state.get(ACCESS_KEY):
+            return True
+    if given is None or not ACCESS.attempt(given, st.context.ip_address or "localhost", client):
+        return False
+    if not ACCESS.cookie_required:
+        st.session_state[ACCESS_KEY] = True
+    return True
+
+
+def access_wait_s() -> float:
+    """Seconds before this client's address may try another token."""
+    return ACCESS.wait_s(st.context.ip_address or "localhost")
 
 
 def modes_dir() -> Path:
@@ -201,8 +248,14 @@ def open_run(name: str) -> None:
         params = {"run": name, **({"workspace": st.query_params["workspace"]} if "workspace" in st.query_params else {})}
         st.switch_page("views/runs.py", query_params=params)
     except StreamlitPageNotFoundError:
-        st.success(f"Started {name}: follow it on the Runs page.")
+        st.success(f"Started {plain(name)}: follow it on the Runs page.")
+
+
+def plain(text: object) -> str:
+    """``text`` escaped for Streamlit's markdown (st.caption, st.error, ...), so a visitor's workspace, run,
+    mode or dataset name shows as typed and never becomes a link, an image, emphasis, HTML or LaTeX."""
+    return _MARKDOWN_SPECIAL.sub(lambda m: "".join("\\" + c for c in m.group()), str(text))
 
 
 def show_error(e: Exception) -> None:
-    st.error(str(e), icon=":material/error:")
+    st.error(plain(e), icon=":material/error:")

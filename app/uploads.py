@@ -47,19 +47,6 @@ def save_upload(data: bytes, name: str, modes_dir: Path) -> Mode:
     return load_mode(target)
 
 
-def user_dataset(path: str) -> str:
-    """The dataset name for a path typed in the dashboard: ``folder:PATH`` for a folder, ``tensors:PATH``
-    for a .safetensors file (a name already so prefixed is kept)."""
-    path = path.strip()
-    if path.startswith(("folder:", "tensors:")):
-        return path
-    if Path(path).expanduser().is_dir():
-        return f"folder:{path}"
-    if path.lower().endswith(SUFFIX):
-        return f"tensors:{path}"
-    raise UserError(f"{path} is neither a folder (train/<class>/...) nor a .safetensors tensor file")
-
-
 def import_upload(data: bytes | None, name: str, model: str, dataset: str, out_name: str,
                   modes_dir: Path) -> Mode:
     """Import a state dict (the uploaded bytes, or with ``data`` None the server file ``name``) as the mode

@@ -24,7 +24,7 @@ def serve(tmp_path):
         port = free_port()
         full = {**os.environ, "LLPF_HOME": str(tmp_path / "root"), "LLPF_DEMO_SET": "ticks=100000", **env}
         log = open(tmp_path / "streamlit.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/Home.py", "--server.port",
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/serve.py", "--server.port",
                                  str(port), "--server.headless", "true"], cwd=REPO, env=full, stdout=log,
                                 stderr=subprocess.STDOUT)
         procs.append((proc, log))

@@ -372,7 +372,7 @@ def test_dockerfile_runs_locally_as_a_non_root_user_with_the_workspace_on_a_volu
     assert "EXPOSE 8501" in lines and 'VOLUME ["/workspace"]' in lines
     assert "LLPF_HOME=/workspace" in text and "STREAMLIT_SERVER_ADDRESS=127.0.0.1" in text
     assert "http://localhost:8501/_stcore/health" in text and "HEALTHCHECK" in text
-    assert lines[-1] == 'CMD ["streamlit", "run", "app/Home.py"]'
+    assert lines[-1] == 'CMD ["streamlit", "run", "app/serve.py"]'  # the served frame: docs/threat-model.md
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {".git", ".venv", "llpf-workspace", "*.safetensors"} <= set(ignored)
     assert "!assets/data/digits.safetensors" in ignored  # the embedded default dataset goes into the image

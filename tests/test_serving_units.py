@@ -22,8 +22,6 @@ def test_a_workspace_is_a_name_or_subfolder_inside_the_root(tmp_path):
     assert confine.resolve_workspace(root, str(root / "carol")) == root / "carol"  # absolute, but inside
     assert confine.resolve_workspace(root, "a/../b") == root / "a/../b"
     assert not root.exists()  # resolving creates nothing
-    confine.create_workspace(root / "alice")
-    assert sorted(p.name for p in (root / "alice").iterdir()) == ["data", "modes", "runs"]
 
 
 @pytest.mark.parametrize("choice", ["..", "../elsewhere", "a/../../elsewhere", "/tmp/llpf-elsewhere", "link",
@@ -107,3 +105,74 @@ def test_queue_never_runs_more_than_its_limit_from_many_threads():
     for _ in range(40):
         assert finished.acquire(timeout=60)
     assert peak[0] <= 3 and q.snapshot() == ([], [])
+
+
+# --- the served instance's pure parts: typed paths, markdown, the token's limits, the gate's rules ---------
+def test_typed_paths_stay_in_the_workspace_or_a_shared_folder(tmp_path, monkeypatch):
+    ws, shared, outside = tmp_path / "root" / "alice", tmp_path / "shared", tmp_path / "outside"
+    for folder in (ws / "data", shared, outside):
+        folder.mkdir(parents=True)
+    os.symlink(outside, ws / "data" / "escape")
+    monkeypatch.setenv("LLPF_SHARED_PATHS", str(shared))
+    assert confine.visitor_path("data/imgs", ws, "data path") == (ws / "data" / "imgs").resolve()
+    assert confine.visitor_path(str(shared / "cifar"), ws, "data path") == (shared / "cifar").resolve()
+    assert confine.visitor_data("data/set.safetensors", ws) == f"tensors:{(ws / 'data' / 'set.safetensors').resolve()}"
+    assert confine.visitor_data("folder:data/imgs", ws) == f"folder:{(ws / 'data' / 'imgs').resolve()}"
+    assert confine.visitor_dataset("digits", ws) == "digits"
+    refusals = set()
+    for typed in (str(outside), str(outside / "missing"), "/etc/passwd", "../..", "data/escape", "data/escape/x",
+                  "a\0b", "x" * 300, "x/" * 600, ""):
+        with pytest.raises(UserError) as e:
+            confine.visitor_path(typed, ws, "data path")
+        refusals.add(str(e.value).replace(repr(typed.strip()[:80]), "PATH"))
+    assert len(refusals) == 1 and "\n" not in refusals.pop()  # one text: nothing said about what exists
+    with pytest.raises(UserError, match="not inside your workspace"):
+        confine.visitor_dataset(f"folder:{outside}", ws)
+
+
+@pytest.mark.parametrize("choice", ["a\0b", "x" * 300, "![x](http://h/p.png)", "a\nb", "<b>", "a:b"])
+def test_odd_workspace_names_are_one_line_refusals_that_create_nothing(tmp_path, choice):
+    with pytest.raises(UserError, match="a workspace is a name or subfolder path") as e:
+        confine.resolve_workspace(tmp_path / "root", choice)
+    assert "\n" not in str(e.value) and not (tmp_path / "root").exists()
+
+
+def test_plain_shows_markdown_as_typed():
+    import state
+    assert state.plain("![x](http://h/p.png)") == "!\\[x\\](http:\\/\\/h/p.png)"
+    assert state.plain("__b__ *i* `c` $x$ <b> www.h.org :red[x]") == \
+        "\\_\\_b\\_\\_ \\*i\\* \\`c\\` \\$x\\$ \\<b\\> www\\.h.org :red\\[x\\]"
+    assert state.plain("workspace 'alice' is outside (see LLPF-HOME)") == "workspace 'alice' is outside (see LLPF-HOME)"
+
+
+def test_wrong_tokens_are_limited_per_address_and_in_all(monkeypatch):
+    from access import Access
+    monkeypatch.setenv("LLPF_ACCESS_TOKEN", "right")
+    now = [1000.0]
+    monkeypatch.setattr("access.time.monotonic", lambda: now[0])
+    access = Access(per_address=2, global_limit=3, window_s=60)
+    assert not access.granted("cookie-a") and not access.attempt("wrong", "10.0.0.1", "cookie-a")
+    assert not access.attempt("wrong", "10.0.0.1", "cookie-b")  # a new session: still the same address
+    assert access.wait_s("10.0.0.1") == 60 and access.wait_s("10.0.0.2") == 0
+    assert not access.attempt("right", "10.0.0.1", "cookie-c") and not access.granted("cookie-c")  # locked out
+    assert not access.attempt("wrong", "10.0.0.2", "cookie-d")  # the third wrong token server-wide
+    assert access.wait_s("10.0.0.3") == 60 and not access.attempt("right", "10.0.0.3", "cookie-e")
+    now[0] += 61  # the window slides past them
+    assert access.attempt("right", "10.0.0.1", "cookie-c") and access.granted("cookie-c")
+    assert not access.granted("cookie-a") and not access.granted(None)
+    monkeypatch.delenv("LLPF_ACCESS_TOKEN")
+    assert access.granted(None)  # no token: every visitor is in
+
+
+def test_the_gate_refuses_streamlit_endpoints_to_clients_without_the_token(monkeypatch):
+    import gate
+    from access import ACCESS
+    monkeypatch.setenv("LLPF_ACCESS_TOKEN", "right")
+    assert ACCESS.attempt("right", "127.0.0.1", "granted-cookie")
+    for path in ("", "static/js/main.js", "_stcore/health", "_stcore/host-config", "_stcore/stream"):
+        assert gate.refusal(path, None) is None
+    for path in ("_stcore/upload_file/sid/fid", "media/abc.png", "component/x/index.html", "_stcore/bidi-components/x"):
+        assert gate.refusal(path, None) == 403 and gate.refusal(path, "other") == 403
+        assert gate.refusal(path, "granted-cookie") is None
+    for path in ("_stcore/metrics", "_stcore/agent/interact", "_stcore/script-health-check"):
+        assert gate.refusal(path, "granted-cookie") == 404

@@ -174,9 +174,9 @@ def follow(job_name: str, live: bool) -> None:
         return
     job = state.job(job_name)
     if job and job.status == "failed":
-        st.error(f"The landscape failed: {job.error}", icon=":material/error:")
+        st.error(f"The landscape failed: {state.plain(job.error)}", icon=":material/error:")
     elif job and job.status == "stopped":
-        st.caption(f"Stopped: {job.message}")
+        st.caption(f"Stopped: {state.plain(job.message)}")
 
 
 with landscape_tab:

@@ -61,8 +61,8 @@ if found:
     run, plane = found
     with explanation.container():
         st.plotly_chart(landscape_chart.landscape_figure(plane.grid, plane.info), key="home_landscape")
-        st.caption(f"The demo's own plane ({run.name}): the loss over the plane through its two modes A and B "
-                   f"and the path point P at tick {plane.info['point_tick']}: the straight line (dashed) "
+        st.caption(f"The demo's own plane ({state.plain(run.name)}): the loss over the plane through its two modes "
+                   f"A and B and the path point P at tick {plane.info['point_tick']}: the straight line (dashed) "
                    "and the LLPF path through its points, with each point's off-plane residual. Explore's "
                    "Landscape tab has more.")
 st.subheader("Workspace")
@@ -73,4 +73,5 @@ cols[1].metric("Runs", len(state.run_dirs()))
 cols[2].metric("Running now", sum(job.live for job in jobs))
 cols[3].metric("Device", "GPU" if "GPU" in state.device_label() else "CPU")
 name = st.session_state.get(state.WORKSPACE) or "(the root)"
-st.caption(f"Workspace **{name}** · folder `{state.workspace().resolve()}` · {state.device_label()}")
+st.caption(f"Workspace {state.plain(name)} · folder {state.plain(state.workspace().resolve())} · "
+           f"{state.device_label()}")

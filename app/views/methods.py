@@ -74,7 +74,7 @@ if missing and not any(j.live for j in started):
         try:
             st.session_state["methods_jobs"] = _run_missing(pairs[key][0], missing)
         except UserError as e:
-            st.error(str(e))
+            state.show_error(e)
         st.rerun()
 elif not missing:
     st.caption("Every method has a run on this pair.")
@@ -84,7 +84,7 @@ elif not missing:
 def _progress() -> None:
     jobs = [j for j in state.my_jobs() if j.name in st.session_state.get("methods_jobs", [])]
     for j in jobs:
-        st.write(f"`{j.name}`: {j.status} {j.message or ''}")
+        st.write(f"{state.plain(j.name)}: {j.status} {state.plain(j.message or '')}")
     if jobs and not any(j.live for j in jobs) and any(j.live for j in started):
         st.rerun()  # the last one finished: draw the new runs
 

@@ -1,7 +1,9 @@
 """Modes: the trained networks in the workspace; train, upload and check them for independence."""
+import logging
 import time
 
 import charts
+import confine
 import state
 import streamlit as st
 import uploads
@@ -16,6 +18,7 @@ from llpf_core import (
     list_recipes,
 )
 
+log = logging.getLogger("llpf.modes")
 st.title("Modes")
 table = state.modes_table()
 if len(table):
@@ -31,8 +34,8 @@ with st.form("train_form"):
     c = st.columns(4)
     model = c[0].selectbox("Model", list_models(), index=list_models().index("mlp"), key="train_model")
     dataset = c[1].selectbox("Dataset", list_datasets(), key="train_dataset")
-    own_data = st.text_input("Or your own data: a folder (train/<class>/*.png, test/...) or a tensor file",
-                             key="train_own_data", placeholder="/path/to/images or /path/to/data.safetensors")
+    own_data = st.text_input("Or your own data in your workspace: a folder (train/<class>/*.png, test/...) or "
+                             "a tensor file", key="train_own_data", placeholder="data/images or data/set.safetensors")
     seeds_text = c[2].text_input("Seeds", value="1, 2", key="train_seeds", help="comma-separated integers")
     device = c[3].selectbox("Device", ["auto", "cpu", "cuda"], key="train_device")
     recipes = ["(default for the model and dataset)"] + [r["name"] for r in list_recipes()]
@@ -47,7 +50,7 @@ if submitted:
         name = recipe if recipe in [r["name"] for r in list_recipes()] else default_recipe(model, dataset)
         try:
             if own_data.strip():
-                dataset = uploads.user_dataset(own_data)
+                dataset = confine.visitor_data(own_data, state.workspace())
             if name is None:
                 raise UserError(f"no training recipe for {model}; pick one in the Recipe list")
             state.registry().start_training(f"train-{model}-{dataset}-{time.strftime('%H%M%S')}", model, dataset,
@@ -65,11 +68,11 @@ def training_progress() -> None:
     jobs = training_jobs()
     for job in jobs[-5:]:
         if job.live:
-            st.info(f"{job.name}: {job.message}", icon=":material/hourglass_top:")
+            st.info(f"{state.plain(job.name)}: {state.plain(job.message)}", icon=":material/hourglass_top:")
         elif job.error:
-            st.error(f"{job.name} failed: {job.error}")
+            st.error(f"{state.plain(job.name)} failed: {state.plain(job.error)}")
         else:
-            st.success(f"{job.name}: {job.message}")
+            st.success(f"{state.plain(job.name)}: {state.plain(job.message)}")
     if jobs and not any(j.live for j in jobs) and st.session_state.get("training_seen_live"):
         st.session_state["training_seen_live"] = False
         st.rerun()  # refresh the table with the new modes
@@ -90,9 +93,13 @@ for f in files or []:
         mode = uploads.save_upload(f.getvalue(), f.name, state.modes_dir())
     except UserError as e:
         state.show_error(e)
+    except Exception:  # one file that breaks the reader must not stop the others, nor show a traceback
+        log.exception("reading the uploaded file %r failed", f.name)
+        state.show_error(UserError(f"{f.name} could not be read as a mode file; the server's log has the details"))
     else:
         done.add((f.name, f.size))
-        st.success(f"added {mode.path.name}: {mode.meta.model} on {mode.meta.dataset}, seed {mode.meta.seed}")
+        st.success(state.plain(f"added {mode.path.name}: {mode.meta.model} on {mode.meta.dataset}, "
+                               f"seed {mode.meta.seed}"))
 
 # --- import ---------------------------------------------------------------------------------------------
 st.subheader("Import a state dict")
@@ -101,7 +108,7 @@ st.caption("A model trained elsewhere: `save_file(model.state_dict(), 'x.safeten
            "Plugin models (LLPF_PLUGINS) are listed with the zoo's.")
 with st.form("import_form"):
     state_file = st.file_uploader("State dict (.safetensors)", type=["safetensors"], key="import_upload")
-    state_path = st.text_input("or its path on this machine", key="import_path")
+    state_path = st.text_input("or its path in your workspace", key="import_path")
     c = st.columns(3)
     imp_model = c[0].selectbox("Model", list_models(), key="import_model")
     imp_dataset = c[1].selectbox("Dataset", list_datasets(), key="import_dataset")
@@ -112,15 +119,16 @@ if imported:
     try:
         if state_file is None and not state_path.strip():
             raise UserError("choose a state dict to upload or enter its path")
-        dataset_name = uploads.user_dataset(imp_own) if imp_own.strip() else imp_dataset
-        mode = uploads.import_upload(state_file.getvalue() if state_file else None,
-                                     state_file.name if state_file else state_path.strip(), imp_model,
+        dataset_name = confine.visitor_data(imp_own, state.workspace()) if imp_own.strip() else imp_dataset
+        source = state_file.name if state_file else str(state.visitor_path(state_path, "state dict path"))
+        mode = uploads.import_upload(state_file.getvalue() if state_file else None, source, imp_model,
                                      dataset_name, imp_name, state.modes_dir())
     except UserError as e:
         state.show_error(e)
     else:
         m = mode.meta.metrics
-        st.success(f"imported {mode.path.name}: {imp_model} on {dataset_name}, test acc {m['test_acc']:.3f}")
+        st.success(state.plain(f"imported {mode.path.name}: {imp_model} on {dataset_name}, "
+                               f"test acc {m['test_acc']:.3f}"))
 
 # --- independence ---------------------------------------------------------------------------------------
 st.subheader("Independence check")

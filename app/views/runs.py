@@ -97,14 +97,14 @@ def live_status() -> None:
     status = current_status(job, run)
     if status != STATUS or (LIVE and not is_live(job, run)):
         st.rerun()
-    st.markdown(f"**Status:** `{status}`" + (f" · {job.message}" if job and job.message else ""))
+    st.markdown(f"**Status:** `{status}`" + (f" · {state.plain(job.message)}" if job and job.message else ""))
     if run is None:
         if job and job.error:
-            st.error(job.error)
+            st.error(state.plain(job.error))
         return
     error = (job.error if job else None) or run.error
     if error:
-        st.error(f"The run failed: {error}")
+        st.error(f"The run failed: {state.plain(error)}")
     progress = job.progress if job and job.progress.total else folder_progress(run)
     speed = (f"{progress.ticks_per_s:.1f} ticks/s · {progress.iterations_per_s:.0f} SGD steps/s"
              if progress.ticks_per_s else "measuring speed")
@@ -154,7 +154,7 @@ def live_charts() -> None:
                 if metrics["continuity_max_loss"].notna().any() else int(ticks[-1])
             tick = st.select_slider("Drill into tick", ticks, value=worst, key="cont_tick")
             st.plotly_chart(charts.continuity_detail_figure(continuity, int(tick)), key="c_cont_detail")
-    st.caption(f"last tick {int(metrics['tick'].iloc[-1])} · status {run.status}"
+    st.caption(f"last tick {int(metrics['tick'].iloc[-1])} · status {state.plain(run.status)}"
                + (f" · charts redraw every {CHART_EVERY:g} s while the run is live" if LIVE else ""))
 
 

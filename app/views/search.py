@@ -68,7 +68,8 @@ if not method.needs_end:
 end_name = right.selectbox("End mode", ends, key="end_mode",
                            help="Only modes of the same model and dataset are offered.")
 if end_name is None:
-    st.warning(f"No mode compatible with {start_name} ({start.meta.model} on {start.meta.dataset}): train "
+    st.warning(f"No mode compatible with {state.plain(start_name)} ({state.plain(start.meta.model)} on "
+               f"{state.plain(start.meta.dataset)}): train "
                f"another seed on the Modes page.")
     st.stop()
 end = None if end_name == ORIGIN else modes[end_name]
@@ -78,7 +79,7 @@ presets = [p.name for p in list_presets() if p.model == model]
 fallback = default_preset(model, dataset, algorithm)
 generic = fallback is None and not method.needs_preset  # a model without presets (a plugin's): the generic M2M
 if fallback is None and not generic:
-    st.error(f"No {algorithm} preset for model {model}; add one to assets/presets.")
+    st.error(f"No {algorithm} preset for model {state.plain(model)}; add one to assets/presets.")
     st.stop()
 preset = left.selectbox("Preset", [GENERIC_M2M] if generic else presets,
                         index=presets.index(fallback) if fallback in presets else 0,
@@ -170,7 +171,7 @@ else:
 
     issues = layer_order.problems(table, names)
     for message in issues:
-        st.error(message)
+        st.error(state.plain(message))
     phases, ticks = layer_order.phases(table, cumulative) if not issues else (base.phases, base.ticks)
     if not issues:
         st.caption(f"{len(phases)} phase(s), {ticks} ticks in all; the phases start at ticks "
@@ -230,7 +231,7 @@ try:
     check_compatible(start, end, cfg)
 except UserError as e:
     problem = str(e)
-    st.error(problem)
+    st.error(state.plain(problem))
 
 # --- start ---------------------------------------------------------------------------------------------
 if not st.session_state.get("run_name"):

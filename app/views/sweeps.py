@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import confine
 import numpy as np
 import plotly.graph_objects as go
 import state
 import streamlit as st
 
-from llpf_core import load_run, read_sweep
+from llpf_core import UserError, load_run, read_sweep
 
 REPO = Path(__file__).resolve().parent.parent.parent
 GRID = np.linspace(0, 1, 101)
@@ -72,9 +73,17 @@ with st.expander("Start a sweep", expanded=not root.exists()):
         workers = c[5].number_input("Workers", 1, 256, 2)
         preset = st.text_input("Preset (empty: the model's default)", "")
         if st.form_submit_button("Start sweep"):
-            launch(["--model", model, "--dataset", dataset, "--pairs", str(pairs), "--seed", str(seed),
-                    "--workers", str(workers), *(["--preset", preset] if preset else [])], root / name)
-            st.toast(f"sweep {name} started")
+            try:  # every typed path stays in the workspace (confine.py); --opt=VALUE: no value reads as an option
+                out = root / confine.plain_name(name.strip(), "sweep name")
+                data = confine.visitor_dataset(dataset, state.workspace())
+                if preset.strip().endswith(".json") or "/" in preset:
+                    preset = str(state.visitor_path(preset, "preset file"))
+            except UserError as e:
+                state.show_error(e)
+            else:
+                launch([f"--model={model}", f"--dataset={data}", f"--pairs={pairs}", f"--seed={seed}",
+                        f"--workers={workers}", *([f"--preset={preset.strip()}"] if preset.strip() else [])], out)
+                st.toast(f"sweep {state.plain(out.name)} started")
 
 sweeps = sorted(p.parent for p in root.glob("*/sweep.json")) if root.exists() else []
 pending = [Path(k) for k, p in processes().items()  # started, or refused: its error stays on show
@@ -94,7 +103,7 @@ def follow() -> None:
     running = launched is not None and launched.running()
     problem = launched.problem(folder) if launched else None
     if problem:
-        st.error(problem)
+        st.error(state.plain(problem))
     if not (folder / "sweep.json").exists():
         if running:
             st.caption("training the modes, starting Ray ...")
