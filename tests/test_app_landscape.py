@@ -142,7 +142,7 @@ def test_home_explains_with_the_demos_real_plane_once_computed(ws):
 
 
 def test_a_landscape_job_holds_a_slot_stops_and_keeps_its_rows(ws):
-    from runner import Registry
+    from jobs import Registry
     registry = Registry(limit=1)
     run = load_run(ws / "runs" / "first")
     registry.start_landscape(run, 10, grid=201)  # 40,401 grid points: far more than the test lets it do

@@ -11,7 +11,8 @@ from tests.conftest import REPO
 sys.path.insert(0, str(REPO / "app"))
 
 import confine  # noqa: E402
-from jobqueue import JobQueue, max_jobs  # noqa: E402
+from jobs.jobqueue import JobQueue  # noqa: E402
+from jobs.limits import max_jobs  # noqa: E402
 
 
 def test_a_workspace_is_a_name_or_subfolder_inside_the_root(tmp_path):

@@ -50,8 +50,8 @@ if submitted:
                 dataset = uploads.user_dataset(own_data)
             if name is None:
                 raise UserError(f"no training recipe for {model}; pick one in the Recipe list")
-            state.registry().start_training(f"train-{model}-{dataset}-{time.strftime('%H%M%S')}", model, dataset,
-                                            seeds, name, state.modes_dir(), device=device)
+            state.visitor().start_training(f"train-{model}-{dataset}-{time.strftime('%H%M%S')}", model, dataset,
+                                           seeds, name, state.modes_dir(), device=device)
         except UserError as e:
             state.show_error(e)
 
@@ -65,9 +65,17 @@ def training_progress() -> None:
     jobs = training_jobs()
     for job in jobs[-5:]:
         if job.live:
-            st.info(f"{job.name}: {job.message}", icon=":material/hourglass_top:")
+            c = st.columns([6, 1])
+            c[0].info(f"{job.name}: {job.message or job.status}", icon=":material/hourglass_top:")
+            if job.status != "stopping" and c[1].button("Stop", key=f"stop_{job.name}"):
+                try:
+                    state.visitor().stop(job.name)
+                except UserError as e:
+                    state.show_error(e)
         elif job.error:
             st.error(f"{job.name} failed: {job.error}")
+        elif job.status == "stopped":
+            st.warning(f"{job.name}: {job.message}")
         else:
             st.success(f"{job.name}: {job.message}")
     if jobs and not any(j.live for j in jobs) and st.session_state.get("training_seen_live"):
