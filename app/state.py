@@ -3,9 +3,9 @@
 Per-session values live in ``st.session_state`` under the keys named here. Loaded modes, shared by
 every session, come from ``st.cache_resource`` (read-only; ``run_search`` copies their weights). The
 one job registry is not a Streamlit cache, which any visitor can empty: it is ``jobs.server_registry()``,
-and a session reaches only its own workspace's jobs through ``visitor()``. Importing this module costs no torch or
-pandas (they take seconds on a small machine): they load with the first function that needs them, so
-the Home page's text and demo button are on screen before that.
+and a session reaches only its own workspace's jobs through ``visitor()``. Importing this module costs no
+torch or pandas (they take seconds on a small machine): they load with the first function that needs
+them, so the Home page's text and demo button are on screen before that.
 """
 from __future__ import annotations
 
@@ -63,11 +63,10 @@ def before_first_torch_import() -> None:
         time.sleep(0.2)
 
 
-@st.cache_resource
 def registry() -> Registry:
-    """The job registry of this server process, shared by every session and tab."""
-    from jobs import Registry, VisitorJobs
-    return Registry()
+    """The job registry of this server process, shared by every session and tab (the server's counts)."""
+    from jobs import server_registry
+    return server_registry()
 
 
 def workspace() -> Path:

@@ -3,9 +3,9 @@ No Streamlit, no torch.
 
 Generic over job kinds: a job is a key, its owner (a visitor's workspace) and a start function.
 ``submit`` queues it and starts what may start; ``done`` frees its slot; ``cancel`` drops a queued job.
-A free slot goes to the waiting job whose owner has the fewest jobs running (ties: the one waiting
-longest), so one visitor's many jobs do not push another's back; an owner never has more than
-``owner_running`` jobs running or ``owner_queued`` waiting. Start functions run outside the queue's lock
+A free slot goes to the waiting job whose owner has the fewest jobs running, then whose owner was served
+longest ago (round robin), then the one waiting longest: one visitor's many jobs do not push another's
+back. An owner never has more than ``owner_running`` jobs running or ``owner_queued`` waiting. Start functions run outside the queue's lock
 (they may take the caller's own lock).
 """
 from __future__ import annotations
@@ -29,6 +29,8 @@ class JobQueue:
         self._lock = threading.Lock()
         self._running: dict[Hashable, str] = {}  # key -> owner
         self._waiting: list[tuple[Hashable, str, Callable[[], None]]] = []
+        self._served: dict[str, int] = {}  # owner -> the count of starts when it last had a job started
+        self._starts = 0
 
     def submit(self, key: Hashable, start: Callable[[], None], owner: str = "") -> bool:
         """Start ``key`` now (True) or queue it (False); a UserError when its owner's queue is full."""
@@ -62,16 +64,19 @@ class JobQueue:
         return False
 
     def order(self) -> list[Hashable]:
-        """The waiting keys in the order they would start if nothing else changed: round robin over owners,
-        starting with those that have the fewest jobs running."""
+        """The waiting keys in the order they would start as slots free, if no other job were submitted
+        (an estimate: which slots free first can change it)."""
         with self._lock:
-            running = Counter(self._running.values())
-            seen: Counter = Counter()
-            ranked = []
-            for index, (key, owner, _) in enumerate(self._waiting):
-                ranked.append((running[owner] + seen[owner], index, key))
-                seen[owner] += 1
-        return [key for _, _, key in sorted(ranked)]
+            waiting = [(key, owner) for key, owner, _ in self._waiting]
+            running, served, starts = Counter(self._running.values()), dict(self._served), self._starts
+        order = []
+        while waiting:
+            key, owner = waiting.pop(self._pick(waiting, running, served, capped=False))
+            running[owner] += 1
+            starts += 1
+            served[owner] = starts
+            order.append(key)
+        return order
 
     def position(self, key: Hashable) -> int | None:
         """1 for the next job to start, None when ``key`` is not waiting."""
@@ -87,12 +92,23 @@ class JobQueue:
     def _take_ready(self) -> list[Callable[[], None]]:
         """Move the jobs that may start now from waiting to running (the lock is held); their start functions."""
         ready = []
-        while len(self._running) < self.limit:
-            running = Counter(self._running.values())
-            allowed = [(running[o], i) for i, (_, o, _) in enumerate(self._waiting) if running[o] < self.owner_running]
-            if not allowed:
+        while len(self._running) < self.limit and self._waiting:
+            index = self._pick([(k, o) for k, o, _ in self._waiting], Counter(self._running.values()), self._served)
+            if index is None:
                 break
-            key, owner, start = self._waiting.pop(min(allowed)[1])
+            key, owner, start = self._waiting.pop(index)
             self._running[key] = owner
+            self._starts += 1
+            self._served[owner] = self._starts
             ready.append(start)
         return ready
+
+    def _pick(self, waiting: list[tuple[Hashable, str]], running: Counter, served: dict[str, int],
+              capped: bool = True) -> int | None:
+        """The index in ``waiting`` of the job to start next; None when every owner waiting is at its limit
+        (``capped``; without it, the owners at their limit come last)."""
+        ranked = [((running[o] >= self.owner_running, running[o], served.get(o, 0), i), i)
+                  for i, (_, o) in enumerate(waiting)]
+        if capped:
+            ranked = [r for r in ranked if not r[0][0]]
+        return min(ranked)[1] if ranked else None
