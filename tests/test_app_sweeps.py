@@ -148,3 +148,52 @@ def test_a_sweep_from_the_page_is_bounded_by_the_servers_caps(tmp_path, monkeypa
         registry.start_sweep(tmp_path / "sweeps", "wrong", model="cnn", dataset="digits", pairs=1,
                              preset="mlp-digits-m2m")
     assert not (tmp_path / "sweeps").exists() and registry.jobs() == []
+
+
+def test_a_sweep_from_the_page_takes_a_job_slot_and_only_its_workspace_sees_it(digits_modes, tmp_path, monkeypatch):
+    """LLPF_MAX_JOBS=1: a search waits behind a sweep started from the page, the sidebar counts the sweep,
+    another workspace neither lists nor stops it, and Stop on the page frees the slot for the search."""
+    import dataclasses
+
+    import jobs
+
+    from llpf_core import load_preset
+    monkeypatch.setenv("LLPF_HOME", str(tmp_path))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(jobs, "_SERVER", jobs.Registry(limit=1))
+    registry, alice = jobs.server_registry(), str((tmp_path / "alice").resolve())
+    at = sweeps_page("alice")
+    fill(at, "slot", pairs=8).button(key="start_sweep").click().run()
+    assert not at.exception and not at.error
+    try:
+        assert registry.get("sweep-slot", alice).status in ("starting", "running")
+        cfg = dataclasses.replace(load_preset("mlp-digits-m2m"), ticks=10, device="cpu")
+        behind = registry.visitor(alice).start_search("behind", digits_modes[0].path, digits_modes[1].path, cfg,
+                                                     tmp_path / "alice" / "runs" / "behind")
+        assert behind.status == "queued"
+        for workspace, mine in (("alice", True), ("bob", False)):
+            home = AppTest.from_file(str(REPO / "app" / "Home.py"), default_timeout=60)
+            home.query_params["workspace"] = workspace
+            captions = [c.value for c in home.run().sidebar.caption]
+            assert "Jobs on this server: 1 running of 1 slot(s), 1 queued" in captions, captions
+            assert any(c.startswith("sweep-slot: ") for c in captions) == mine
+            assert ("behind: queued (#1 in the queue)" in captions) == mine
+        bob = sweeps_page("bob")
+        assert not bob.exception and "No sweeps yet" in bob.info[0].value
+        assert not [b for b in bob.button if b.key == "sweep_stop"]
+        deadline = time.monotonic() + 300  # a generous bound, not a timing assertion: Ray up, pairs running
+        while not (tmp_path / "alice" / "sweeps" / "slot" / "sweep.json").exists():
+            assert time.monotonic() < deadline and registry.get("sweep-slot", alice).live
+            time.sleep(0.5)
+        at.run()
+        at.button(key="sweep_stop").click().run()
+        assert not at.exception and not at.error
+        assert registry.get("sweep-slot", alice).status == "stopping"
+        assert registry.wait("sweep-slot", 300, owner=alice).status == "stopped"
+        assert registry.wait("behind", 300, owner=alice).status == "finished"  # the freed slot
+        at.run()
+        assert next(m.value for m in at.metric if m.label == "Status") == "interrupted"
+        assert any(b.key == "sweep_resume" for b in at.button) and "Resume finishes" in at.caption[-1].value
+    finally:
+        for pid in sweep_processes():
+            os.kill(pid, signal.SIGINT)

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from .supervisor import Job, Progress, Supervisor
 
 REPO = Path(__file__).resolve().parents[2]
 POLL_S = 0.5  # how often the job looks at its process and folder
+REPEAT_STOP_S = 10.0  # Stop repeats its SIGINT this often until the sweep ends (as a second Ctrl-C would)
 
 
 class SweepJobs(Supervisor):
@@ -68,21 +70,21 @@ class SweepJobs(Supervisor):
                 proc = subprocess.Popen([sys.executable, "-m", "llpf_core", "sweep", "--out", str(out), "--quiet", *args],
                                         cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
                                         start_new_session=True)
-                interrupted = False
+                interrupted = None  # when Stop last sent SIGINT
                 while True:
                     try:
                         rc = proc.wait(POLL_S)
                         break
                     except subprocess.TimeoutExpired:
                         pass
-                    if stop.is_set() and not interrupted:
+                    if stop.is_set() and (interrupted is None or time.monotonic() - interrupted > REPEAT_STOP_S):
                         os.killpg(proc.pid, signal.SIGINT)
-                        interrupted = True
+                        interrupted = time.monotonic()
                     self._follow(job, out)
                 stderr.seek(0)
                 lines = stderr.read().strip().splitlines()
             self._follow(job, out)
-            self._set(job, **_outcome(rc, lines, out, interrupted))
+            self._set(job, **_outcome(rc, lines, out, interrupted is not None))
 
         return work
 
@@ -107,7 +109,8 @@ def _outcome(rc: int, stderr: list[str], out: Path, interrupted: bool) -> dict:
     if rc == 0:
         return {"status": "finished", "message": "every pair finished"}
     if interrupted:
-        return {"status": "stopped", "message": "stopped; Resume finishes the interrupted pairs"}
+        return {"status": "stopped", "message": "stopped; Resume finishes the interrupted pairs" if status else
+                "stopped before it started; start it again"}
     if rc == 2 or status is None:  # refused its input (exit 2: one line per problem), or ended before starting
         said = (" ".join(stderr) if rc == 2 else stderr[-1]) if stderr else f"the sweep ended with exit code {rc}"
         return {"status": "failed", "error": said}

@@ -65,8 +65,8 @@ with st.expander("Start a sweep", expanded=not root.exists()):
             st.rerun()
 
 sweeps = sorted(p.parent for p in root.glob("*/sweep.json")) if root.exists() else []
-pending = [j.run_dir for j in mine.jobs()  # started, or refused: its error stays on show
-           if j.kind == "sweep" and j.run_dir not in sweeps and (j.live or j.error)]
+pending = [j.run_dir for j in mine.jobs()  # started, or refused or stopped: its message stays on show
+           if j.kind == "sweep" and j.run_dir not in sweeps and j.status != "finished"]
 if not sweeps and not pending:
     st.info("No sweeps yet: start one above, or with `python -m llpf_core sweep --out "
             f"{root}/NAME --model mlp --pairs 4`.")
@@ -92,7 +92,7 @@ def follow() -> None:
         except UserError as e:
             state.show_error(e)
     if not (folder / "sweep.json").exists():
-        if running:
+        if job and not job.error:
             st.caption(job.message or "training the modes, starting Ray ...")
         return
     try:
@@ -101,6 +101,8 @@ def follow() -> None:
         state.show_error(e)
         return
     b[0].metric("Status", job.status if running else info["status"])
+    if job and job.status == "stopped":
+        st.caption(job.message)
     if not running and info["status"] != "finished" and b[1].button("Resume", key="sweep_resume"):
         try:
             mine.resume_sweep(folder)
