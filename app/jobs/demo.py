@@ -35,13 +35,12 @@ class DemoJobs(SearchJobs, LandscapeJobs, TrainingJobs):
         run_dir = workspace / "runs" / name
 
         def work(job: Job, stop: Event, pause: Event) -> None:
-            for seed in DEMO_SEEDS:
-                path = workspace / "modes" / f"mlp-digits-seed{seed}.safetensors"
-                if not path.exists():
-                    self._train(job, "mlp", "digits", seed, path, DEMO_RECIPE, "cpu", None, stop)
-                else:
-                    with self._lock:
-                        job.modes.append(path)
+            paths = [(seed, workspace / "modes" / f"mlp-digits-seed{seed}.safetensors") for seed in DEMO_SEEDS]
+            missing = [(seed, path) for seed, path in paths if not path.exists()]
+            if missing:
+                self._train(job, "mlp", "digits", missing, DEMO_RECIPE, "cpu", None, stop)
+            with self._lock:
+                job.modes = [path for _, path in paths]
             if stop.is_set():
                 raise JobStopped("stopped before the search")
             cfg = apply_overrides(replace(load_preset(DEMO_PRESET), device="cpu"), demo_overrides())

@@ -1,6 +1,6 @@
-"""Training jobs: one mode per seed, each ``train_mode`` in a child process of its own, its epochs in the
-job's message. The engine trains a mode without checkpoints, so Stop terminates the process at once:
-the mode being trained is not written (``save_mode`` writes it whole at the end), those before it stay."""
+"""Training jobs: one mode per seed, one after another, in one child process, its epochs in the job's
+message. The engine trains a mode without checkpoints, so Stop terminates the process at once: the
+mode being trained is not written (``save_mode`` writes it whole at the end), those before it stay."""
 from __future__ import annotations
 
 from multiprocessing.synchronize import Event
@@ -26,35 +26,46 @@ class TrainingJobs(Supervisor):
             raise UserError(f"mode files already exist: {', '.join(taken)}; choose other seeds or delete them")
 
         def work(job: Job, stop: Event, _pause: Event) -> None:
-            for seed, path in zip(seeds, paths):
-                self._train(job, model, dataset, seed, path, recipe, device, data_root, stop)
+            self._train(job, model, dataset, list(zip(seeds, paths)), recipe, device, data_root, stop)
             self._set(job, status="finished", message=f"trained {len(seeds)} mode(s)")
 
         return self._launch(Job(name, "train", owner), work)
 
-    def _train(self, job: Job, model: str, dataset: str, seed: int, path: Path, recipe: str, device: str,
+    def _train(self, job: Job, model: str, dataset: str, seeds: list[tuple[int, Path]], recipe: str, device: str,
                data_root: Path | None, stop: Event) -> None:
-        """Train one mode in a child process; JobStopped (the mode unwritten) when ``stop`` is set meanwhile."""
-        doing = f"training {model} on {dataset}, seed {seed}"
+        """Train a mode per (seed, path) in a child process; each one trained joins ``job.modes``. Raises
+        JobStopped (the mode in training unwritten) when ``stop`` is set meanwhile."""
+        doing = f"training {model} on {dataset}, seed {seeds[0][0]}"
         self._set(job, status="training", message=f"{doing}: loading data")
 
-        def on_epoch(epoch: int, epochs: int, loss: float) -> None:
-            self._set(job, message=f"{doing}: epoch {epoch}/{epochs}, loss {loss:.4f}")
+        def on_progress(what: str, seed: int, *epoch) -> None:
+            nonlocal doing
+            doing = f"training {model} on {dataset}, seed {seed}"
+            if what == "saved":
+                with self._lock:
+                    job.modes.append(dict(seeds)[seed])
+            elif what == "epoch":
+                self._set(job, message=f"{doing}: epoch {epoch[0]}/{epoch[1]}, loss {epoch[2]:.4f}")
+            else:
+                self._set(job, message=f"{doing}: loading data")
 
         try:
-            follow_child(job.name, _train_process, (model, dataset, seed, path, recipe, device, data_root), on_epoch,
-                         "train that seed again", kill_on=stop)
+            follow_child(job.name, _train_process, (model, dataset, seeds, recipe, device, data_root), on_progress,
+                         "train the missing seeds again", kill_on=stop)
         except JobStopped:
-            done = f"; kept {', '.join(p.name for p in job.modes)}" if job.modes else ""
-            raise JobStopped(f"stopped while {doing} (not saved){done}") from None
-        with self._lock:
-            job.modes.append(path)
+            kept = f"; kept {', '.join(p.name for p in job.modes)}" if job.modes else ""
+            raise JobStopped(f"stopped while {doing} (not saved){kept}") from None
 
 
-def _train_process(model, dataset, seed, path, recipe, device, data_root, events) -> None:
-    """Body of a training child process: ``train_mode``, reporting epochs and the outcome to ``events``."""
+def _train_process(model, dataset, seeds, recipe, device, data_root, events) -> None:
+    """Body of a training child process: ``train_mode`` per seed, reporting ("progress", "loading" |
+    "epoch" | "saved", seed, ...) events and the outcome to ``events``."""
     torch.set_num_threads(WORK_THREADS)
     with failures_reported(events):
-        train_mode(model, dataset, seed, path, load_recipe(recipe), device, data_root,
-                   lambda epoch, epochs, loss: events.put(("progress", epoch, epochs, loss)), recipe)
+        for seed, path in seeds:
+            events.put(("progress", "loading", seed))
+            train_mode(model, dataset, seed, path, load_recipe(recipe), device, data_root,
+                       lambda epoch, epochs, loss, s=seed: events.put(("progress", "epoch", s, epoch, epochs, loss)),
+                       recipe)
+            events.put(("progress", "saved", seed))
         events.put(("done",))
