@@ -21,8 +21,8 @@ import torch
 from .demo import DemoJobs
 from .jobqueue import JobQueue
 from .limits import max_jobs, visitor_max_jobs, visitor_max_queued
-from .search import folder_progress, unique_run_name  # noqa: F401
-from .supervisor import LIVE, Job, Progress, VisitorJobs  # noqa: F401
+from .search import folder_progress, unique_run_name  # noqa: F401  (for the pages)
+from .supervisor import VisitorJobs
 from .sweep import SweepJobs
 
 

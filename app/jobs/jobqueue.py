@@ -5,8 +5,8 @@ Generic over job kinds: a job is a key, its owner (a visitor's workspace) and a 
 ``submit`` queues it and starts what may start; ``done`` frees its slot; ``cancel`` drops a queued job.
 A free slot goes to the waiting job whose owner has the fewest jobs running, then whose owner was served
 longest ago (round robin), then the one waiting longest: one visitor's many jobs do not push another's
-back. An owner never has more than ``owner_running`` jobs running or ``owner_queued`` waiting. Start functions run outside the queue's lock
-(they may take the caller's own lock).
+back. An owner never has more than ``owner_running`` jobs running or ``owner_queued`` waiting. Start
+functions run outside the queue's lock (they may take the caller's own lock).
 """
 from __future__ import annotations
 

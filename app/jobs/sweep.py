@@ -67,8 +67,8 @@ class SweepJobs(Supervisor):
         def work(job: Job, stop: Event, _pause: Event) -> None:
             self._set(job, status="running", message="training the modes, starting Ray")
             with tempfile.TemporaryFile("w+") as stderr:  # a file: a pipe nobody reads could fill and stall it
-                proc = subprocess.Popen([sys.executable, "-m", "llpf_core", "sweep", "--out", str(out), "--quiet", *args],
-                                        cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+                command = [sys.executable, "-m", "llpf_core", "sweep", "--out", str(out), "--quiet", *args]
+                proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
                                         start_new_session=True)
                 interrupted = None  # when Stop last sent SIGINT
                 while True:

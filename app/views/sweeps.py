@@ -9,7 +9,16 @@ import state
 import streamlit as st
 from jobs.limits import sweep_max_pairs, sweep_max_workers
 
-from llpf_core import ALGORITHMS, PATH_METHODS, UserError, list_datasets, list_models, list_presets, load_run, read_sweep
+from llpf_core import (
+    ALGORITHMS,
+    PATH_METHODS,
+    UserError,
+    list_datasets,
+    list_models,
+    list_presets,
+    load_run,
+    read_sweep,
+)
 
 GRID = np.linspace(0, 1, 101)
 # The methods a sweep runs: `sweep --algorithm` takes LLPF's kinds today. With the engine's method registry
