@@ -178,6 +178,9 @@ def test_a_sweep_from_the_page_takes_a_job_slot_and_only_its_workspace_sees_it(d
             assert "Jobs on this server: 1 running of 1 slot(s), 1 queued" in captions, captions
             assert any(c.startswith("sweep-slot: ") for c in captions) == mine
             assert ("behind: queued (#1 in the queue)" in captions) == mine
+        runs = AppTest.from_file(str(REPO / "app" / "views" / "runs.py"), default_timeout=60)
+        runs.query_params["workspace"] = "alice"
+        assert runs.run().selectbox(key="live_run").options == ["behind"]  # a sweep is not a run
         bob = sweeps_page("bob")
         assert not bob.exception and "No sweeps yet" in bob.info[0].value
         assert not [b for b in bob.button if b.key == "sweep_stop"]

@@ -12,7 +12,7 @@ st.title("Runs")
 mine = state.visitor()  # this workspace's jobs
 dirs = {p.name: p for p in state.run_dirs()}
 for job in state.my_jobs():  # a demo still training has no run folder yet
-    if job.run_dir is not None:
+    if job.kind in ("search", "demo") and job.run_dir is not None:  # a sweep's is its sweep folder
         dirs.setdefault(job.name, job.run_dir)
 if not dirs:
     st.info("No runs yet. Start one on the Search page, or run the demo from Home.")
