@@ -63,10 +63,8 @@ page.run()
 # own text should not wait for it.
 with machine:
     st.caption(state.device_label())
-    running, waiting = state.registry().queue.snapshot()
-    mine = {j.name: j for j in state.my_jobs() if j.live}
-    st.caption(f"Jobs on this server: {len(running)} running of {state.registry().queue.limit} slot(s), "
-               f"{len(waiting)} queued")
-    for j in mine.values():
-        st.caption(f"{state.plain(j.name)}: {j.status}" + (f" (#{waiting.index(j.name) + 1} in the queue)"
-                                              if j.name in waiting else ""))
+    running, waiting, slots = state.registry().counts()
+    st.caption(f"Jobs on this server: {running} running of {slots} slot(s), {waiting} queued")
+    for j in state.my_jobs():
+        if j.live:
+            st.caption(f"{state.plain(j.name)}: {j.status}" + (f" (#{j.queue_position} in the queue)" if j.queue_position else ""))

@@ -1,10 +1,11 @@
 """Shared state of the dashboard: session keys, the workspace, cached readers and the job registry.
 
-Per-session values live in ``st.session_state`` under the keys named here. Objects shared by every
-session come from ``st.cache_resource``: the one job registry (mutable, guarded by its own lock) and
-loaded modes (read-only; ``run_search`` copies their weights). Importing this module costs no torch or
-pandas (they take seconds on a small machine): they load with the first function that needs them, so
-the Home page's text and demo button are on screen before that.
+Per-session values live in ``st.session_state`` under the keys named here. Loaded modes, shared by
+every session, come from ``st.cache_resource`` (read-only; ``run_search`` copies their weights). The
+one job registry is not a Streamlit cache, which any visitor can empty: it is ``jobs.server_registry()``,
+and a session reaches only its own workspace's jobs through ``visitor()``. Importing this module costs no
+torch or pandas (they take seconds on a small machine): they load with the first function that needs
+them, so the Home page's text and demo button are on screen before that.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from llpf_core import UserError, workspace_dir
 
 if TYPE_CHECKING:
     import pandas as pd
-    from runner import Registry
+    from jobs import Registry, VisitorJobs
 
     from llpf_core import Mode, Run
 
@@ -67,11 +68,10 @@ def before_first_torch_import() -> None:
         time.sleep(0.2)
 
 
-@st.cache_resource
 def registry() -> Registry:
-    """The job registry of this server process, shared by every session and tab."""
-    from runner import Registry
-    return Registry()
+    """The job registry of this server process, shared by every session and tab (the server's counts)."""
+    from jobs import server_registry
+    return server_registry()
 
 
 def workspace() -> Path:
@@ -88,16 +88,19 @@ def visitor_path(text: str, what: str) -> Path:
     return confine.visitor_path(text, workspace(), what)
 
 
+def visitor() -> VisitorJobs:
+    """The registry as this session may use it: start, see and control its own workspace's jobs only."""
+    return registry().visitor(str(workspace().resolve()))
+
+
 def my_jobs() -> list:
-    """The registry's jobs that write into this session's workspace (other visitors' jobs are not shown)."""
-    here = workspace()
-    return [job for job in registry().jobs() if job.folder is not None and confine.inside(job.folder, here)]
+    """This workspace's jobs (other visitors' jobs are not shown)."""
+    return visitor().jobs()
 
 
 def job(name: str):
-    """The job called ``name`` if it belongs to this workspace, else None."""
-    found = registry().get(name)
-    return found if found and found.folder is not None and confine.inside(found.folder, workspace()) else None
+    """This workspace's job called ``name``, else None."""
+    return visitor().get(name)
 
 
 def browser() -> str | None:

@@ -45,7 +45,7 @@ def app(page: str) -> AppTest:
     return AppTest.from_file(str(REPO / "app" / page), default_timeout=30)
 
 
-def wait_for(registry, name: str, timeout: float = 120):
+def wait_for(registry, name: str, timeout: float = 300):  # generous: a loaded machine, not a speed test
     job = registry.wait(name, timeout)
     assert job is not None and not job.live, job
     return job

@@ -66,7 +66,7 @@ def test_the_landscape_tab_computes_the_plane_in_the_background_and_draws_it(ws)
     assert not at.exception and not at.error
     job = state.registry().wait("landscape-first", 120)
     assert job.kind == "landscape" and job.status == "finished", job
-    assert job.folder == ws / "runs" / "first" and job.progress.tick == job.progress.total == 21 * 21
+    assert job.owner == str(ws.resolve()) and job.progress.tick == job.progress.total == 21 * 21
 
     at.run()  # the next rerun (the follow fragment asks for one) draws the plane from the run folder
     assert not at.exception
@@ -142,7 +142,7 @@ def test_home_explains_with_the_demos_real_plane_once_computed(ws):
 
 
 def test_a_landscape_job_holds_a_slot_stops_and_keeps_its_rows(ws):
-    from runner import Registry
+    from jobs import Registry
     registry = Registry(limit=1)
     run = load_run(ws / "runs" / "first")
     registry.start_landscape(run, 10, grid=201)  # 40,401 grid points: far more than the test lets it do

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from llpf_core import load_run
+from llpf_core import UserError, load_run, read_sweep
 
 from tests.conftest import REPO, plotly_array, run_cli
 
@@ -62,20 +62,33 @@ def sweep_processes() -> list[int]:
     return found
 
 
+def sweeps_page(workspace: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(REPO / "app" / "views" / "sweeps.py"), default_timeout=60)
+    if workspace:
+        at.query_params["workspace"] = workspace
+    return at.run()
+
+
+def fill(at: AppTest, name: str, pairs: int = 1, seed: int = 7, workers: int = 1) -> AppTest:
+    at.text_input(key="sweep_name").set_value(name)
+    at.number_input(key="sweep_pairs").set_value(pairs)
+    at.number_input(key="sweep_seed").set_value(seed)
+    at.number_input(key="sweep_workers").set_value(workers)
+    return at
+
+
 def test_the_start_form_runs_a_sweep_in_the_background_and_the_page_follows_it(tmp_path, monkeypatch):
     monkeypatch.setenv("LLPF_HOME", str(tmp_path))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    at = AppTest.from_file(str(REPO / "app" / "views" / "sweeps.py"), default_timeout=60).run()
+    at = sweeps_page()
     assert not at.exception and "No sweeps yet" in at.info[0].value
-    field = {w.label: w for w in [*at.text_input, *at.number_input]}
-    field["Name"].set_value("form")
-    field["Pairs"].set_value(1)
-    field["First seed"].set_value(7)
-    field["Workers"].set_value(1)
-    next(b for b in at.button if b.label == "Start sweep").click().run()
-    assert not at.exception
+    assert at.selectbox(key="sweep_model").value == "mlp" and "digits" in at.selectbox(key="sweep_dataset").options
+    assert at.selectbox(key="sweep_method").value == "m2m"
+    fill(at, "form").button(key="start_sweep").click().run()
+    assert not at.exception and not at.error
     try:
         assert len(sweep_processes()) == 1  # the page started the CLI's sweep as a process of its own
+        assert at.selectbox(key="sweep_folder").value.name == "form"  # the new sweep is on show
         deadline, status = time.monotonic() + 300, None
         while status not in ("finished", "failed", "interrupted"):  # the page re-reads the folder on every run
             assert time.monotonic() < deadline, f"the sweep did not end: {status}"
@@ -92,6 +105,7 @@ def test_the_start_form_runs_a_sweep_in_the_background_and_the_page_follows_it(t
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     assert len(charts) == 3 and all(any(t.get("name") == "mean" for t in c["data"]) for c in charts[:2])
     assert (tmp_path / "sweeps" / "form" / "modes" / "seed8.safetensors").exists()
+    assert read_sweep(tmp_path / "sweeps" / "form")["spec"]["preset"] == "mlp-digits-m2m"
 
 
 def test_compare_page_takes_a_whole_sweep_as_the_group(sweep_home, monkeypatch):
@@ -104,19 +118,85 @@ def test_compare_page_takes_a_whole_sweep_as_the_group(sweep_home, monkeypatch):
     assert any("Across these runs" in c.value for c in at.caption)
 
 
-def test_a_refused_start_shows_its_one_line_error_and_keeps_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, problem", [("../outside", "plain folder name"), ("/tmp/evil", "plain folder name"),
+                                           ("two", "exists already")])
+def test_a_refused_start_shows_its_one_line_error_at_once_and_starts_nothing(sweep_home, monkeypatch, name, problem):
+    monkeypatch.setenv("LLPF_HOME", str(sweep_home))
+    before = sorted(sweep_home.parent.rglob("*"))
+    at = sweeps_page()
+    fill(at, name).button(key="start_sweep").click().run()
+    assert not at.exception and len(at.error) == 1
+    assert problem in at.error[0].value and "\n" not in at.error[0].value
+    assert sorted(sweep_home.parent.rglob("*")) == before and sweep_processes() == []
+
+
+def test_a_sweep_from_the_page_is_bounded_by_the_servers_caps(tmp_path, monkeypatch):
+    """The page's fields stop at LLPF_SWEEP_MAX_PAIRS and LLPF_SWEEP_MAX_WORKERS, and the registry refuses
+    more whatever a client sends."""
+    from jobs import Registry
     monkeypatch.setenv("LLPF_HOME", str(tmp_path))
-    at = AppTest.from_file(str(REPO / "app" / "views" / "sweeps.py"), default_timeout=60).run()
-    field = {w.label: w for w in [*at.text_input, *at.number_input]}
-    field["Name"].set_value("bad")
-    field["Model"].set_value("nosuchmodel")
-    next(b for b in at.button if b.label == "Start sweep").click().run()
-    deadline = time.monotonic() + 120
-    while not at.error:  # the refused process exits within seconds; the page shows its stderr
-        assert time.monotonic() < deadline and not at.exception, "no error shown"
-        time.sleep(0.5)
+    monkeypatch.setenv("LLPF_SWEEP_MAX_PAIRS", "3")
+    monkeypatch.setenv("LLPF_SWEEP_MAX_WORKERS", "2")
+    at = sweeps_page()
+    assert at.number_input(key="sweep_pairs").max == 3 and at.number_input(key="sweep_workers").max == 2
+    registry = Registry(limit=1)
+    for pairs, workers, problem in ((4, 1, "1 to 3 pairs"), (1, 3, "1 to 2 workers"), (0, 1, "1 to 3 pairs")):
+        with pytest.raises(UserError, match=problem):
+            registry.start_sweep(tmp_path / "sweeps", "big", model="mlp", dataset="digits", pairs=pairs,
+                                 workers=workers)
+    with pytest.raises(UserError, match="preset mlp-digits-m2m is for model 'mlp', not 'cnn'"):
+        registry.start_sweep(tmp_path / "sweeps", "wrong", model="cnn", dataset="digits", pairs=1,
+                             preset="mlp-digits-m2m")
+    assert not (tmp_path / "sweeps").exists() and registry.jobs() == []
+
+
+def test_a_sweep_from_the_page_takes_a_job_slot_and_only_its_workspace_sees_it(digits_modes, tmp_path, monkeypatch):
+    """LLPF_MAX_JOBS=1: a search waits behind a sweep started from the page, the sidebar counts the sweep,
+    another workspace neither lists nor stops it, and Stop on the page frees the slot for the search."""
+    import dataclasses
+
+    import jobs
+
+    from llpf_core import load_preset
+    monkeypatch.setenv("LLPF_HOME", str(tmp_path))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(jobs, "_SERVER", jobs.Registry(limit=1))
+    registry, alice = jobs.server_registry(), str((tmp_path / "alice").resolve())
+    at = sweeps_page("alice")
+    fill(at, "slot", pairs=8).button(key="start_sweep").click().run()
+    assert not at.exception and not at.error
+    try:
+        assert registry.get("sweep-slot", alice).status in ("starting", "running")
+        cfg = dataclasses.replace(load_preset("mlp-digits-m2m"), ticks=10, device="cpu")
+        behind = registry.visitor(alice).start_search("behind", digits_modes[0].path, digits_modes[1].path, cfg,
+                                                     tmp_path / "alice" / "runs" / "behind")
+        assert behind.status == "queued"
+        for workspace, mine in (("alice", True), ("bob", False)):
+            home = AppTest.from_file(str(REPO / "app" / "Home.py"), default_timeout=60)
+            home.query_params["workspace"] = workspace
+            captions = [c.value for c in home.run().sidebar.caption]
+            assert "Jobs on this server: 1 running of 1 slot(s), 1 queued" in captions, captions
+            assert any(c.startswith("sweep-slot: ") for c in captions) == mine
+            assert ("behind: queued (#1 in the queue)" in captions) == mine
+        runs = AppTest.from_file(str(REPO / "app" / "views" / "runs.py"), default_timeout=60)
+        runs.query_params["workspace"] = "alice"
+        assert runs.run().selectbox(key="live_run").options == ["behind"]  # a sweep is not a run
+        bob = sweeps_page("bob")
+        assert not bob.exception and "No sweeps yet" in bob.info[0].value
+        assert not [b for b in bob.button if b.key == "sweep_stop"]
+        deadline = time.monotonic() + 300  # a generous bound, not a timing assertion: Ray up, pairs running
+        while not (tmp_path / "alice" / "sweeps" / "slot" / "sweep.json").exists():
+            assert time.monotonic() < deadline and registry.get("sweep-slot", alice).live
+            time.sleep(0.5)
         at.run()
-    assert "unknown model 'nosuchmodel'" in at.error[0].value and at.error[0].value.count("\n") == 0
-    at.run()  # still there on the next rerun (the message is re-read from its file, not a drained pipe)
-    assert "unknown model 'nosuchmodel'" in at.error[0].value
-    assert not (tmp_path / "sweeps" / "bad").exists() and sweep_processes() == []
+        at.button(key="sweep_stop").click().run()
+        assert not at.exception and not at.error
+        assert registry.get("sweep-slot", alice).status == "stopping"
+        assert registry.wait("sweep-slot", 300, owner=alice).status == "stopped"
+        assert registry.wait("behind", 300, owner=alice).status == "finished"  # the freed slot
+        at.run()
+        assert next(m.value for m in at.metric if m.label == "Status") == "interrupted"
+        assert any(b.key == "sweep_resume" for b in at.button) and "Resume finishes" in at.caption[-1].value
+    finally:
+        for pid in sweep_processes():
+            os.kill(pid, signal.SIGINT)

@@ -183,19 +183,22 @@ def test_out_of_memory_during_a_resumed_set_up_leaves_the_run_as_it_was(digits_m
 
 
 def test_dashboard_training_reports_out_of_memory_in_one_line(tmp_path, monkeypatch):
+    """Training runs in a child process of the server: the failure comes from there, through a plugin model
+    (LLPF_PLUGINS, read by the child) whose builder fails as cuBLAS does when the GPU is full."""
     sys.path.insert(0, str(REPO / "app"))
-    from runner import Registry
+    from jobs import Registry
 
-    def no_memory(*args, **kwargs):
-        raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
-
-    monkeypatch.setattr(llpf_core.train, "build_model", no_memory)
+    plugin = tmp_path / "full_gpu.py"
+    plugin.write_text("from llpf_core import register_model\n\n\n@register_model\ndef fullgpu(**kwargs):\n"
+                      "    raise RuntimeError('CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling "
+                      "`cublasCreate(handle)`')\n")
+    monkeypatch.setenv("LLPF_PLUGINS", str(plugin))
     registry = Registry()
-    registry.start_training("oom", "mlp", "digits", [1], "mlp-digits", tmp_path / "modes", device="cpu")
-    job = registry.wait("oom", 60)
+    registry.start_training("oom", "fullgpu", "digits", [1], "mlp-digits", tmp_path / "modes", device="cpu")
+    job = registry.wait("oom", 120)
     assert job.status == "failed"
-    assert job.error.startswith("out of memory: training mlp on cpu: lower the batch size"), job.error
-    assert "\n" not in job.error and not (tmp_path / "modes" / "mlp-digits-seed1.safetensors").exists()
+    assert job.error.startswith("out of memory: training fullgpu on cpu: lower the batch size"), job.error
+    assert "\n" not in job.error and not (tmp_path / "modes" / "fullgpu-digits-seed1.safetensors").exists()
 
 
 # --- 4. Stop and Pause inside long ticks -----------------------------------------------------------------

@@ -13,7 +13,7 @@ from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "app"))
 
-from runner import Registry  # noqa: E402
+from jobs import Registry  # noqa: E402
 
 
 def home() -> AppTest:

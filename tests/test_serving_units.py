@@ -11,7 +11,9 @@ from tests.conftest import REPO
 sys.path.insert(0, str(REPO / "app"))
 
 import confine  # noqa: E402
-from jobqueue import JobQueue, max_jobs  # noqa: E402
+from jobs.jobqueue import JobQueue  # noqa: E402
+from jobs import limits  # noqa: E402
+from jobs.limits import max_jobs  # noqa: E402
 
 
 def test_a_workspace_is_a_name_or_subfolder_inside_the_root(tmp_path):
@@ -176,3 +178,44 @@ def test_the_gate_refuses_streamlit_endpoints_to_clients_without_the_token(monke
         assert gate.refusal(path, "granted-cookie") is None
     for path in ("_stcore/metrics", "_stcore/agent/interact", "_stcore/script-health-check"):
         assert gate.refusal(path, "granted-cookie") == 404
+
+
+def test_each_workspace_has_its_own_running_and_queued_limits():
+    started = []
+    q = JobQueue(2, owner_running=1, owner_queued=2)
+    for key in ("a1", "a2", "a3"):
+        q.submit(key, lambda k=key: started.append(k), owner="alice")
+    with pytest.raises(UserError, match="already has 2 job\\(s\\) queued") as e:
+        q.submit("a4", lambda: started.append("a4"), owner="alice")
+    assert "\n" not in str(e.value)
+    assert started == ["a1"]  # a free slot, but alice may run one job at a time
+    assert q.submit("b1", lambda: started.append("b1"), owner="bob")  # the second slot goes to bob at once
+    assert q.snapshot() == (["a1", "b1"], ["a2", "a3"])
+    q.done("a1")
+    assert started == ["a1", "b1", "a2"]
+
+
+def test_a_free_slot_goes_to_the_workspace_with_fewest_jobs_running():
+    """One visitor's four demos do not put another's at #4: bob's first job waits behind none of alice's."""
+    started = []
+    q = JobQueue(1)
+    for key in ("a1", "a2", "a3", "a4"):
+        q.submit(key, lambda k=key: started.append(k), owner="alice")
+    q.submit("b1", lambda: started.append("b1"), owner="bob")
+    q.submit("b2", lambda: started.append("b2"), owner="bob")
+    assert started == ["a1"] and q.position("b1") == 1 and q.order() == ["b1", "a2", "b2", "a3", "a4"]
+    for key in ("a1", "b1", "a2", "b2", "a3"):
+        q.done(key)
+    assert started == ["a1", "b1", "a2", "b2", "a3", "a4"]
+
+
+def test_the_limits_come_from_the_environment_and_refuse_nonsense():
+    assert limits.visitor_max_jobs(4, {}) == 4 and limits.visitor_max_jobs(4, {"LLPF_VISITOR_MAX_JOBS": "2"}) == 2
+    assert limits.visitor_max_jobs(1, {"LLPF_VISITOR_MAX_JOBS": "3"}) == 1  # never more than the server's
+    assert limits.visitor_max_queued({}) == limits.DEFAULT_VISITOR_QUEUED
+    assert limits.sweep_max_workers({}, cpu_count=16) == 16 and limits.sweep_max_pairs({}) == limits.DEFAULT_SWEEP_PAIRS
+    assert limits.sweep_max_pairs({"LLPF_SWEEP_MAX_PAIRS": "5"}) == 5
+    for name, read in (("LLPF_VISITOR_MAX_QUEUED", limits.visitor_max_queued),
+                       ("LLPF_SWEEP_MAX_PAIRS", limits.sweep_max_pairs)):
+        with pytest.raises(UserError, match=f"{name} must be a whole number of at least 1"):
+            read({name: "0"})

@@ -111,14 +111,14 @@ def landscape(run, tick: int) -> None:
                              format_func=lambda n: f"{n} x {n}")
     if cols[2].button("Compute landscape", key=f"ls_compute_{run.name}", disabled=live, type="primary"):
         try:
-            state.registry().start_landscape(run, None if isinstance(choice, str) else choice, size)
+            state.visitor().start_landscape(run, None if isinstance(choice, str) else choice, size)
         except llpf_core.UserError as e:
             state.show_error(e)
         else:
             st.rerun()
     if live and cols[3].button("Stop", key=f"ls_stop_{run.name}"):
         try:
-            state.registry().stop(job_name)
+            state.visitor().stop(job_name)
         except llpf_core.UserError as e:
             state.show_error(e)
         st.rerun()

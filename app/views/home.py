@@ -31,7 +31,7 @@ st.write("The demo trains two small MLPs on the scikit-learn digits (seeds 1 and
          "with M2M. It takes well under a minute on a laptop CPU.")
 if st.button("Run the demo", type="primary", key="run_demo"):
     try:
-        job = state.registry().start_demo(state.workspace())
+        job = state.visitor().start_demo(state.workspace())
     except UserError as e:
         state.show_error(e)
     else:

@@ -32,13 +32,13 @@ key = st.selectbox("Endpoints", list(pairs), format_func=_label, key="methods_pa
 
 def _run_missing(first, missing: list[str]) -> list[str]:
     """Start one background job per missing method on this pair (queued behind the job limit)."""
-    from runner import unique_run_name
+    from jobs import unique_run_name
     start, end = first.info["start"], first.info["end"]
     names = []
     for method in missing:
         cfg = resolve_config(start["meta"]["model"], start["meta"]["dataset"], method).config  # as the CLI's
-        name = unique_run_name(state.runs_dir(), method, {j.name for j in state.registry().jobs()})
-        state.registry().start_search(name, start["path"], end["path"], cfg, state.runs_dir() / name)
+        name = unique_run_name(state.runs_dir(), method, {j.name for j in state.my_jobs()})
+        state.visitor().start_search(name, start["path"], end["path"], cfg, state.runs_dir() / name)
         names.append(name)
     return names
 loss, acc = go.Figure(), go.Figure()

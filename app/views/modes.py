@@ -53,8 +53,8 @@ if submitted:
                 dataset = confine.visitor_data(own_data, state.workspace())
             if name is None:
                 raise UserError(f"no training recipe for {model}; pick one in the Recipe list")
-            state.registry().start_training(f"train-{model}-{dataset}-{time.strftime('%H%M%S')}", model, dataset,
-                                            seeds, name, state.modes_dir(), device=device)
+            state.visitor().start_training(f"train-{model}-{dataset}-{time.strftime('%H%M%S')}", model, dataset,
+                                           seeds, name, state.modes_dir(), device=device)
         except UserError as e:
             state.show_error(e)
 
@@ -68,9 +68,18 @@ def training_progress() -> None:
     jobs = training_jobs()
     for job in jobs[-5:]:
         if job.live:
-            st.info(f"{state.plain(job.name)}: {state.plain(job.message)}", icon=":material/hourglass_top:")
+            c = st.columns([6, 1])
+            c[0].info(f"{state.plain(job.name)}: {state.plain(job.message or job.status)}",
+                      icon=":material/hourglass_top:")
+            if job.status != "stopping" and c[1].button("Stop", key=f"stop_{job.name}"):
+                try:
+                    state.visitor().stop(job.name)
+                except UserError as e:
+                    state.show_error(e)
         elif job.error:
             st.error(f"{state.plain(job.name)} failed: {state.plain(job.error)}")
+        elif job.status == "stopped":
+            st.warning(f"{state.plain(job.name)}: {state.plain(job.message)}")
         else:
             st.success(f"{state.plain(job.name)}: {state.plain(job.message)}")
     if jobs and not any(j.live for j in jobs) and st.session_state.get("training_seen_live"):

@@ -2,17 +2,17 @@
 import charts
 import state
 import streamlit as st
-from runner import folder_progress
+from jobs import folder_progress
 
 from llpf_core import UserError, match_layers
 
 VIEWS = ["Loss and accuracy", "Layers", "Continuity"]
 
 st.title("Runs")
-registry = state.registry()
+mine = state.visitor()  # this workspace's jobs
 dirs = {p.name: p for p in state.run_dirs()}
 for job in state.my_jobs():  # a demo still training has no run folder yet
-    if job.run_dir is not None:
+    if job.kind in ("search", "demo") and job.run_dir is not None:  # a sweep's is its sweep folder
         dirs.setdefault(job.name, job.run_dir)
 if not dirs:
     st.info("No runs yet. Start one on the Search page, or run the demo from Home.")
@@ -37,18 +37,18 @@ def controls(job, run) -> None:
     cols = st.columns([1, 1, 1, 5])
     try:
         if cols[0].button("Pause", key="pause", disabled=not (job and job.status == "running")):
-            registry.pause(name)
+            mine.pause(name)
             st.rerun()
         resumable = (job and job.status in ("paused", "pausing")) or (
             not (job and job.live) and run is not None and run.status in ("stopped", "failed", "paused"))
         if cols[1].button("Resume", key="resume", disabled=not resumable):
             if job and job.live:
-                registry.resume(name)
+                mine.resume(name)
             else:
-                registry.start_search(name, None, None, None, run_dir, resume=True)
+                mine.start_search(name, None, None, None, run_dir, resume=True)
             st.rerun()
         if cols[2].button("Stop", key="stop", disabled=not (job and job.live)):
-            registry.stop(name)
+            mine.stop(name)
             st.rerun()
     except UserError as e:
         state.show_error(e)

@@ -9,7 +9,7 @@ import layer_order
 import pandas as pd
 import state
 import streamlit as st
-from runner import unique_run_name
+from jobs import unique_run_name
 
 from llpf_core import (
     GENERIC_M2M,
@@ -240,8 +240,8 @@ name = st.text_input("Run name", key="run_name", help="The folder under runs/ th
 if st.button("Start search", type="primary", key="start_search", disabled=bool(issues or problem)):
     try:
         confine.plain_name(name)
-        job = state.registry().start_search(name, start.path, end.path if end else ORIGIN, cfg,
-                                            state.runs_dir() / name)
+        job = state.visitor().start_search(name, start.path, end.path if end else ORIGIN, cfg,
+                                           state.runs_dir() / name)
     except UserError as e:
         state.show_error(e)
     else:

@@ -1,55 +1,29 @@
-"""Sweeps: start a sweep as a background ``python -m llpf_core sweep`` process (Ray never runs inside
-this server) and follow its folder: the pairs, the mean +- std band, each pair's path max and barrier."""
-import signal
-import subprocess
-import sys
-import tempfile
-from dataclasses import dataclass
+"""Sweeps: start a sweep as a background job (the `sweep` command in a child process, queued with every
+other job; Ray never runs inside this server) and follow its folder: the pairs, the mean +- std band,
+each pair's path max and barrier. A visitor sees and controls only their own workspace's sweeps."""
 from pathlib import Path
-from typing import IO
 
-import confine
 import numpy as np
 import plotly.graph_objects as go
 import state
 import streamlit as st
+from jobs.limits import sweep_max_pairs, sweep_max_workers
 
-from llpf_core import UserError, load_run, read_sweep
+from llpf_core import (
+    UserError,
+    get_method,
+    list_datasets,
+    list_methods,
+    list_models,
+    list_presets,
+    load_run,
+    read_sweep,
+)
 
-REPO = Path(__file__).resolve().parent.parent.parent
 GRID = np.linspace(0, 1, 101)
-
-
-@dataclass
-class Launched:
-    proc: subprocess.Popen
-    stderr: IO[str]  # a file, not a pipe: a pipe nobody reads while the sweep runs can fill up and stall it
-
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    def problem(self, out: Path) -> str | None:
-        """What the sweep said when it refused its input (exit 2) or ended before it wrote sweep.json (a
-        crash: its last line); None otherwise (pair failures are in the sweep's own files)."""
-        rc = self.proc.poll()
-        if rc is None or rc == 0 or (rc != 2 and (out / "sweep.json").exists()):
-            return None
-        self.stderr.seek(0)
-        lines = self.stderr.read().strip().splitlines()
-        return (" ".join(lines) if rc == 2 else lines[-1]) if lines else f"the sweep ended with exit code {rc}"
-
-
-@st.cache_resource
-def processes() -> dict[str, Launched]:
-    """The sweep processes this server started, by sweep folder (they outlive page reruns)."""
-    return {}
-
-
-def launch(args: list[str], out: Path) -> None:
-    stderr = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "llpf_core", "sweep", "--out", str(out), "--quiet", *args],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, text=True, start_new_session=True)
-    processes()[str(out)] = Launched(proc, stderr)
+# The methods a sweep runs on each pair: every registered one between two modes (m2o runs to the origin).
+METHODS = [m for m in list_methods() if get_method(m).needs_end]
+DEFAULT_PRESET = "(the default for the model, dataset and method)"
 
 
 def position(metrics, path) -> np.ndarray:
@@ -61,61 +35,90 @@ def position(metrics, path) -> np.ndarray:
 
 
 st.title("Sweeps")
+mine = state.visitor()
 root = state.workspace() / "sweeps"
+
+
+def sweep_job(folder: Path):
+    """This workspace's job for the sweep in ``folder``, if it has one."""
+    return mine.get(f"sweep-{folder.name}")
+
+
 with st.expander("Start a sweep", expanded=not root.exists()):
-    with st.form("new_sweep"):
-        c = st.columns(6)
-        name = c[0].text_input("Name", "mlp-digits")
-        model = c[1].text_input("Model", "mlp")
-        dataset = c[2].text_input("Dataset", "digits")
-        pairs = c[3].number_input("Pairs", 1, 500, 4)
-        seed = c[4].number_input("First seed", 0, 10**6, 1)
-        workers = c[5].number_input("Workers", 1, 256, 2)
-        preset = st.text_input("Preset (empty: the model's default)", "")
-        if st.form_submit_button("Start sweep"):
-            try:  # every typed path stays in the workspace (confine.py); --opt=VALUE: no value reads as an option
-                out = root / confine.plain_name(name.strip(), "sweep name")
-                data = confine.visitor_dataset(dataset, state.workspace())
-                if preset.strip().endswith(".json") or "/" in preset:
-                    preset = str(state.visitor_path(preset, "preset file"))
-            except UserError as e:
-                state.show_error(e)
-            else:
-                launch([f"--model={model}", f"--dataset={data}", f"--pairs={pairs}", f"--seed={seed}",
-                        f"--workers={workers}", *([f"--preset={preset.strip()}"] if preset.strip() else [])], out)
-                st.toast(f"sweep {state.plain(out.name)} started")
+    c = st.columns(3)
+    name = c[0].text_input("Name", "mlp-digits", key="sweep_name", help="A folder name under sweeps/")
+    models = list_models()
+    model = c[1].selectbox("Model", models, index=models.index("mlp"), key="sweep_model")
+    dataset = c[2].selectbox("Dataset", list_datasets(), key="sweep_dataset")
+    c = st.columns(2)
+    methods = c[0].multiselect("Methods", METHODS, default=["m2m"], key="sweep_methods",
+                               help="Each method runs on every pair (`sweep --algorithm a,b,...`)")
+    preset = c[1].selectbox("Preset", [DEFAULT_PRESET, *(p.name for p in list_presets() if p.model == model)],
+                            key="sweep_preset")
+    c = st.columns(3)
+    most_pairs, most_workers = sweep_max_pairs(), sweep_max_workers()
+    pairs = c[0].number_input("Pairs", 1, most_pairs, min(4, most_pairs), key="sweep_pairs",
+                              help=f"At most {most_pairs} on this server (LLPF_SWEEP_MAX_PAIRS)")
+    seed = c[1].number_input("First seed", 0, 10**6, 1, key="sweep_seed")
+    workers = c[2].number_input("Workers", 1, most_workers, min(2, most_workers), key="sweep_workers",
+                                help=f"Pairs at once, at most {most_workers} on this server (LLPF_SWEEP_MAX_WORKERS)")
+    if st.button("Start sweep", type="primary", key="start_sweep"):
+        try:
+            mine.start_sweep(root, name.strip(), model=model, dataset=dataset, pairs=int(pairs), seed=int(seed),
+                             workers=int(workers), preset=None if preset == DEFAULT_PRESET else preset,
+                             algorithm=",".join(methods) or None)
+        except UserError as e:
+            state.show_error(e)
+        else:
+            st.session_state["sweep_folder"] = root / name.strip()  # show the new sweep, not the last one
+            st.rerun()
 
 sweeps = sorted(p.parent for p in root.glob("*/sweep.json")) if root.exists() else []
-pending = [Path(k) for k, p in processes().items()  # started, or refused: its error stays on show
-           if Path(k) not in sweeps and (p.running() or p.problem(Path(k)))]
+pending = [j.run_dir for j in mine.jobs()  # started, or refused or stopped: its message stays on show
+           if j.kind == "sweep" and j.run_dir not in sweeps and j.status != "finished"]
 if not sweeps and not pending:
     st.info("No sweeps yet: start one above, or with `python -m llpf_core sweep --out "
             f"{root}/NAME --model mlp --pairs 4`.")
     st.stop()
-folder = st.selectbox("Sweep", sweeps + pending, format_func=lambda p: p.name)
-launched = processes().get(str(folder))
-live = launched is not None and launched.running()
+folders = sweeps + list(dict.fromkeys(pending))
+if st.session_state.get("sweep_folder") not in folders:
+    st.session_state.pop("sweep_folder", None)
+folder = st.selectbox("Sweep", folders, format_func=lambda p: p.name, key="sweep_folder")
+job = sweep_job(folder)
+live = job is not None and job.live
 
 
 @st.fragment(run_every=2 if live else None)
 def follow() -> None:
-    launched = processes().get(str(folder))
-    running = launched is not None and launched.running()
-    problem = launched.problem(folder) if launched else None
-    if problem:
-        st.error(state.plain(problem))
-    if not (folder / "sweep.json").exists():
-        if running:
-            st.caption("training the modes, starting Ray ...")
-        return
-    info = read_sweep(folder)
+    job = sweep_job(folder)
+    running = job is not None and job.live
+    if job and job.error:
+        st.error(job.error)
     b = st.columns(3)
-    b[0].metric("Status", "running" if running else info["status"])
-    if running and b[1].button("Stop"):
-        launched.proc.send_signal(signal.SIGINT)
-    if not running and info["status"] != "finished" and b[1].button("Resume"):
-        launch(["--resume"], folder)
-        st.rerun()
+    if running and job.status != "stopping" and b[1].button("Stop", key="sweep_stop"):
+        try:
+            mine.stop(job.name)
+        except UserError as e:
+            state.show_error(e)
+    if not (folder / "sweep.json").exists():
+        if job and not job.error:
+            st.caption(job.message or "training the modes, starting Ray ...")
+        return
+    try:
+        info = read_sweep(folder)
+    except UserError as e:
+        state.show_error(e)
+        return
+    b[0].metric("Status", job.status if running else info["status"])
+    if job and job.status == "stopped":
+        st.caption(job.message)
+    if not running and info["status"] != "finished" and b[1].button("Resume", key="sweep_resume"):
+        try:
+            mine.resume_sweep(folder)
+        except UserError as e:
+            state.show_error(e)
+        else:
+            st.rerun()
     rows, curves, strip = [], {"train_loss": [], "test_acc": []}, []
     for p in info["pairs"]:
         run_dir = folder / p["run"]
