@@ -312,6 +312,43 @@ def cmd_landscape(args) -> int:
     return 0
 
 
+def cmd_layerwise(args) -> int:
+    from .layerwise import compute_layerwise, parse_alphas
+    alphas = parse_alphas(args.alphas)  # before loading anything: a typo fails at once
+    if len(args.paths) > 2:
+        raise UserError(f"layerwise takes START END or RUN, got {len(args.paths)} paths")
+    if len(args.paths) == 2:
+        if not args.out:
+            raise UserError("layerwise START END needs --out DIR (the folder to write)")
+        start, end = args.paths
+    else:
+        start, end = load_run(args.paths[0]), None
+    bar = None
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="layerwise", unit="state", disable=args.quiet, file=sys.stderr)
+        bar.update(done - bar.n)
+
+    try:
+        result = compute_layerwise(start, end, args.out, alphas, args.layers, samples=args.samples,
+                                   device=_device(args) or "cpu", data_root=args.data_root, on_progress=on_progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    info, s = result.info, result.summary
+    print(f"A: train loss {info['A']['train_loss']:.4g}, B: {info['B']['train_loss']:.4g}; "
+          f"{info['evaluations']} states evaluated on {info['samples']['train']}+{info['samples']['test']} samples "
+          f"in {info['wall_s']:.1f} s")
+    width = max(len(n) for n in s["layer"])
+    print(f"{'layer':<{width}}  barrier from A  from B   (train loss above the line between A and B)")
+    for row in s.itertuples():
+        print(f"{row.layer:<{width}}  {row.train_barrier_A:14.4g}  {row.train_barrier_B:6.4g}")
+    print(f"-> {result.path}")
+    return 0
+
+
 def cmd_presets(args) -> int:
     presets, recipes = list_presets(), list_recipes()
     width = max(len(x) for x in [p.name for p in presets] + [r["name"] for r in recipes])
