@@ -36,6 +36,7 @@ from llpf_core import (
     UserError,
     apply_overrides,
     compute_landscape,
+    compute_layerwise,
     load_preset,
     load_recipe,
     load_run,
@@ -84,7 +85,7 @@ class Progress:
 class Job:
     """One background job. Pages get copies (``Registry.get``); only the job's thread mutates it."""
     name: str
-    kind: str  # search | train | demo | landscape
+    kind: str  # search | train | demo | landscape | layerwise
     status: str = "starting"  # queued | starting | training | running | pausing | paused | stopping | stopped |
     #                            finished | failed
     message: str = ""
@@ -209,6 +210,23 @@ class Registry:
                       message=f"{done} of {total} grid points through the point at tick {tick}")
 
         return self._launch(Job(f"landscape-{run.name}", "landscape", folder=run.path), work)
+
+    def start_layerwise(self, name: str, start: Path | None, end: Path | None, out_dir: Path,
+                        run_dir: Path | None = None) -> Job:
+        """Compute the layer-wise connectivity of two mode files (or, with ``run_dir``, of that run's endpoints
+        with its evaluation settings) into ``out_dir`` in the background. The job is ``layerwise-<name>``."""
+        def work(job: Job, stop: Event, _pause: Event) -> None:
+            self._set(job, status="running", message="loading the modes and data")
+
+            def on_progress(done: int, total: int) -> None:
+                self._set(job, progress=Progress(done, total), message=f"layer-wise: {done} of {total} states")
+
+            done, total = self._child(job, _layerwise_process, (start, end, out_dir, run_dir, stop), on_progress,
+                                      "compute it again")
+            self._set(job, status="finished" if done == total else "stopped",
+                      message=f"{done} of {total} states evaluated" + ("" if done == total else "; nothing saved"))
+
+        return self._launch(Job(f"layerwise-{name}", "layerwise", folder=out_dir), work)
 
     # --- controlling -----------------------------------------------------------------------------
 
@@ -413,6 +431,21 @@ def _landscape_process(run_dir, point, grid, stop, events) -> None:
         plane = compute_landscape(load_run(run_dir), point, grid, device="auto", stop_event=stop,
                                   on_progress=lambda done, total: events.put(("progress", done, total)))
         events.put(("done", plane.info["point_tick"], len(plane.grid), plane.info["grid"] ** 2))
+
+
+def _layerwise_process(start, end, out_dir, run_dir, stop, events) -> None:
+    """Body of a layer-wise job's child process: ``compute_layerwise`` (on the GPU when there is one)."""
+    torch.set_num_threads(SEARCH_THREADS)
+    with _failures_reported(events):
+        seen = [0, 0]
+
+        def on_progress(done: int, total: int) -> None:
+            seen[:] = done, total
+            events.put(("progress", done, total))
+
+        source = (load_run(run_dir), None) if run_dir else (start, end)
+        compute_layerwise(*source, out_dir, device="auto", stop_event=stop, on_progress=on_progress)
+        events.put(("done", *seen))
 
 
 def _rate(recent: deque, tick: int, total: int) -> Progress:

@@ -73,6 +73,20 @@ class Layerwise:
         """The single layers, in data-flow order."""
         return list(self.info["layers"])
 
+    def excess(self, base: str, split: str = "train") -> pd.DataFrame:
+        """loss − the line between A's and B's losses, by single layer (rows, data-flow order) and alpha
+        (columns), from one side (``base`` A or B): the heatmap whose row maxima are the barriers."""
+        t = self.table[(self.table["base"] == base) & self.table["layer"].isin(self.layers)]
+        a, b = self.info["A"][f"{split}_loss"], self.info["B"][f"{split}_loss"]
+        excess = t[f"{split}_loss"] - (1 - t["alpha"]) * a - t["alpha"] * b
+        return t.assign(excess=excess).pivot(index="layer", columns="alpha", values="excess").reindex(self.layers)
+
+    def cumulative(self, kind: str) -> pd.DataFrame:
+        """The summary's rows of the first-k (``kind="first"``) or last-k curve, k = 1 .. n, with their k (an
+        analysis restricted to some layers lacks the cumulative groups: only k = 1 and n may be there)."""
+        rows = self.summary.set_index("layer").reindex(cumulative_names(self.layers, kind))
+        return rows.reset_index().assign(k=range(1, len(rows) + 1)).dropna(subset=["kind"])
+
 
 def parameter_layers(model: nn.Module) -> list[tuple[str, list[str]]]:
     """(module name, its state-dict tensors) of every module owning parameters, in data-flow order."""
@@ -303,16 +317,6 @@ def summarize(table: pd.DataFrame, groups: list[Group], mode_a: dict, mode_b: di
                     row[f"{split}_barrier_{base}_ends"] = float((loss - own).max())
         out.append(row)
     return pd.DataFrame(out, columns=SUMMARY_COLUMNS)
-
-
-def barrier_matrix(result: Layerwise, base: str, split: str = "train") -> pd.DataFrame:
-    """loss − the endpoints' line, by single layer (rows, data-flow order) and alpha (columns), from one side."""
-    t = result.table
-    t = t[(t["base"] == base) & t["layer"].isin(result.layers)]
-    a, b = result.info["A"][f"{split}_loss"], result.info["B"][f"{split}_loss"]
-    excess = t[f"{split}_loss"] - (1 - t["alpha"]) * a - t["alpha"] * b
-    return (t.assign(excess=excess).pivot(index="layer", columns="alpha", values="excess")
-            .reindex(result.layers))
 
 
 def load_layerwise(path: str | Path) -> Layerwise:
