@@ -70,6 +70,11 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _number(v: float) -> float | None:
+    """None for a missing value (NaN), so that ``_fmt`` shows '-'."""
+    return None if v != v else v
+
+
 def _print_table(rows: list[tuple[str, object]]) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -342,9 +347,12 @@ def cmd_layerwise(args) -> int:
           f"{info['evaluations']} states evaluated on {info['samples']['train']}+{info['samples']['test']} samples "
           f"in {info['wall_s']:.1f} s")
     width = max(len(n) for n in s["layer"])
-    print(f"{'layer':<{width}}  barrier from A  from B   (train loss above the line between A and B)")
+    print(f"train barrier: above the line between A's and B's losses, and (ends) above the line between the\n"
+          f"row's own alpha 0 and 1 (Adilova et al.'s layer-wise barrier)")
+    print(f"{'layer':<{width}}  {'from A':>9}  {'from B':>9}  {'A, ends':>9}  {'B, ends':>9}")
     for row in s.itertuples():
-        print(f"{row.layer:<{width}}  {row.train_barrier_A:14.4g}  {row.train_barrier_B:6.4g}")
+        print(f"{row.layer:<{width}}  {row.train_barrier_A:9.4g}  {row.train_barrier_B:9.4g}  "
+              f"{_fmt(_number(row.train_barrier_A_ends)):>9}  {_fmt(_number(row.train_barrier_B_ends)):>9}")
     print(f"-> {result.path}")
     return 0
 
