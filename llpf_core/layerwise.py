@@ -14,8 +14,8 @@ distinct state once. The barrier of a group from one side is
     max over alpha of  loss(alpha) − (1 − alpha)·loss(A) − alpha·loss(B),
 
 written per group to ``summary.csv``, next to Adilova et al.'s layer-wise barrier (``_ends``): the same
-against the line between the row's own ends (alpha 0 and 1), which, from A's side, is A with the group from B. ``layerwise.json`` (written last) holds the settings and the
-layer order.
+against the line between the row's own ends (alpha 0 and 1), which, from A's side, is A with the group from
+B. ``layerwise.json`` (written last) holds the settings and the layer order.
 """
 from __future__ import annotations
 
@@ -253,14 +253,14 @@ def compute_layerwise(start: Mode | str | Path | Run, end: Mode | str | Path | N
     engine = MixEvaluator(a, b, order, cfg, samples, device, data_root)
 
     n = len(names)
-    rows = []  # (group, base, alpha, mix)
+    rows = []  # (group, base, alpha, mix): the mix is each layer's coefficient, then the rest's if there is a rest
     for group in groups:
         for base in ("A", "B"):
             rest = 0.0 if base == "A" else 1.0
             for alpha in alphas:
-                mix = tuple(alpha if i in group.members else rest for i in range(n)) + (rest,)
+                mix = tuple(alpha if i in group.members else rest for i in range(n)) + ((rest,) if engine.rest else ())
                 rows.append((group, base, alpha, mix))
-    ends = [(0.0,) * (n + 1), (1.0,) * (n + 1)]
+    ends = [(0.0,) * (n + bool(engine.rest)), (1.0,) * (n + bool(engine.rest))]
     distinct = list(dict.fromkeys([*ends, *(r[3] for r in rows)]))  # A and B first: every summary needs them
     results: dict[tuple, list[float]] = {}
     if on_progress:

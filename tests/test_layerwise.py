@@ -107,12 +107,14 @@ def test_every_row_starts_at_a_and_ends_at_b_from_its_side(issue_table, issue_mo
     assert cumulative_names(r.layers, "first") == ["layers.0", "layers.0+layers.1", "all"]
     assert cumulative_names(r.layers, "last") == ["head", "layers.1+head", "all"]
     assert len(t) == 6 * 2 * 5
+    assert r.info["evaluations"] == 6 * 2 * 4 + 2 - 3  # each side's alpha 0 or 1 is A or B; `all` is one line
     # the summary's barrier is the row's largest excess over the line between A's and B's losses
     s = r.summary.set_index("layer")
     side = t[(t["layer"] == "layers.0") & (t["base"] == "A")]
-    excess = side["train_loss"] - (1 - side["alpha"]) * r.info["A"]["train_loss"] - side["alpha"] * r.info["B"]["train_loss"]
+    loss, alpha = side["train_loss"], side["alpha"]
+    excess = loss - (1 - alpha) * r.info["A"]["train_loss"] - alpha * r.info["B"]["train_loss"]
     assert s.loc["layers.0", "train_barrier_A"] == pytest.approx(excess.max())
-    own = side["train_loss"] - (1 - side["alpha"]) * side["train_loss"].iloc[0] - side["alpha"] * side["train_loss"].iloc[-1]
+    own = loss - (1 - alpha) * loss.iloc[0] - alpha * loss.iloc[-1]
     assert s.loc["layers.0", "train_barrier_A_ends"] == pytest.approx(own.max())
     assert load_layerwise(r.path).table.equals(t)
 
@@ -149,7 +151,7 @@ def test_batchnorm_buffers_move_with_their_layer_on_the_cnn(tmp_path):
     assert result.info["tensors"][name] == tensors
     cfg = replace(load_preset("cnn-digits-m2m"), eval_samples=50)
     engine = MixEvaluator(load_mode(a), load_mode(b), layers, cfg, None, "cpu", None)
-    mix = tuple(0.5 if j == i else 0.0 for j in range(len(layers))) + (0.0,)
+    mix = tuple(0.5 if j == i else 0.0 for j in range(len(layers))) + ((0.0,) if engine.rest else ())
     state = engine.state(mix)
     for k in state:
         want = torch.lerp(engine.a[k], engine.b[k], 0.5) if k in tensors and state[k].is_floating_point() \
@@ -187,8 +189,8 @@ def test_a_plugin_model_on_a_user_folder_through_the_cli(tmp_path):
     plugin = tmp_path / "tiny.py"
     plugin.write_text("from torch import nn\nfrom llpf_core import register_model\n\n\n@register_model\n"
                       "def tinynet(*, num_classes, in_channels, image_size):\n"
-                      "    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, 16), nn.ReLU(),\n"
-                      "                         nn.Linear(16, num_classes))\n")
+                      "    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, 16),\n"
+                      "                         nn.ReLU(), nn.Linear(16, num_classes))\n")
     g = torch.Generator().manual_seed(0)
     for split in ("train", "test"):
         for c in range(3):
