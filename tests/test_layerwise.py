@@ -107,7 +107,12 @@ def test_every_row_starts_at_a_and_ends_at_b_from_its_side(issue_table, issue_mo
     assert cumulative_names(r.layers, "first") == ["layers.0", "layers.0+layers.1", "all"]
     assert cumulative_names(r.layers, "last") == ["head", "layers.1+head", "all"]
     assert len(t) == 6 * 2 * 5
-    assert r.info["evaluations"] == 6 * 2 * 4 + 2 - 3  # each side's alpha 0 or 1 is A or B; `all` is one line
+    # each distinct state once: a row's alpha 0 from A's side is A, and A with a group from B is B with the
+    # other layers from A (the MLP has no tensors outside its layers)
+    members = {g: set(r.layers if g == "all" else g.split("+")) for g in set(t["layer"])}
+    states = {tuple(a if n in members[g] else (base == "B") * 1.0 for n in r.layers)
+              for g, base, a in zip(t["layer"], t["base"], t["alpha"])}
+    assert r.info["evaluations"] == len(states) == 41
     # the summary's barrier is the row's largest excess over the line between A's and B's losses
     s = r.summary.set_index("layer")
     side = t[(t["layer"] == "layers.0") & (t["base"] == "A")]
