@@ -263,3 +263,10 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(issue_modes, tmp_path, 
     args = [*(paths or [a, b]), *([] if case == "no-out" else ["--out", out]), *extra]
     _one_line_error(run_cli("layerwise", *args, "--quiet", env=ENV), needle)
     assert not out.exists()
+
+
+def test_an_m2o_run_has_no_pair(issue_modes, tmp_path):
+    cfg = replace(load_preset("mlp-digits-m2o"), ticks=1, save_every=1, device="cpu")
+    run = run_search(issue_modes[0], "origin", cfg, tmp_path / "m2o")
+    _one_line_error(run_cli("layerwise", run.path, "--quiet", env=ENV), "no end mode")
+    assert not (run.path / "layerwise").exists()
