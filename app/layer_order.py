@@ -38,6 +38,26 @@ def from_data_flow(model, cfg: SearchConfig) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+HEURISTIC_PHASES = 4  # at most this many groups: each phase adds the next quarter of the layers
+
+
+def from_barriers(result, cfg: SearchConfig, groups: int = HEURISTIC_PHASES) -> pd.DataFrame:
+    """A heuristic start, to be edited: the layers ranked by their layer-wise barrier (the mean of A's and B's
+    side; ties in data-flow order), lowest first, cut into up to ``groups`` groups of consecutive ranks, each
+    group's layers listed in data-flow order (meant to be used cumulatively: the low-barrier layers move first,
+    the rest join phase by phase). The preset's ticks are shared evenly and its first phase's steps reused."""
+    barrier = result.summary.set_index("layer")[["train_barrier_A", "train_barrier_B"]].mean(axis=1)
+    layers = result.layers
+    ranked = sorted(layers, key=lambda n: (barrier[n], layers.index(n)))
+    k = max(min(groups, len(ranked)), 1)
+    chunks = [ranked[i * len(ranked) // k:(i + 1) * len(ranked) // k] for i in range(k)]
+    first = cfg.phases[0]
+    ticks = max(cfg.ticks // k, 1)
+    rows = [{"layers": ", ".join(sorted(chunk, key=layers.index)), "ticks": ticks, "step_a": first.step_a,
+             "step_f": first.step_f, "step_c": first.step_c} for chunk in chunks]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
 def move(table: pd.DataFrame, rows: list[int], delta: int) -> pd.DataFrame:
     """Move the selected rows up (delta=-1) or down (+1) by one place, as a block."""
     order = list(range(len(table)))

@@ -26,6 +26,7 @@ _EXPORTS = {
     "landscape": ["Landscape", "compute_landscape", "list_landscapes", "load_landscape", "project_pair_runs",
                   "same_pair_runs"],
     "flow": ["follow_data_flow", "match_layers"],
+    "layerwise": ["Layerwise", "compute_layerwise", "load_layerwise"],
     "importer": ["import_state"],
     "modefile": ["Mode", "ModeMeta", "load_mode", "save_mode"],
     "registry": ["build_model", "list_models", "register_model"],
@@ -83,6 +84,7 @@ if TYPE_CHECKING:  # what static analysers and IDEs see; at run time the names l
     from .errors import UserError  # noqa: F401
     from .flow import follow_data_flow, match_layers  # noqa: F401
     from .importer import import_state  # noqa: F401
+    from .layerwise import Layerwise, compute_layerwise, load_layerwise  # noqa: F401
     from .landscape import (  # noqa: F401
         Landscape,
         compute_landscape,

@@ -136,6 +136,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet_option(p)
     p.set_defaults(command_name="landscape")
 
+    p = sub.add_parser("layerwise", help="which layers carry the barrier: interpolate one layer (or group) at a time")
+    p.add_argument("paths", nargs="+", metavar="START END | RUN",
+                   help="two mode files (with --out), or a run folder (its endpoints; written to RUN/layerwise)")
+    p.add_argument("--out", help="folder for layerwise.csv, summary.csv and layerwise.json")
+    p.add_argument("--alphas", default="0,0.25,0.5,0.75,1",
+                   help="interpolation points between 0 and 1, comma-separated (default: 0,0.25,0.5,0.75,1)")
+    p.add_argument("--layers", nargs="+", metavar="NAME",
+                   help="only these layers (module names, as in summary.csv), and the whole model; no cumulative "
+                        "groups")
+    p.add_argument("--samples", type=int, help="samples per split (default: the preset's or the run's "
+                   "eval_samples; 0 = whole split)")
+    _add_device_option(p, default="cpu")
+    _add_data_root_option(p)
+    _add_quiet_option(p)
+    p.set_defaults(command_name="layerwise")
+
     p = sub.add_parser("presets", help="list search presets and training recipes")
     p.set_defaults(command_name="presets")
 

@@ -66,6 +66,11 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _number(v: float) -> float | None:
+    """None for a missing value (NaN), so that ``_fmt`` shows '-'."""
+    return None if v != v else v
+
+
 def _print_table(rows: list[tuple[str, object]]) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -281,6 +286,46 @@ def cmd_landscape(args) -> int:
           f"|B - A| {plane.info['scale']:.4g}): {len(g)} grid points, train loss {g['train_loss'].min():.4g} to "
           f"{g['train_loss'].max():.4g}; largest off-plane residual of a saved point {worst:.3g} "
           f"({time.perf_counter() - t0:.1f} s) -> {plane.path}")
+    return 0
+
+
+def cmd_layerwise(args) -> int:
+    from .layerwise import compute_layerwise, parse_alphas
+    alphas = parse_alphas(args.alphas)  # before loading anything: a typo fails at once
+    if len(args.paths) > 2:
+        raise UserError(f"layerwise takes START END or RUN, got {len(args.paths)} paths")
+    if len(args.paths) == 2:
+        if not args.out:
+            raise UserError("layerwise START END needs --out DIR (the folder to write)")
+        start, end = args.paths
+    else:
+        start, end = load_run(args.paths[0]), None
+    bar = None
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="layerwise", unit="state", disable=args.quiet, file=sys.stderr)
+        bar.update(done - bar.n)
+
+    try:
+        result = compute_layerwise(start, end, args.out, alphas, args.layers, samples=args.samples,
+                                   device=_device(args) or "cpu", data_root=args.data_root, on_progress=on_progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    info, s = result.info, result.summary
+    print(f"A: train loss {info['A']['train_loss']:.4g}, B: {info['B']['train_loss']:.4g}; "
+          f"{info['evaluations']} states evaluated on {info['samples']['train']}+{info['samples']['test']} samples "
+          f"in {info['wall_s']:.1f} s")
+    width = max(len(n) for n in s["layer"])
+    print(f"train barrier: above the line between A's and B's losses, and (ends) above the line between the\n"
+          f"row's own alpha 0 and 1 (Adilova et al.'s layer-wise barrier)")
+    print(f"{'layer':<{width}}  {'from A':>9}  {'from B':>9}  {'A, ends':>9}  {'B, ends':>9}")
+    for row in s.itertuples():
+        print(f"{row.layer:<{width}}  {row.train_barrier_A:9.4g}  {row.train_barrier_B:9.4g}  "
+              f"{_fmt(_number(row.train_barrier_A_ends)):>9}  {_fmt(_number(row.train_barrier_B_ends)):>9}")
+    print(f"-> {result.path}")
     return 0
 
 

@@ -19,6 +19,13 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+def stackable(model: nn.Module) -> bool:
+    """Whether many parameter sets of ``model`` evaluate faster as one ``vmap`` (``Evaluator.stacked``):
+    fully connected models without BatchNorm. vmap turns convolutions into grouped ones (LeNet-5 2.3x
+    slower on a CPU, bench/landscape_speed.py), and BatchNorm needs its statistics recomputed per state."""
+    return not has_batchnorm(model) and not any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+
+
 def fixed_subset(n: int, size: int, seed: int, device) -> torch.Tensor:
     """``size`` indices out of ``n`` drawn with ``seed`` (all of them, in order, if size is 0 or >= n)."""
     if size <= 0 or size >= n:
@@ -106,6 +113,26 @@ class Evaluator:
         for x, y in self._batches(data, idx):
             out = self.model(x).float()
             total += torch.stack([F.cross_entropy(out, y, reduction="sum"), (out.argmax(1) == y).sum()])
+        return total / len(idx)
+
+    @torch.no_grad()
+    def stacked(self, params: dict[str, torch.Tensor], data: ImageData, idx: torch.Tensor) -> torch.Tensor:
+        """(G, 2) mean cross-entropy and accuracy on ``data[idx]`` of G parameter sets at once: ``params``
+        maps each parameter name to its G stacked values (G, *shape); buffers come from the loaded state.
+        Only for ``stackable`` models."""
+        from torch.func import functional_call, vmap
+        buffers = dict(self.model.named_buffers())
+
+        def forward(p, x):
+            return functional_call(self.model, (p, buffers), (x,))
+
+        g = next(iter(params.values())).shape[0]
+        total = torch.zeros(g, 2, device=data.device)
+        for x, y in self._batches(data, idx):
+            out = vmap(forward, in_dims=(0, None))(params, x).float()  # (G, B, classes)
+            loss = F.cross_entropy(out.flatten(0, 1), y.repeat(out.shape[0]), reduction="none")
+            total[:, 0] += loss.view(out.shape[:2]).sum(1)
+            total[:, 1] += (out.argmax(2) == y).sum(1)
         return total / len(idx)
 
     def evaluate(self, state: dict[str, torch.Tensor]) -> dict[str, float]:

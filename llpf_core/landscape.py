@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
@@ -211,7 +210,7 @@ class PlaneEvaluator:
                  data_root=None, per_pass: int | None = None):
         from .data import load_dataset
         from .device import resolve_device
-        from .evaluate import Evaluator
+        from .evaluate import Evaluator, stackable
         cfg = run.config
         self.device = resolve_device(device)
         meta = run.info["start"]["meta"]
@@ -231,10 +230,8 @@ class PlaneEvaluator:
         self.plane = Plane(plane.names, plane.shapes, plane.a.to(self.device), plane.u.to(self.device),
                            plane.v.to(self.device), plane.scale)
         self.state = start
-        self.buffers = {k: v for k, v in model.named_buffers()}
         self.sizes = [s.numel() for s in plane.shapes]
-        self.stacked = not self.evaluator.bn and not any(isinstance(m, nn.modules.conv._ConvNd)
-                                                         for m in model.modules())
+        self.stacked = stackable(model)
         batch = max(len(x) for x, _ in self.evaluator._batches(train, self.evaluator.train_idx))
         self.per_pass = per_pass or max(1, SAMPLES_PER_PASS // batch)
 
@@ -266,19 +263,7 @@ class PlaneEvaluator:
 
     def _stacked(self, thetas: torch.Tensor, data, idx: torch.Tensor) -> torch.Tensor:
         """(G, 2) mean cross-entropy and accuracy of G stacked parameter vectors on ``data[idx]``."""
-        from torch.func import functional_call, vmap
-        params = self._params(thetas)
-
-        def forward(p, x):
-            return functional_call(self.model, (p, self.buffers), (x,))
-
-        total = torch.zeros(thetas.shape[0], 2, device=self.device)
-        for x, y in self.evaluator._batches(data, idx):
-            out = vmap(forward, in_dims=(0, None))(params, x).float()  # (G, B, classes)
-            loss = F.cross_entropy(out.flatten(0, 1), y.repeat(out.shape[0]), reduction="none")
-            total[:, 0] += loss.view(out.shape[:2]).sum(1)
-            total[:, 1] += (out.argmax(2) == y).sum(1)
-        return total / len(idx)
+        return self.evaluator.stacked(self._params(thetas), data, idx)
 
 
 @dataclass

@@ -60,7 +60,7 @@ def names(fig: go.Figure) -> list[str]:
 def test_the_landscape_tab_computes_the_plane_in_the_background_and_draws_it(ws):
     at = explore()
     assert not at.exception
-    assert [t.label for t in at.tabs] == ["Path", "Landscape"]
+    assert [t.label for t in at.tabs] == ["Path", "Landscape", "Layer-wise"]
     assert not [f for f in figures(at) if f.data[0].type == "contour"]
     at.button(key="ls_compute_first").click().run()
     assert not at.exception and not at.error

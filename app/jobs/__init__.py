@@ -4,7 +4,7 @@
 - ``jobqueue``: the fair queue (a job slot limit for the server and one for each workspace)
 - ``limits``: the operator's limits, from environment variables
 - ``child``: a job's work in a child process, followed from its thread
-- ``search``, ``landscape``, ``training``, ``sweep``, ``demo``: one module per kind, each adding its
+- ``search``, ``landscape``, ``layerwise``, ``training``, ``sweep``, ``demo``: one module per kind, each adding its
   ``start_*`` method
 
 The server has one ``Registry`` (``server_registry``), a module-level object: it lives as long as the
@@ -20,13 +20,14 @@ import torch
 
 from .demo import DemoJobs
 from .jobqueue import JobQueue
+from .layerwise import LayerwiseJobs
 from .limits import max_jobs, visitor_max_jobs, visitor_max_queued
 from .search import folder_progress, unique_run_name  # noqa: F401  (for the pages)
 from .supervisor import VisitorJobs
 from .sweep import SweepJobs
 
 
-class Registry(DemoJobs, SweepJobs):
+class Registry(DemoJobs, SweepJobs, LayerwiseJobs):
     """Every job of this server process. At most ``limit`` run at once (default ``max_jobs()``:
     $LLPF_MAX_JOBS, one per GPU, or the cores minus one), at most $LLPF_VISITOR_MAX_JOBS of one workspace,
     and one workspace may have $LLPF_VISITOR_MAX_QUEUED waiting; the rest of the jobs are ``queued``."""

@@ -1,5 +1,5 @@
 """The supervisor of the dashboard's background jobs: what a job is, the registry of them, the queue they
-wait in, and Pause/Resume/Stop. Each kind of job (search, landscape, training, sweep, demo) adds its own
+wait in, and Pause/Resume/Stop. Each kind of job (search, landscape, layerwise, training, sweep, demo) adds its own
 ``start_*`` method in a module of its own (see ``jobs/__init__.py``).
 
 Each job has a thread here that never calls Streamlit: it updates plain data behind one lock, and pages
@@ -50,7 +50,7 @@ class Progress:
 class Job:
     """One background job. Pages get copies (``Registry.get``); only the job's thread mutates it."""
     name: str
-    kind: str  # search | train | demo | landscape | sweep
+    kind: str  # search | train | demo | landscape | layerwise | sweep
     owner: str = ""  # the workspace it belongs to
     status: str = "starting"  # queued | starting | training | running | pausing | paused | stopping | stopped |
     #                            finished | failed
@@ -256,6 +256,9 @@ class VisitorJobs:
 
     def start_landscape(self, *args, **kwargs) -> Job:
         return self.registry.start_landscape(*args, owner=self.owner, **kwargs)
+
+    def start_layerwise(self, *args, **kwargs) -> Job:
+        return self.registry.start_layerwise(*args, owner=self.owner, **kwargs)
 
     def start_sweep(self, *args, **kwargs) -> Job:
         return self.registry.start_sweep(*args, owner=self.owner, **kwargs)

@@ -36,7 +36,7 @@ for col, key, label in zip(cols, ("train_loss", "train_acc", "test_loss", "test_
 if int(shown["tick"]) != tick:
     st.caption(f"Loss and accuracy are from tick {int(shown['tick'])}, the last evaluated tick at or before {tick}.")
 
-path_tab, landscape_tab = st.tabs(["Path", "Landscape"])
+path_tab, landscape_tab, layerwise_tab = st.tabs(["Path", "Landscape", "Layer-wise"])
 points = dict(run.points())
 with path_tab:
     left, right = st.columns(2)
@@ -181,3 +181,11 @@ def follow(job_name: str, live: bool) -> None:
 
 with landscape_tab:
     landscape(run, tick)
+
+with layerwise_tab:
+    if run.info.get("end"):
+        import layerwise_view
+        layerwise_view.show(f"run-{run.name}", run.path / "layerwise", Path(run.info["start"]["path"]),
+                            Path(run.info["end"]["path"]), run_dir=run.path)
+    else:
+        st.info("This run has no end mode (M2O to the origin): layer-wise connectivity needs two modes.")

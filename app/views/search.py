@@ -6,6 +6,7 @@ from dataclasses import fields, replace
 
 import confine
 import layer_order
+import layerwise_view
 import pandas as pd
 import state
 import streamlit as st
@@ -31,6 +32,8 @@ from llpf_core import (
 EDITOR = "layer_table"  # session keys of the layer-order editor
 EDITOR_SOURCE = "layer_table_source"
 EDITOR_VERSION = "layer_table_version"
+SEEDED = "layer_table_seeded"  # how often the barrier heuristic was asked for: each press seeds the editor again
+HEURISTIC = "lowest layer-wise barrier first (heuristic)"
 
 st.title("Search")
 modes = {}
@@ -129,15 +132,32 @@ if path_method:
     phases, ticks = base.phases, base.ticks
 else:
     st.subheader("Layer order")
-    source = st.radio("Start from", ["the preset's phases", "follow_data_flow (one group per module)"],
-                      horizontal=True, index=1 if generic else 0, key="layer_source")
+    pairwise = None  # the layer-wise connectivity of this pair, once computed
+    if end is not None:
+        with st.expander("Which layers hold the barrier? Layer-wise connectivity of this pair", expanded=True):
+            pairwise = layerwise_view.show(f"pair-{start.path.stem}--{end.path.stem}",
+                                           layerwise_view.pair_dir(start.path, end.path), start.path, end.path)
+            complete = pairwise is not None and set(pairwise.layers) <= set(pairwise.summary["layer"])
+            if complete and st.button("Seed the layer order from the barriers (a heuristic: edit it)", key="lw_seed",
+                                      help="Phases that start from the layers with the lowest layer-wise barrier "
+                                           "and add the rest phase by phase, each group in data-flow order. A "
+                                           "starting point, not a recommendation: the barriers do not predict "
+                                           "which order a search finds easiest."):
+                st.session_state["layer_source"] = HEURISTIC
+                st.session_state[SEEDED] = st.session_state.get(SEEDED, 0) + 1
+    sources = ["the preset's phases", "follow_data_flow (one group per module)"]
+    if pairwise is not None and set(pairwise.layers) <= set(pairwise.summary["layer"]):
+        sources.append(HEURISTIC)
+    source = st.radio("Start from", sources, horizontal=True, index=1 if generic else 0, key="layer_source")
     cumulative = st.toggle("Cumulative: each phase also moves the groups above it",
                            value=source != "the preset's phases",
                            key=f"cumulative_{source.split()[0]}")
     names = list(start.model.state_dict())
-    origin = (preset, start_name, source)
+    origin = (preset, start_name, source, end_name if source == HEURISTIC else None,
+              st.session_state.get(SEEDED, 0) if source == HEURISTIC else None)
     if st.session_state.get(EDITOR_SOURCE) != origin:
         st.session_state[EDITOR] = (layer_order.from_preset(base) if source == "the preset's phases"
+                                    else layer_order.from_barriers(pairwise, base) if source == HEURISTIC
                                     else layer_order.from_data_flow(start.model, base))
         st.session_state[EDITOR_SOURCE] = origin
         st.session_state[EDITOR_VERSION] = st.session_state.get(EDITOR_VERSION, 0) + 1
