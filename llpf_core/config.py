@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .resources import ASSETS_DIR
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "assets" / "presets"
+PRESET_DIR = ASSETS_DIR / "presets"
 
 ALGORITHMS = ("m2m", "m2o", "to_vs", "cross_sphere", "linear", "bezier", "rebasin")
 PATH_METHODS = ("linear", "bezier", "rebasin")  # llpf_core/methods/: one module each

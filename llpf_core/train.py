@@ -14,11 +14,12 @@ from .config import TrainSpec
 from .data import ImageData, load_dataset
 from .device import autocast, out_of_memory, out_of_memory_is_user_error, resolve_device
 from .errors import UserError
+from .resources import ASSETS_DIR
 from .evaluate import Evaluator
 from .modefile import Mode, ModeMeta, save_mode
 from .registry import build_model
 
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "assets" / "recipes"
+RECIPE_DIR = ASSETS_DIR / "recipes"
 
 
 class TrainingDiverged(UserError):

@@ -1,0 +1,86 @@
+"""LLPF Explorer's engine: find and check low-loss paths between independently trained modes.
+
+The public API (design.md section 6) is re-exported here; the app and users import only this. The
+names load on first use (PEP 562): ``import llpf_core`` costs milliseconds, and torch is imported only
+by what needs it, so the CLI's ``--help`` and the dashboard's first page answer at once.
+"""
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+from .version import __version__  # noqa: F401  (in __all__, built below)
+
+# Each public name and the module that defines it.
+_EXPORTS = {
+    "checks": ["INDEPENDENCE_THRESHOLD", "Independence", "independence", "run_summary"],
+    "config": ["ALGORITHMS", "GENERIC_M2M", "BridgeSpec", "ContinuitySpec", "Phase", "PresetInfo", "SearchConfig", "TrainSpec",
+               "PATH_METHODS", "apply_overrides", "default_preset", "generic_m2m", "list_presets", "load_preset", "preset_info", "validate"],
+    "connect": ["ORIGIN", "TickEvent", "check_compatible", "run_search"],
+    "data": ["ImageData", "list_datasets", "load_dataset"],
+    "errors": ["UserError"],
+    "landscape": ["Landscape", "compute_landscape", "list_landscapes", "load_landscape", "project_pair_runs",
+                  "same_pair_runs"],
+    "flow": ["follow_data_flow", "match_layers"],
+    "importer": ["import_state"],
+    "modefile": ["Mode", "ModeMeta", "load_mode", "save_mode"],
+    "registry": ["build_model", "list_models", "register_model"],
+    "runfolder": ["Run", "load_run"],
+    "sweep": ["read_sweep"],
+    "train": ["TrainRecipe", "default_recipe", "list_recipes", "load_recipe", "train_mode"],
+    "workspace": ["data_dir", "workspace_dir"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(["__version__", *_MODULE_OF])
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what static analysers and IDEs see; at run time the names load lazily above
+    from .checks import INDEPENDENCE_THRESHOLD, Independence, independence, run_summary  # noqa: F401
+    from .config import (  # noqa: F401
+        ALGORITHMS,
+        GENERIC_M2M,
+        BridgeSpec,
+        ContinuitySpec,
+        Phase,
+        PresetInfo,
+        SearchConfig,
+        TrainSpec,
+        apply_overrides,
+        default_preset,
+        generic_m2m,
+        list_presets,
+        load_preset,
+        preset_info,
+        validate,
+    )
+    from .connect import ORIGIN, TickEvent, check_compatible, run_search  # noqa: F401
+    from .data import ImageData, list_datasets, load_dataset  # noqa: F401
+    from .errors import UserError  # noqa: F401
+    from .flow import follow_data_flow, match_layers  # noqa: F401
+    from .importer import import_state  # noqa: F401
+    from .landscape import (  # noqa: F401
+        Landscape,
+        compute_landscape,
+        list_landscapes,
+        load_landscape,
+        project_pair_runs,
+        same_pair_runs,
+    )
+    from .modefile import Mode, ModeMeta, load_mode, save_mode  # noqa: F401
+    from .registry import build_model, list_models, register_model  # noqa: F401
+    from .runfolder import Run, load_run  # noqa: F401
+    from .sweep import read_sweep  # noqa: F401
+    from .train import TrainRecipe, default_recipe, list_recipes, load_recipe, train_mode  # noqa: F401
+    from .workspace import data_dir, workspace_dir  # noqa: F401

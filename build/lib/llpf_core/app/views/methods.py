@@ -1,0 +1,101 @@
+"""Methods: every run on one pair of endpoints overlaid by position along its path, with a cost table."""
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import state
+import streamlit as st
+from llpf_core import PATH_METHODS, SearchConfig, UserError, default_preset, load_preset
+
+COMPARED = ("linear", "bezier", "rebasin", "m2m")  # the methods one click runs on a pair
+
+st.title("Methods side by side")
+runs = [r for r in (state.read_run(p) for p in state.run_dirs()) if r is not None and r.info.get("end")]
+pairs: dict[tuple, list] = {}
+for run in runs:
+    key = (run.info["start"]["sha256"], run.info["end"]["sha256"])
+    pairs.setdefault(key, []).append(run)
+if not pairs:
+    st.info("No runs between two modes yet: start one on the Search page or with `connect --algorithm ...`.")
+    st.stop()
+
+
+def _label(key: tuple) -> str:
+    first = pairs[key][0].info
+    return f"{Path(first['start']['path']).name} -> {Path(first['end']['path']).name} ({len(pairs[key])} runs)"
+
+
+key = st.selectbox("Endpoints", list(pairs), format_func=_label, key="methods_pair")
+
+
+def _config(method: str, model: str, dataset: str) -> SearchConfig:
+    """Path methods take their defaults; an LLPF method the model's default preset."""
+    if method in PATH_METHODS:
+        return SearchConfig(algorithm=method)
+    preset = default_preset(model, dataset, method)
+    if preset is None:
+        raise UserError(f"no {method} preset for model {model!r}; start it on the Search page")
+    return replace(load_preset(preset), algorithm=method)
+
+
+def _run_missing(first, missing: list[str]) -> list[str]:
+    """Start one background job per missing method on this pair (queued behind the job limit)."""
+    from runner import unique_run_name
+    start, end = first.info["start"], first.info["end"]
+    names = []
+    for method in missing:
+        cfg = _config(method, start["meta"]["model"], start["meta"]["dataset"])
+        name = unique_run_name(state.runs_dir(), method, {j.name for j in state.registry().jobs()})
+        state.registry().start_search(name, start["path"], end["path"], cfg, state.runs_dir() / name)
+        names.append(name)
+    return names
+loss, acc = go.Figure(), go.Figure()
+rows, barriers = [], set()
+for run in pairs[key]:
+    path = run.path_table
+    summary = run.info.get("summary", {})
+    label = f"{run.info['algorithm']} ({run.name})"
+    if len(path):
+        loss.add_trace(go.Scatter(x=path["position"], y=path["train_loss"], name=label, mode="lines+markers"))
+        acc.add_trace(go.Scatter(x=path["position"], y=path["test_acc"], name=label, mode="lines+markers"))
+    if summary.get("barrier") is not None:
+        barriers.add(round(summary["barrier"], 4))  # the same straight line for every run on the pair
+    barrier, top = summary.get("barrier"), summary.get("path_max_train_loss")
+    rows.append({"method": run.info["algorithm"], "run": run.name, "path max": top, "barrier": barrier,
+                 "ratio": top / barrier if top is not None and barrier else None,
+                 "path length": summary.get("path_length"), "SGD steps": summary.get("sgd_steps"),
+                 "wall s": summary.get("wall_s")})
+for barrier in barriers:
+    loss.add_hline(y=barrier, line_dash="dot", annotation_text="straight-line barrier")
+loss.update_layout(title="Train loss along the path", xaxis_title="position", yaxis_title="train loss")
+acc.update_layout(title="Test accuracy along the path", xaxis_title="position", yaxis_title="test acc")
+left, right = st.columns(2)
+left.plotly_chart(loss, use_container_width=True)
+right.plotly_chart(acc, use_container_width=True)
+st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
+
+have = {run.info["algorithm"] for run in pairs[key]}
+missing = [m for m in COMPARED if m not in have]
+started = [j for j in state.my_jobs() if j.name in st.session_state.get("methods_jobs", [])]
+if missing and not any(j.live for j in started):
+    if st.button(f"Run the missing methods ({', '.join(missing)})", type="primary", key="run_missing"):
+        try:
+            st.session_state["methods_jobs"] = _run_missing(pairs[key][0], missing)
+        except UserError as e:
+            st.error(str(e))
+        st.rerun()
+elif not missing:
+    st.caption("Every method has a run on this pair.")
+
+
+@st.fragment(run_every=state.REFRESH_S if any(j.live for j in started) else None)
+def _progress() -> None:
+    jobs = [j for j in state.my_jobs() if j.name in st.session_state.get("methods_jobs", [])]
+    for j in jobs:
+        st.write(f"`{j.name}`: {j.status} {j.message or ''}")
+    if jobs and not any(j.live for j in jobs) and any(j.live for j in started):
+        st.rerun()  # the last one finished: draw the new runs
+
+
+_progress()

@@ -1,0 +1,141 @@
+"""Modes: the trained networks in the workspace; train, upload and check them for independence."""
+import time
+
+import charts
+import state
+import streamlit as st
+import uploads
+
+from llpf_core import (
+    INDEPENDENCE_THRESHOLD,
+    UserError,
+    default_recipe,
+    independence,
+    list_datasets,
+    list_models,
+    list_recipes,
+)
+
+st.title("Modes")
+table = state.modes_table()
+if len(table):
+    st.dataframe(table, hide_index=True, key="modes_table",
+                 column_config={c: st.column_config.NumberColumn(format="%.4f")
+                                for c in ("train_loss", "train_acc", "test_loss", "test_acc")})
+else:
+    st.info("No modes yet: train some below, upload .safetensors files, or run the demo from Home.")
+
+# --- training ------------------------------------------------------------------------------------------
+st.subheader("Train new modes")
+with st.form("train_form"):
+    c = st.columns(4)
+    model = c[0].selectbox("Model", list_models(), index=list_models().index("mlp"), key="train_model")
+    dataset = c[1].selectbox("Dataset", list_datasets(), key="train_dataset")
+    own_data = st.text_input("Or your own data: a folder (train/<class>/*.png, test/...) or a tensor file",
+                             key="train_own_data", placeholder="/path/to/images or /path/to/data.safetensors")
+    seeds_text = c[2].text_input("Seeds", value="1, 2", key="train_seeds", help="comma-separated integers")
+    device = c[3].selectbox("Device", ["auto", "cpu", "cuda"], key="train_device")
+    recipes = ["(default for the model and dataset)"] + [r["name"] for r in list_recipes()]
+    recipe = st.selectbox("Recipe", recipes, key="train_recipe")
+    submitted = st.form_submit_button("Train", type="primary")
+if submitted:
+    try:
+        seeds = [int(s) for s in seeds_text.replace(" ", "").split(",") if s]
+    except ValueError:
+        state.show_error(UserError(f"seeds must be integers separated by commas, got {seeds_text!r}"))
+    else:
+        name = recipe if recipe in [r["name"] for r in list_recipes()] else default_recipe(model, dataset)
+        try:
+            if own_data.strip():
+                dataset = uploads.user_dataset(own_data)
+            if name is None:
+                raise UserError(f"no training recipe for {model}; pick one in the Recipe list")
+            state.registry().start_training(f"train-{model}-{dataset}-{time.strftime('%H%M%S')}", model, dataset,
+                                            seeds, name, state.modes_dir(), device=device)
+        except UserError as e:
+            state.show_error(e)
+
+
+def training_jobs():
+    return [j for j in state.my_jobs() if j.kind == "train"]
+
+
+@st.fragment(run_every=state.REFRESH_S if any(j.live for j in training_jobs()) else None)
+def training_progress() -> None:
+    jobs = training_jobs()
+    for job in jobs[-5:]:
+        if job.live:
+            st.info(f"{job.name}: {job.message}", icon=":material/hourglass_top:")
+        elif job.error:
+            st.error(f"{job.name} failed: {job.error}")
+        else:
+            st.success(f"{job.name}: {job.message}")
+    if jobs and not any(j.live for j in jobs) and st.session_state.get("training_seen_live"):
+        st.session_state["training_seen_live"] = False
+        st.rerun()  # refresh the table with the new modes
+    st.session_state["training_seen_live"] = any(j.live for j in jobs)
+
+
+training_progress()
+
+# --- upload ---------------------------------------------------------------------------------------------
+st.subheader("Upload modes")
+files = st.file_uploader("Mode files (.safetensors, as written by `python -m llpf_core train`)",
+                         type=["safetensors"], accept_multiple_files=True, key="upload")
+for f in files or []:
+    done = st.session_state.setdefault("uploaded", set())
+    if (f.name, f.size) in done:
+        continue
+    try:
+        mode = uploads.save_upload(f.getvalue(), f.name, state.modes_dir())
+    except UserError as e:
+        state.show_error(e)
+    else:
+        done.add((f.name, f.size))
+        st.success(f"added {mode.path.name}: {mode.meta.model} on {mode.meta.dataset}, seed {mode.meta.seed}")
+
+# --- import ---------------------------------------------------------------------------------------------
+st.subheader("Import a state dict")
+st.caption("A model trained elsewhere: `save_file(model.state_dict(), 'x.safetensors')` from any script "
+           "(DataParallel's `module.` and torch.compile's `_orig_mod.` prefixes are stripped). "
+           "Plugin models (LLPF_PLUGINS) are listed with the zoo's.")
+with st.form("import_form"):
+    state_file = st.file_uploader("State dict (.safetensors)", type=["safetensors"], key="import_upload")
+    state_path = st.text_input("or its path on this machine", key="import_path")
+    c = st.columns(3)
+    imp_model = c[0].selectbox("Model", list_models(), key="import_model")
+    imp_dataset = c[1].selectbox("Dataset", list_datasets(), key="import_dataset")
+    imp_own = c[2].text_input("or your own data (folder or tensor file)", key="import_own_data")
+    imp_name = st.text_input("Mode name", value="imported.safetensors", key="import_name")
+    imported = st.form_submit_button("Import")
+if imported:
+    try:
+        if state_file is None and not state_path.strip():
+            raise UserError("choose a state dict to upload or enter its path")
+        dataset_name = uploads.user_dataset(imp_own) if imp_own.strip() else imp_dataset
+        mode = uploads.import_upload(state_file.getvalue() if state_file else None,
+                                     state_file.name if state_file else state_path.strip(), imp_model,
+                                     dataset_name, imp_name, state.modes_dir())
+    except UserError as e:
+        state.show_error(e)
+    else:
+        m = mode.meta.metrics
+        st.success(f"imported {mode.path.name}: {imp_model} on {dataset_name}, test acc {m['test_acc']:.3f}")
+
+# --- independence ---------------------------------------------------------------------------------------
+st.subheader("Independence check")
+valid = list(table.loc[table["problem"] == "", "file"]) if len(table) else []
+if len(valid) < 2:
+    st.caption("Needs two valid modes.")
+else:
+    c = st.columns(2)
+    a = c[0].selectbox("Mode A", valid, key="ind_a")
+    b = c[1].selectbox("Mode B", [v for v in valid if v != a], key="ind_b")
+    if st.button("Check independence", key="check_independence"):
+        try:
+            result = independence(state.mode(state.modes_dir() / a), state.mode(state.modes_dir() / b))
+        except UserError as e:
+            state.show_error(e)
+        else:
+            (st.success if result.independent else st.warning)(result.verdict)
+            st.plotly_chart(charts.independence_figure(result.table, INDEPENDENCE_THRESHOLD), key="ind_chart")

@@ -1,0 +1,360 @@
+"""Sweeps: the same search on many independently trained pairs, one Ray task per pair.
+
+A sweep folder holds ``modes/`` (seed<S>.safetensors), ``runs/<pair>/`` (ordinary run folders),
+``sweep.json`` (the resolved sweep and each pair's status) and ``summary.csv`` (one row per pair), both
+rewritten atomically whenever a pair changes state. Ray is imported only inside the functions here:
+``import llpf_core`` and the dashboard never load it. torch is too: the storage check's task on every node
+then costs a worker no ``import torch`` (1.2 s, which delayed every pair on a 2-core machine).
+
+Without an address the sweep starts an embedded local Ray for its own lifetime; with one it joins that
+cluster, where the sweep folder must be on storage every node reaches (checked before any work).
+"""
+import csv
+import io
+import os
+import signal
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from .errors import UserError
+
+SWEEP_FORMAT = "llpf-sweep/1"
+SUMMARY_COLUMNS = ["run", "start_seed", "end_seed", "status", "barrier", "path_max_train_loss",
+                   "final_distance_rel", "wall_s", "error"]
+# Test hook: "PAIR:TICK" makes the task running PAIR SIGKILL its own worker once, at that tick.
+KILL_AT_ENV = "LLPF_SWEEP_KILL_AT"
+TASK_RETRIES = 3  # a worker or node that dies: Ray reruns the pair's task, which resumes from its checkpoint
+
+
+@dataclass
+class SweepSpec:
+    """What a sweep runs; stored in sweep.json as ``spec``. Two sweeps are the same sweep when their specs are."""
+    model: str
+    dataset: str
+    seeds: list[int]  # pairs (seeds[0], seeds[1]), (seeds[2], seeds[3]), ...
+    preset: str
+    algorithm: str
+    overrides: list[str] = field(default_factory=list)
+    recipe: str = ""
+    modes: list[str] = field(default_factory=list)  # given mode files instead of trained seeds
+    pair_overrides: dict[str, list[str]] = field(default_factory=dict)  # pair name -> extra overrides
+
+
+def pair_name(a: int, b: int) -> str:
+    return f"seed{a}-seed{b}"
+
+
+def plan_sweep(model: str | None, dataset: str, pairs: int | None, seed: int = 1, *,
+               preset: str | None = None, algorithm: str | None = None, overrides: list[str] | None = None,
+               recipe: str | None = None, modes: list[str] | None = None,
+               pair_overrides: dict[str, list[str]] | None = None) -> SweepSpec:
+    """Check a sweep's inputs and resolve its preset, without training or running anything."""
+    from . import load_mode
+    if modes:
+        if len(modes) < 2 or len(modes) % 2:
+            raise UserError(f"--modes needs an even number of mode files (2 or more), got {len(modes)}")
+        first = load_mode(modes[0], "mode file")
+        model, dataset = first.meta.model, first.meta.dataset
+        seeds = [load_mode(m, "mode file").meta.seed for m in modes]
+    else:
+        if pairs is None or pairs < 1:
+            raise UserError(f"--pairs must be at least 1, got {pairs}")
+        if not model:
+            raise UserError("a sweep needs --model (or --modes FILE...)")
+        seeds = list(range(seed, seed + 2 * pairs))
+    spec = SweepSpec(model, dataset, seeds, *resolve_preset(model, dataset, preset, algorithm),
+                     overrides=list(overrides or []), recipe=recipe or "", modes=[str(m) for m in modes or []],
+                     pair_overrides=dict(pair_overrides or {}))
+    names = {n for n, _, _ in _pairs(spec)}
+    unknown = sorted(set(spec.pair_overrides) - names)
+    if unknown:
+        raise UserError(f"--pair-set names {unknown[0]!r}, which is not a pair of this sweep "
+                        f"({', '.join(sorted(names))})")
+    for name, _, _ in _pairs(spec):
+        pair_config(spec, name)  # a bad --set or --pair-set fails here, before any work
+    return spec
+
+
+def resolve_preset(model: str, dataset: str, preset: str | None, algorithm: str | None) -> tuple[str, str]:
+    from . import default_preset, preset_info
+    algorithm = algorithm or "m2m"
+    name = preset or default_preset(model, dataset, algorithm)
+    if name is None:
+        raise UserError(f"no preset for model {model!r}; pass --preset NAME (see `presets`)")
+    if preset_info(name).model != model:
+        raise UserError(f"preset {name} is for model {preset_info(name).model!r}, not {model!r}")
+    return name, algorithm
+
+
+def pair_config(spec: SweepSpec, name: str):
+    """One pair's SearchConfig: the preset, the algorithm, --set, then that pair's own overrides."""
+    from . import apply_overrides, load_preset, validate
+    cfg = replace(load_preset(spec.preset), algorithm=spec.algorithm)
+    cfg = apply_overrides(cfg, [*spec.overrides, *spec.pair_overrides.get(name, [])])
+    validate(cfg)
+    return cfg
+
+
+def _pairs(spec: SweepSpec) -> list[tuple[str, int, int]]:
+    s = spec.seeds
+    return [(pair_name(s[i], s[i + 1]), s[i], s[i + 1]) for i in range(0, len(s), 2)]
+
+
+# --- the sweep folder -----------------------------------------------------------------------------
+
+def read_sweep(out: str | Path) -> dict:
+    """sweep.json, read back (a UserError when the folder holds no sweep)."""
+    import json
+    file = Path(out) / "sweep.json"
+    if not file.is_file():
+        raise UserError(f"{out} holds no sweep (no sweep.json); start one with `sweep --out {out} ...`")
+    try:
+        info = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {file}: {e}") from None
+    if info.get("format") != SWEEP_FORMAT:
+        raise UserError(f"{file} has format {info.get('format')!r}, expected {SWEEP_FORMAT!r}")
+    return info
+
+
+def spec_of(info: dict) -> SweepSpec:
+    return SweepSpec(**info["spec"])
+
+
+class _SweepFolder:
+    """sweep.json and summary.csv, rewritten atomically on every change."""
+
+    def __init__(self, out: Path, spec: SweepSpec, info: dict | None):
+        self.out = out
+        self.info = info or {"format": SWEEP_FORMAT, "spec": spec.__dict__, "status": "created", "pairs": [
+            {"name": n, "start_seed": a, "end_seed": b, "status": "pending", "error": None,
+             "start": None, "end": None, "run": f"runs/{n}"} for n, a, b in _pairs(spec)]}
+
+    def pair(self, name: str) -> dict:
+        return next(p for p in self.info["pairs"] if p["name"] == name)
+
+    def set(self, name: str | None = None, **fields) -> None:
+        (self.pair(name) if name else self.info).update(fields)
+        self.write()
+
+    def write(self) -> None:
+        from .safefile import write_atomic, write_json
+        write_json(self.out / "sweep.json", self.info)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, SUMMARY_COLUMNS, lineterminator="\n")
+        w.writeheader()
+        for p in self.info["pairs"]:
+            s = p.get("summary") or {}
+            w.writerow({"run": p["name"], "start_seed": p["start_seed"], "end_seed": p["end_seed"],
+                        "status": p["status"], "error": p["error"] or "",
+                        **{k: s.get(k, "") for k in SUMMARY_COLUMNS[4:8]}})
+        write_atomic(self.out / "summary.csv", buf.getvalue().encode())
+
+
+# --- Ray tasks (module-level functions: Ray ships them to the workers by reference) ------------------
+
+def _train_task(model: str, dataset: str, seed: int, path: str, recipe: str, threads: int) -> str:
+    import torch
+
+    from .train import TrainRecipe, load_recipe, train_mode
+    torch.set_num_threads(threads)
+    train_mode(model, dataset, seed, path, load_recipe(recipe) if recipe else TrainRecipe(), "auto",
+               recipe_name=recipe)
+    return path
+
+
+def _pair_task(start: str, end: str, cfg_dict: dict, run_dir: str, threads: int, kill_at: str | None) -> dict:
+    """Run (or resume) one pair's search; a failure is returned, not raised (Ray retries only dead workers)."""
+    import torch
+
+    from . import SearchConfig, run_search, run_summary
+    torch.set_num_threads(threads)
+    on_tick = None
+    if kill_at and kill_at.rsplit(":", 1)[0] == Path(run_dir).name:
+        marker, tick = Path(run_dir) / ".killed", int(kill_at.rsplit(":", 1)[1])
+
+        def on_tick(event):  # the test hook: die once, as a crashed worker would
+            if event.tick == tick and not marker.exists():
+                marker.touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+    try:
+        run = run_search(start, end, SearchConfig.from_dict(cfg_dict), run_dir, on_tick=on_tick, resume=True)
+    except Exception as e:  # noqa: BLE001  (recorded in sweep.json; the other pairs go on)
+        return {"status": "failed", "error": str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"}
+    summary = run_summary(run)
+    return {"status": run.status, "error": run.error, "summary": summary}
+
+
+def _sees_folder(path: str, token: str) -> bool:
+    try:
+        return (Path(path) / ".sweep-token").read_text() == token
+    except OSError:
+        return False
+
+
+# --- the driver -----------------------------------------------------------------------------------
+
+@dataclass
+class SweepResult:
+    out: Path
+    pairs: list[dict]
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if all(p["status"] == "finished" for p in self.pairs) else 1
+
+
+def run_sweep(out: str | Path, spec: SweepSpec | None = None, *, resume: bool = False, workers: int | None = None,
+              ray_address: str | None = None, cpus_per_path: float = 1, gpus_per_path: float = 0,
+              threads: int = 1, on_event: Callable[[str], None] | None = None) -> SweepResult:
+    """Train the sweep's modes, run every unfinished pair as a Ray task, and return the pairs' outcomes.
+
+    Uses the Ray this process has already initialised (``ray.init`` by the caller) if there is one;
+    otherwise joins ``ray_address``, or starts a local Ray with ``workers`` CPUs for the sweep's lifetime.
+    ``spec`` may be None with ``resume=True``: the sweep in ``out`` continues as stored.
+    """
+    out = Path(out)
+    say = on_event or (lambda message: None)
+    stored = read_sweep(out) if (out / "sweep.json").exists() else None
+    if stored is None and spec is None:
+        raise UserError(f"--resume: {out} holds no sweep yet; start it with --model/--pairs (or --modes)")
+    if stored is not None:
+        if spec is not None and spec_of(stored) != spec:
+            s = spec_of(stored)
+            raise UserError(f"{out} holds a different sweep ({s.model}/{s.dataset}, {len(s.seeds) // 2} pairs, seeds "
+                            f"{s.seeds[0]}..{s.seeds[-1]}, preset {s.preset}); choose another --out or "
+                            f"continue it with --resume --out {out}")
+        if not resume:
+            raise UserError(f"{out} already holds this sweep; pass --resume to finish it or choose another --out")
+        spec = spec_of(stored)
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    if cpus_per_path < 0 or gpus_per_path < 0 or (cpus_per_path == 0 and gpus_per_path == 0):
+        raise UserError("--cpus-per-path and --gpus-per-path must be >= 0 and not both 0")
+    mode_paths = _check_modes(out, spec)
+    folder = _SweepFolder(out, spec, stored)
+    ray, owned = _ray(ray_address, workers, gpus_per_path)
+    try:
+        if ray_address is not None or not owned:
+            _check_storage(ray, out)  # a refusal writes nothing
+        try:
+            folder.set(status="running")
+            _train_missing(ray, spec, mode_paths, cpus_per_path, gpus_per_path, threads, say)
+            _run_pairs(ray, spec, folder, mode_paths, workers, cpus_per_path, gpus_per_path, threads, say)
+            folder.set(status="finished" if all(p["status"] == "finished" for p in folder.info["pairs"]) else "failed")
+        except BaseException:
+            for p in folder.info["pairs"]:
+                if p["status"] == "running":
+                    p["status"] = "interrupted"
+            folder.set(status="interrupted")
+            raise
+    finally:
+        if owned:
+            ray.shutdown()
+    return SweepResult(out, folder.info["pairs"])
+
+
+def _check_modes(out: Path, spec: SweepSpec) -> dict[int, Path]:
+    """Each seed's mode file; a file already in modes/ must be of the sweep's model and dataset."""
+    from . import load_mode
+    if spec.modes:
+        return {s: Path(m) for s, m in zip(spec.seeds, spec.modes)}
+    paths = {s: out / "modes" / f"seed{s}.safetensors" for s in spec.seeds}
+    for s, path in paths.items():
+        if path.exists():
+            meta = load_mode(path, "mode file").meta
+            if (meta.model, meta.dataset, meta.seed) != (spec.model, spec.dataset, s):
+                raise UserError(f"{path} is a {meta.model}/{meta.dataset} mode of seed {meta.seed}, not "
+                                f"{spec.model}/{spec.dataset} seed {s}; choose other --seed values or another --out")
+    return paths
+
+
+def _ray(address: str | None, workers: int | None, gpus_per_path: float):
+    """(ray, owned): the Ray already running in this process, the cluster at ``address``, or a local one."""
+    import ray
+    if ray.is_initialized():
+        return ray, False
+    if address is not None:
+        if address != "auto":
+            host, _, port = address.rpartition(":")
+            try:
+                socket.create_connection((host, int(port)), timeout=5).close()
+            except (OSError, ValueError) as e:
+                raise UserError(f"cannot reach the Ray cluster at {address} ({e}); start it with `ray start --head` "
+                                f"or pass the head's host:port (or --ray-address auto on a node of it)") from None
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise UserError(f"cannot join the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+        return ray, True
+    workers = workers or os.cpu_count() or 1
+    ray.init(num_cpus=workers, num_gpus=None if gpus_per_path else 0, include_dashboard=False,
+             object_store_memory=80 * 1024 * 1024, log_to_driver=False, logging_level="ERROR",
+             configure_logging=False)
+    return ray, True
+
+
+def _check_storage(ray, out: Path) -> None:
+    """Every alive node must see the sweep folder (shared storage): refuse otherwise, before any work."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from .safefile import write_atomic
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    write_atomic(out / ".sweep-token", token.encode())
+    task = ray.remote(num_cpus=0)(_sees_folder)
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    seen = ray.get([task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                    .remote(str(out.resolve()), token) for n in nodes])
+    blind = [f"{n['NodeManagerAddress']} (node {n['NodeID'][:8]})" for n, ok in zip(nodes, seen) if not ok]
+    if blind:  # refused: leave the folder as it was
+        (out / ".sweep-token").unlink()
+        if created:
+            out.rmdir()
+        raise UserError(f"the Ray node(s) {', '.join(blind)} cannot see {out.resolve()}; put the sweep folder on "
+                        f"storage every node mounts at the same path (NFS or similar)")
+
+
+def _options(cpus: float, gpus: float) -> dict:
+    return {"num_cpus": cpus, "num_gpus": gpus, "max_retries": TASK_RETRIES}
+
+
+def _train_missing(ray, spec, mode_paths, cpus, gpus, threads, say) -> None:
+    missing = [(s, p) for s, p in mode_paths.items() if not p.exists()]
+    if not missing:
+        return
+    task = ray.remote(_train_task).options(**_options(cpus, gpus))
+    say(f"training {len(missing)} mode(s)")
+    ray.get([task.remote(spec.model, spec.dataset, s, str(p), spec.recipe, threads) for s, p in missing])
+
+
+def _run_pairs(ray, spec, folder, mode_paths, workers, cpus, gpus, threads, say) -> None:
+    todo = [p for p in folder.info["pairs"] if p["status"] != "finished"]
+    task = ray.remote(_pair_task).options(**_options(cpus, gpus))
+    kill_at = os.environ.get(KILL_AT_ENV)
+    running: dict = {}
+
+    def submit(p: dict) -> None:
+        start, end = mode_paths[p["start_seed"]], mode_paths[p["end_seed"]]
+        ref = task.remote(str(start), str(end), pair_config(spec, p["name"]).to_dict(),
+                          str(folder.out / p["run"]), threads, kill_at)
+        running[ref] = p["name"]
+        folder.set(p["name"], status="running", error=None, start=str(start), end=str(end))
+
+    limit = workers or len(todo)
+    while todo or running:
+        while todo and len(running) < limit:
+            submit(todo.pop(0))
+        done, _ = ray.wait(list(running), num_returns=1)
+        name = running.pop(done[0])
+        try:
+            result = ray.get(done[0])
+        except ray.exceptions.RayError as e:  # the task died more often than it may be retried
+            result = {"status": "failed", "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
+        folder.set(name, **result, finished_at=time.time())
+        say(f"{name}: {result['status']}" + (f" ({result['error']})" if result.get("error") else ""))
