@@ -21,9 +21,12 @@ from llpf_core import (
 st.title("Modes")
 table = state.modes_table()
 if len(table):
-    st.dataframe(table, hide_index=True, key="modes_table",
+    # The problems are sentences: below the table in full, not clipped in its last column.
+    st.dataframe(table.drop(columns="problem"), hide_index=True, key="modes_table",
                  column_config={c: st.column_config.NumberColumn(format="%.4f")
                                 for c in ("train_loss", "train_acc", "test_loss", "test_acc")})
+    for row in table[table["problem"] != ""].itertuples():
+        st.error(f"{row.file}: {row.problem}", icon=":material/error:")
     for name in table.loc[table["problem"] == "", "file"]:  # a mode that learned nothing, named loudly
         message = chance_warning(state.mode(state.modes_dir() / name).meta, name)
         if message:
@@ -110,7 +113,10 @@ with st.form("import_form"):
     state_file = st.file_uploader("State dict (.safetensors)", type=["safetensors"], key="import_upload")
     state_path = st.text_input("or its path on this machine", key="import_path")
     c = st.columns(3)
-    imp_model = c[0].selectbox("Model", list_models(), key="import_model")
+    usual = table["model"].dropna().mode() if len(table) else []  # the workspace's most common model
+    default_model = usual.iloc[0] if len(usual) and usual.iloc[0] in list_models() else "mlp"
+    imp_model = c[0].selectbox("Model", list_models(), index=list_models().index(default_model),
+                               key="import_model")
     imp_dataset = c[1].selectbox("Dataset", list_datasets(), key="import_dataset")
     imp_own = c[2].text_input("or your own data (folder or tensor file)", key="import_own_data")
     imp_name = st.text_input("Mode name", value="imported.safetensors", key="import_name")
