@@ -116,7 +116,7 @@ def test_a_refused_start_shows_its_one_line_error_and_keeps_it(tmp_path, monkeyp
         assert time.monotonic() < deadline and not at.exception, "no error shown"
         time.sleep(0.5)
         at.run()
-    assert "no preset for model 'nosuchmodel'" in at.error[0].value and at.error[0].value.count("\n") == 0
+    assert "unknown model 'nosuchmodel'; choose one of: " in at.error[0].value and at.error[0].value.count("\n") == 0
     at.run()  # still there on the next rerun (the message is re-read from its file, not a drained pipe)
-    assert "no preset for model 'nosuchmodel'" in at.error[0].value
+    assert "unknown model 'nosuchmodel'" in at.error[0].value
     assert not (tmp_path / "sweeps" / "bad").exists() and sweep_processes() == []
