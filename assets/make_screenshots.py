@@ -26,7 +26,8 @@ from playwright.sync_api import sync_playwright
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 ALL_CHARTS_DRAWN = """n => { const plots = [...document.querySelectorAll('.js-plotly-plot')];
-    return plots.length >= n && plots.every(p => getComputedStyle(p).visibility === 'visible'); }"""
+    return plots.length >= n && plots.filter(p => p.offsetParent !== null)  // not those in a hidden tab
+    .every(p => getComputedStyle(p).visibility === 'visible'); }"""
 SLOW_DEMO = "ticks=2500 phases.0.step_a=0.002"
 
 

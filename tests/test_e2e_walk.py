@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 ALL_CHARTS_DRAWN = """() => [...document.querySelectorAll('.js-plotly-plot')]
+    .filter(p => p.offsetParent !== null)  // not those in a hidden tab
     .every(p => getComputedStyle(p).visibility === 'visible')"""
 # (path, title, plotly charts at least)
 PAGES = [("", "LLPF Explorer", 1), ("modes", "Modes", 0), ("search", "Search", 0), ("runs", "Runs", 2),
