@@ -134,6 +134,21 @@ def test_methods_page_says_barrier_over_path_max_as_the_cli_does(ws):
     assert llpf["barrier / path max"] > 1  # the path's highest loss is many times lower than the barrier
 
 
+def test_runs_page_status_line_does_not_repeat_itself(ws):
+    import state
+    a, b = sorted((ws / "modes").glob("*.safetensors"))
+    cfg = dataclasses.replace(load_preset("mlp-digits-m2m"), ticks=10, device="cpu")
+    state.registry().start_search("job-run", a, b, cfg, ws / "runs" / "job-run")
+    job = state.registry().wait("job-run", 300)
+    assert job is not None and job.status == "finished" and job.message.startswith("finished"), job
+    at = page("views/runs.py")
+    at.query_params["run"] = "job-run"
+    at.run()
+    assert not at.exception
+    status = next(m.value for m in at.markdown if m.value.startswith("**Status:**"))
+    assert status.count("finished") == 1, status
+
+
 def test_runs_page_explains_an_empty_chart_area(ws):
     at = page("views/runs.py")
     at.query_params["run"] = "line"

@@ -99,7 +99,9 @@ def live_status() -> None:
         st.rerun()
     # A demo job goes on after its search (its landscape plane): the search's status is the run's.
     shown = run.status if run is not None and run.status == "finished" else status
-    st.markdown(f"**Status:** `{shown}`" + (f" · {job.message}" if job and job.message else ""))
+    detail = job.message if job and job.message else ""
+    detail = detail[len(shown):] if detail.startswith(shown) else f" · {detail}" if detail else ""
+    st.markdown(f"**Status:** `{shown}`{detail}")  # "`finished` at tick 1500", not "finished · finished at ..."
     if run is None:
         if job and job.error:
             st.error(job.error)
