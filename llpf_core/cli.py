@@ -28,10 +28,15 @@ def _add_plugin_option(parser: argparse.ArgumentParser) -> None:
                         help="load a plugin that registers models (repeatable; also $LLPF_PLUGINS, ':'-separated)")
 
 
+def _prog() -> str:
+    """The command as it was typed: ``llpf`` (the installed script) or ``python -m llpf_core``."""
+    return "python -m llpf_core" if sys.argv[0].endswith("__main__.py") else "llpf"
+
+
 # --- parser ---------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llpf",
+    parser = argparse.ArgumentParser(prog=_prog(),
                                      description="Find and check low-loss paths between trained networks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

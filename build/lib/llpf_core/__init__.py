@@ -24,8 +24,9 @@ _EXPORTS = {
     "modefile": ["Mode", "ModeMeta", "load_mode", "save_mode"],
     "registry": ["build_model", "list_models", "register_model"],
     "runfolder": ["Run", "load_run"],
+    "sanity": ["chance_warning"],
     "sweep": ["read_sweep"],
-    "train": ["TrainRecipe", "default_recipe", "list_recipes", "load_recipe", "train_mode"],
+    "train": ["GENERIC_RECIPE", "TrainRecipe", "default_recipe", "list_recipes", "load_recipe", "train_mode"],
     "workspace": ["data_dir", "workspace_dir"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -81,6 +82,7 @@ if TYPE_CHECKING:  # what static analysers and IDEs see; at run time the names l
     from .modefile import Mode, ModeMeta, load_mode, save_mode  # noqa: F401
     from .registry import build_model, list_models, register_model  # noqa: F401
     from .runfolder import Run, load_run  # noqa: F401
+    from .sanity import chance_warning  # noqa: F401
     from .sweep import read_sweep  # noqa: F401
-    from .train import TrainRecipe, default_recipe, list_recipes, load_recipe, train_mode  # noqa: F401
+    from .train import GENERIC_RECIPE, TrainRecipe, default_recipe, list_recipes, load_recipe, train_mode  # noqa: F401
     from .workspace import data_dir, workspace_dir  # noqa: F401

@@ -32,7 +32,8 @@ from .config import GENERIC_M2M, PATH_METHODS, SearchConfig, generic_m2m
 from .device import warn
 from .modefile import Mode
 from .safefile import write_atomic
-from .train import TrainRecipe, default_recipe, list_recipes, load_recipe, train_mode
+from .sanity import chance_warning
+from .train import GENERIC_RECIPE, TrainRecipe, default_recipe, list_recipes, load_recipe, train_mode
 from .workspace import workspace_dir
 
 
@@ -80,10 +81,13 @@ def _print_table(rows: list[tuple[str, object]]) -> None:
 
 def cmd_train(args) -> int:
     recipe_name = args.recipe or default_recipe(args.model, args.dataset)
-    recipe = load_recipe(recipe_name) if recipe_name else TrainRecipe()
+    recipe = load_recipe(recipe_name)
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainRecipe)
                  if getattr(args, f.name, None) is not None}
     recipe = replace(recipe, **overrides)
+    if recipe_name == GENERIC_RECIPE:
+        print(f"no tuned recipe for {args.model} on {args.dataset}: the generic one ({_recipe_text(recipe)})",
+              file=sys.stderr)
     bar = None
 
     def on_start():  # called once every input is checked: a user error before it prints one line only
@@ -106,7 +110,19 @@ def cmd_train(args) -> int:
     m = mode.meta.metrics
     print(f"saved {args.out}: train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f}, test loss "
           f"{m['test_loss']:.4f} acc {m['test_acc']:.4f} ({time.perf_counter() - t0:.1f} s)")
+    _warn_if_chance(mode.meta, args.out)
     return 0
+
+
+def _recipe_text(recipe: TrainRecipe) -> str:
+    return (f"{recipe.epochs} epochs of {recipe.optimizer}, lr {recipe.lr:g}, weight decay {recipe.weight_decay:g}, "
+            f"batch {recipe.batch_size}, {recipe.schedule} schedule, {'' if recipe.augment else 'no '}augmentation")
+
+
+def _warn_if_chance(meta, label) -> None:
+    message = chance_warning(meta, str(label))
+    if message:
+        warn(message)
 
 
 def _resolve_config(args, start: Mode):
@@ -148,6 +164,9 @@ def cmd_connect(args) -> int:
     else:
         start = load_mode(args.start, "start mode file")
         end = ORIGIN if args.end == ORIGIN else load_mode(args.end, "end mode file")
+        for mode in (start, end):  # before any compute: a path from a mode that learned nothing means nothing
+            if isinstance(mode, Mode):
+                _warn_if_chance(mode.meta, mode.path)
         cfg, preset = _resolve_config(args, start)
     stop = threading.Event()
     bar = None
@@ -283,6 +302,9 @@ def cmd_import(args) -> int:
     m = mode.meta.metrics
     print(f"saved {args.out}: {args.model} on {args.dataset}, train loss {m['train_loss']:.4f} acc "
           f"{m['train_acc']:.4f}, test loss {m['test_loss']:.4f} acc {m['test_acc']:.4f}")
+    _warn_if_chance(mode.meta, args.out)
+    return 0
+
 def cmd_landscape(args) -> int:
     from .landscape import compute_landscape, validate_grid
     validate_grid(args.grid, args.margin, args.samples)  # before reading the run: a typo fails at once

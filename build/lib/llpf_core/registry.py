@@ -60,16 +60,21 @@ def _accepted(fn: Callable, kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k in params or k not in offered}
 
 
-def build_model(name: str, **kwargs) -> nn.Module:
-    """Build a freshly initialised model. ``kwargs`` go to the builder (num_classes, in_channels, ...).
-
-    A model without ``input_shape`` (a plugin's) gets one from ``in_channels`` and ``image_size``,
-    for ``follow_data_flow``."""
+def require_model(name: str) -> None:
+    """UserError naming the known models unless ``name`` is one (the zoo's or a plugin's)."""
     plugins.load_plugins()
     if name not in _MODELS and name in ZOO:
         import_module(f"{__package__}.models.{ZOO[name]}")
     if name not in _MODELS:
         raise UserError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Build a freshly initialised model. ``kwargs`` go to the builder (num_classes, in_channels, ...).
+
+    A model without ``input_shape`` (a plugin's) gets one from ``in_channels`` and ``image_size``,
+    for ``follow_data_flow``."""
+    require_model(name)
     try:
         model = _MODELS[name](**_accepted(_MODELS[name], kwargs))
     except TypeError as e:

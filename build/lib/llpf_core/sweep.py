@@ -65,6 +65,8 @@ def plan_sweep(model: str | None, dataset: str, pairs: int | None, seed: int = 1
             raise UserError(f"--pairs must be at least 1, got {pairs}")
         if not model:
             raise UserError("a sweep needs --model (or --modes FILE...)")
+        from .registry import require_model
+        require_model(model)  # a typo is named before it is taken for a model without a preset
         seeds = list(range(seed, seed + 2 * pairs))
     spec = SweepSpec(model, dataset, seeds, *resolve_preset(model, dataset, preset, algorithm),
                      overrides=list(overrides or []), recipe=recipe or "", modes=[str(m) for m in modes or []],

@@ -40,7 +40,7 @@ path_tab, landscape_tab = st.tabs(["Path", "Landscape"])
 points = dict(run.points())
 with path_tab:
     left, right = st.columns(2)
-    figures = {"path-vs-line": charts.path_vs_line_figure(metrics, baseline, marker=tick),
+    figures = {"path-vs-line": charts.path_vs_line_figure(metrics, baseline, marker=tick, path=run.path_table),
                "train-loss": charts.loss_figure(metrics, baseline)}
     left.plotly_chart(figures["path-vs-line"], key="x_path")
     right.plotly_chart(figures["train-loss"], key="x_loss")
