@@ -32,14 +32,13 @@ RUN if ! command -v python3 > /dev/null; then \
     && chown llpf:llpf /workspace
 
 WORKDIR /app
-COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
+COPY requirements.txt requirements-ray.txt ./
+RUN pip install --no-cache-dir -r requirements.txt -r requirements-ray.txt
 
 # The code stays owned by root: the app's user can read it, and can write the workspace only.
 COPY llpf_core/ llpf_core/
 COPY assets/ assets/
 COPY app/ app/
-COPY .streamlit/ .streamlit/
 
 ENV PYTHONPATH=/app \
     LLPF_HOME=/workspace \

@@ -1,4 +1,4 @@
-"""LLPF Explorer's dashboard: ``streamlit run app/Home.py``.
+"""LLPF Explorer's dashboard: ``llpf dashboard``, or ``streamlit run app/Home.py`` in a checkout.
 
 This file is the frame: page config, the shared sidebar and the navigation over ``views/``, one file a
 page. The folder is not called ``pages/``: Streamlit would also auto-discover a ``pages/`` folder as an
@@ -7,6 +7,7 @@ that page on its own, without this frame.
 """
 import time
 
+import engine_path  # noqa: F401  (first: makes a checkout's llpf_core importable from any folder)
 import state
 import streamlit as st
 

@@ -14,6 +14,14 @@ MAX_POINTS = 2000
 MAX_HEATMAP_TICKS = 400
 GRID = np.linspace(0.0, 1.0, 101)
 ROLLING, EVAL = "#f6ad55", "#2b6cb0"  # orange: minibatch losses while training; blue: the point in eval mode
+LLPF_ALGORITHMS = ("m2m", "m2o", "to_vs", "cross_sphere")
+# One clearly different colour per method (Streamlit's theme pairs a dark and a light shade of each hue,
+# which made two methods look alike); the LLPF searches are drawn thick, the other methods thin.
+METHOD_COLOURS = {"m2m": "#d62728", "m2o": "#9467bd", "to_vs": "#8c564b", "cross_sphere": "#e377c2",
+                  "linear": "#7f7f7f", "bezier": "#1f77b4", "rebasin": "#2ca02c"}
+RUN_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+               "#bcbd22", "#7f7f7f"]
+ACCURACY_AXIS = dict(range=[0, 1.02], tickformat=".0%")  # accuracies are fractions: 0 to 100 %
 
 
 def thin(frame: pd.DataFrame, max_points: int = MAX_POINTS, column: str = "tick") -> pd.DataFrame:
@@ -25,10 +33,11 @@ def thin(frame: pd.DataFrame, max_points: int = MAX_POINTS, column: str = "tick"
     return frame[frame[column].isin(keep)]
 
 
-def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
+def _layout(fig: go.Figure, title: str, x: str, y: str | None) -> go.Figure:
+    """Title, axis titles and a legend under the plot: above it, plotly's toolbar covered it on hover."""
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, x=1, xanchor="right"),
-                      height=340)
+                      legend=dict(orientation="h", yanchor="top", y=-0.25, x=0, xanchor="left"),
+                      height=360)
     return fig
 
 
@@ -71,7 +80,9 @@ def accuracy_figure(metrics: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     _line(fig, m, "tick", "train_acc_rolling", "rolling (train mode)", line=dict(width=1, color=ROLLING))
     _line(fig, m, "tick", "train_acc", "eval mode", line=dict(width=2, color=EVAL))
-    return _layout(fig, "Train accuracy", "tick", "accuracy")
+    fig = _layout(fig, "Train accuracy", "tick", "accuracy")
+    fig.update_yaxes(**ACCURACY_AXIS)
+    return fig
 
 
 def test_figure(metrics: pd.DataFrame) -> go.Figure:
@@ -82,8 +93,9 @@ def test_figure(metrics: pd.DataFrame) -> go.Figure:
         rows = m[["tick", column]].dropna()
         fig.add_trace(go.Scatter(x=rows["tick"], y=rows[column], name=name, mode="lines"), secondary_y=right)
     fig.update_yaxes(title_text="loss", secondary_y=False)
-    fig.update_yaxes(title_text="accuracy", secondary_y=True)
-    return _layout(fig, "Test loss and accuracy", "tick", None)
+    fig = _layout(fig, "Test loss and accuracy", "tick", None)
+    fig.update_yaxes(title_text="accuracy", secondary_y=True, **ACCURACY_AXIS)
+    return fig
 
 
 def _layer_lines(layers: pd.DataFrame, column: str, highlight: set[str], title: str, y: str) -> go.Figure:
@@ -142,57 +154,91 @@ def continuity_detail_figure(continuity: pd.DataFrame, tick: int) -> go.Figure:
     fig.add_trace(go.Scatter(x=rows["alpha"], y=rows["loss"], name="loss", mode="lines+markers"))
     fig.add_trace(go.Scatter(x=rows["alpha"], y=rows["acc"], name="accuracy", mode="lines+markers"),
                   secondary_y=True)
-    return _layout(fig, f"Between tick {tick - 1} and tick {tick}", "α", "loss")
+    fig = _layout(fig, f"Between tick {tick - 1} and tick {tick}", "α", "loss")
+    fig.update_yaxes(title_text="accuracy", secondary_y=True, **ACCURACY_AXIS)
+    return fig
 
 
-def position(metrics: pd.DataFrame) -> pd.Series:
-    """Normalised position along the path: 0 at the first tick, 1 at the last."""
+def position(metrics: pd.DataFrame, path: pd.DataFrame | None = None) -> pd.Series:
+    """Normalised position along the path, 0 at the start mode and 1 at the path's end: the arc length of
+    path.csv (what every page means by it), interpolated at the metrics' ticks; without a path.csv yet
+    (a run still going), the fraction of the ticks run."""
     ticks = metrics["tick"].astype(float)
+    if path is not None and len(path) >= 2:
+        return pd.Series(np.interp(ticks, path["tick"].astype(float), path["position"]), index=metrics.index)
     span = ticks.iloc[-1] - ticks.iloc[0] if len(ticks) else 0.0
     return (ticks - ticks.iloc[0]) / span if span else ticks * 0.0
 
 
 def path_vs_line_figure(metrics: pd.DataFrame, baseline: pd.DataFrame | None,
-                        column: str = "train_loss", marker: int | None = None) -> go.Figure:
+                        column: str = "train_loss", marker: int | None = None,
+                        path: pd.DataFrame | None = None) -> go.Figure:
     """The path's loss against the straight line's, both over a normalised position from 0 to 1."""
-    m = thin(metrics).assign(position=lambda f: position(f))
+    m = thin(metrics).assign(position=lambda f: position(f, path))
     fig = go.Figure()
     _line(fig, m, "position", column, "LLPF path", line=dict(width=2.5))
     if baseline is not None and len(baseline):
         fig.add_trace(go.Scatter(x=baseline["alpha"], y=baseline[column], name="straight line",
                                  mode="lines+markers", line=dict(dash="dash")))
     if marker is not None and len(metrics):
-        ticks = metrics["tick"]
-        fig.add_vline(x=(marker - ticks.iloc[0]) / max(ticks.iloc[-1] - ticks.iloc[0], 1), line_color="gray",
-                      annotation_text=f"tick {marker}")
+        at = float(position(pd.DataFrame({"tick": [metrics["tick"].iloc[0], marker, metrics["tick"].iloc[-1]]}),
+                            path).iloc[1])
+        fig.add_vline(x=at, line_color="gray", annotation_text=f"tick {marker}")
     return _layout(fig, "Path vs straight line", "normalised position (0 = start mode, 1 = end)",
                    column.replace("_", " "))
 
 
 def on_grid(metrics: pd.DataFrame, column: str) -> np.ndarray:
     """``column`` resampled on a grid of 101 normalised positions (NaN rows dropped)."""
-    rows = metrics.assign(position=position(metrics))[["position", column]].dropna()
+    rows = (metrics if "position" in metrics else metrics.assign(position=position(metrics)))
+    rows = rows[["position", column]].dropna()
     if len(rows) < 2:
         return np.full(len(GRID), np.nan)
     return np.interp(GRID, rows["position"], rows[column])
 
 
 def compare_figure(runs: dict[str, pd.DataFrame], column: str) -> go.Figure:
-    """Each run's ``column`` over the normalised position, plus the mean ± one standard deviation."""
+    """Each run's ``column`` over the normalised position (a ``position`` column, else the ticks'), with the
+    mean, and from three runs on the mean ± one standard deviation. The band is drawn first, under the
+    runs: with two runs it would only retrace them."""
+    frames = {n: f if "position" in f else f.assign(position=position(f)) for n, f in runs.items()}
+    curves = [on_grid(f, column) for f in frames.values()]
     fig = go.Figure()
-    curves = []
-    for name, metrics in runs.items():
-        m = thin(metrics).assign(position=lambda f: position(f))
-        _line(fig, m, "position", column, name, line=dict(width=1), opacity=0.6)
-        curves.append(on_grid(metrics, column))
-    if len(curves) >= 2:
+    if len(curves) >= 3:
         stack = np.vstack(curves)
         mean, std = np.nanmean(stack, axis=0), np.nanstd(stack, axis=0)
         fig.add_trace(go.Scatter(x=np.concatenate([GRID, GRID[::-1]]),
                                  y=np.concatenate([mean + std, (mean - std)[::-1]]), fill="toself",
-                                 name="mean ± std", line=dict(width=0), fillcolor="rgba(31,119,180,0.2)"))
-        fig.add_trace(go.Scatter(x=GRID, y=mean, name="mean", mode="lines", line=dict(width=3, color="black")))
-    return _layout(fig, column.replace("_", " "), "normalised position along the path", column)
+                                 name="mean ± std", line=dict(width=0), fillcolor="rgba(120,120,120,0.2)"))
+    for i, (name, frame) in enumerate(frames.items()):
+        _line(fig, thin(frame, column="tick" if "tick" in frame else "position"), "position", column, name,
+              line=dict(width=1.5, color=RUN_COLOURS[i % len(RUN_COLOURS)]))
+    if len(curves) >= 2:
+        fig.add_trace(go.Scatter(x=GRID, y=np.nanmean(np.vstack(curves), axis=0), name="mean", mode="lines",
+                                 line=dict(width=2, color="black", dash="dash")))
+    fig = _layout(fig, column.replace("_", " "), "normalised position along the path (arc length)", column)
+    if column.endswith("_acc"):
+        fig.update_yaxes(**ACCURACY_AXIS)
+    return fig
+
+
+def methods_figure(paths: list[tuple[str, str, pd.DataFrame]], column: str, title: str,
+                   barrier: float | None = None) -> go.Figure:
+    """Several runs on one pair, (label, algorithm, path table) each, over path.csv's position: one colour
+    per method, the LLPF searches thick and in front."""
+    fig = go.Figure()
+    for label, algorithm, path in sorted(paths, key=lambda p: p[1] in LLPF_ALGORITHMS):
+        llpf = algorithm in LLPF_ALGORITHMS
+        fig.add_trace(go.Scatter(x=path["position"], y=path[column], name=label, mode="lines+markers",
+                                 line=dict(width=3.5 if llpf else 1.5, color=METHOD_COLOURS.get(algorithm)),
+                                 marker=dict(size=5 if llpf else 3)))
+    if barrier is not None:
+        fig.add_hline(y=barrier, line_dash="dot", line_color="firebrick",
+                      annotation_text=f"straight-line barrier {barrier:.3g}", annotation_position="top left")
+    fig = _layout(fig, title, "normalised position along the path (arc length)", column.replace("_", " "))
+    if column.endswith("_acc"):
+        fig.update_yaxes(**ACCURACY_AXIS)
+    return fig
 
 
 def independence_figure(table: pd.DataFrame, threshold: float) -> go.Figure:

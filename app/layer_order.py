@@ -115,10 +115,11 @@ def problems(table: pd.DataFrame, names: list[str]) -> list[str]:
         if not patterns:
             out.append(f"group {i}: no layer patterns")
             continue
-        try:
-            match_layers(patterns, names, f"group {i}")
-        except UserError as e:
-            out.append(str(e))
+        for pattern in patterns:  # each bad pattern named, not only the first
+            try:
+                match_layers([pattern], names, f"group {i}")
+            except UserError as e:
+                out.append(str(e))
         if pd.isna(row["ticks"]) or int(row["ticks"]) < 1:
             out.append(f"group {i}: ticks must be at least 1")
         steps = [row[k] for k in ("step_a", "step_f", "step_c")]

@@ -38,7 +38,7 @@ def save_upload(data: bytes, name: str, modes_dir: Path) -> Mode:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        load_mode(tmp, f"uploaded file {target.name}")
+        load_mode(tmp, "mode file")  # its messages name the temp file: replaced by the upload's name below
         os.replace(tmp, target)
     except UserError as e:
         raise UserError(str(e).replace(tmp, target.name)) from None

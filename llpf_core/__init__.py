@@ -31,8 +31,9 @@ _EXPORTS = {
     "modefile": ["Mode", "ModeMeta", "load_mode", "save_mode"],
     "registry": ["build_model", "list_models", "register_model"],
     "runfolder": ["Run", "load_run"],
+    "sanity": ["chance_warning"],
     "sweep": ["read_sweep"],
-    "train": ["TrainRecipe", "default_recipe", "list_recipes", "load_recipe", "train_mode"],
+    "train": ["GENERIC_RECIPE", "TrainRecipe", "default_recipe", "list_recipes", "load_recipe", "train_mode"],
     "workspace": ["data_dir", "workspace_dir"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -66,9 +67,23 @@ if TYPE_CHECKING:  # what static analysers and IDEs see; at run time the names l
         method_settings,
         validate,
     )
+    from .data import ImageData, list_datasets, load_dataset  # noqa: F401
     from .driver import TickEvent  # noqa: F401
+    from .errors import UserError  # noqa: F401
+    from .flow import follow_data_flow, match_layers  # noqa: F401
+    from .importer import import_state  # noqa: F401
+    from .landscape import (  # noqa: F401
+        Landscape,
+        compute_landscape,
+        list_landscapes,
+        load_landscape,
+        project_pair_runs,
+        same_pair_runs,
+    )
+    from .layerwise import Layerwise, compute_layerwise, load_layerwise  # noqa: F401
     from .methods.base import Method, MethodContext, Step, TrainedCurve  # noqa: F401
     from .methods.registry import MethodInfo, get_method, list_methods, register_method  # noqa: F401
+    from .modefile import Mode, ModeMeta, load_mode, save_mode  # noqa: F401
     from .presets import (  # noqa: F401
         GENERIC_M2M,
         PresetInfo,
@@ -78,24 +93,11 @@ if TYPE_CHECKING:  # what static analysers and IDEs see; at run time the names l
         load_preset,
         preset_info,
     )
-    from .resolve import Resolved, resolve_config  # noqa: F401
-    from .search import ORIGIN, check_compatible, run_search  # noqa: F401
-    from .data import ImageData, list_datasets, load_dataset  # noqa: F401
-    from .errors import UserError  # noqa: F401
-    from .flow import follow_data_flow, match_layers  # noqa: F401
-    from .importer import import_state  # noqa: F401
-    from .layerwise import Layerwise, compute_layerwise, load_layerwise  # noqa: F401
-    from .landscape import (  # noqa: F401
-        Landscape,
-        compute_landscape,
-        list_landscapes,
-        load_landscape,
-        project_pair_runs,
-        same_pair_runs,
-    )
-    from .modefile import Mode, ModeMeta, load_mode, save_mode  # noqa: F401
     from .registry import build_model, list_models, register_model  # noqa: F401
+    from .resolve import Resolved, resolve_config  # noqa: F401
     from .runfolder import Run, load_run  # noqa: F401
+    from .sanity import chance_warning  # noqa: F401
+    from .search import ORIGIN, check_compatible, run_search  # noqa: F401
     from .sweep import read_sweep  # noqa: F401
-    from .train import TrainRecipe, default_recipe, list_recipes, load_recipe, train_mode  # noqa: F401
+    from .train import GENERIC_RECIPE, TrainRecipe, default_recipe, list_recipes, load_recipe, train_mode  # noqa: F401
     from .workspace import data_dir, workspace_dir  # noqa: F401

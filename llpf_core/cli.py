@@ -1,4 +1,4 @@
-"""``python -m llpf_core``: the argparse parser and the dispatch to the subcommands.
+"""``llpf`` (or ``python -m llpf_core``): the argparse parser and the dispatch to the subcommands.
 
 Exit codes (design.md section 5): 0 success, 2 user error (one line on stderr), 1 anything else. The
 commands live in commands.py, imported once the arguments parse: ``--help`` needs no torch.
@@ -34,10 +34,15 @@ def _add_plugin_option(parser: argparse.ArgumentParser) -> None:
                              "':'-separated)")
 
 
+def _prog() -> str:
+    """The command as it was typed: ``llpf`` (the installed script) or ``python -m llpf_core``."""
+    return "python -m llpf_core" if sys.argv[0].endswith("__main__.py") else "llpf"
+
+
 # --- parser ---------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m llpf_core",
+    parser = argparse.ArgumentParser(prog=_prog(),
                                      description="Find and check low-loss paths between trained networks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -166,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_root_option(p)
     _add_quiet_option(p)
     p.set_defaults(command_name="import")
+    p = sub.add_parser("dashboard", help="serve the Streamlit dashboard (http://localhost:8501 by default)")
+    p.add_argument("--port", type=int, help="port to listen on (default: 8501, or the next free one)")
+    p.add_argument("--address", help="address to listen on (default: 127.0.0.1, this machine only; "
+                   "0.0.0.0 shares it on the network: set $LLPF_ACCESS_TOKEN first)")
+    p.add_argument("--workspace", help="folder for modes, runs and data (default: $LLPF_HOME or ./llpf-workspace)")
+    p.add_argument("streamlit_args", nargs=argparse.REMAINDER, metavar="...",
+                   help="further Streamlit options, e.g. --server.maxUploadSize 500")
+    p.set_defaults(command_name="dashboard")
     for subparser in sub.choices.values():
         _add_plugin_option(subparser)
     return parser
@@ -174,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command_name == "dashboard":  # starts Streamlit in its own process: no torch here
+            from .dashboard import run_dashboard
+            return run_dashboard(args)
         from . import commands  # torch and the engine: imported only once a command runs
         from .plugins import load_plugins
         load_plugins(args.plugin)

@@ -27,8 +27,10 @@ from . import (
 )
 from .checks import independence, recheck, run_summary
 from .device import warn
+from .modefile import Mode
 from .safefile import write_atomic
-from .train import TrainRecipe, default_recipe, list_recipes, load_recipe, train_mode
+from .sanity import chance_warning
+from .train import GENERIC_RECIPE, TrainRecipe, default_recipe, list_recipes, load_recipe, train_mode
 from .workspace import workspace_dir
 
 
@@ -81,10 +83,13 @@ def _print_table(rows: list[tuple[str, object]]) -> None:
 
 def cmd_train(args) -> int:
     recipe_name = args.recipe or default_recipe(args.model, args.dataset)
-    recipe = load_recipe(recipe_name) if recipe_name else TrainRecipe()
+    recipe = load_recipe(recipe_name)
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainRecipe)
                  if getattr(args, f.name, None) is not None}
     recipe = replace(recipe, **overrides)
+    if recipe_name == GENERIC_RECIPE:
+        print(f"no tuned recipe for {args.model} on {args.dataset}: the generic one ({_recipe_text(recipe)})",
+              file=sys.stderr)
     bar = None
 
     def on_start():  # called once every input is checked: a user error before it prints one line only
@@ -107,7 +112,19 @@ def cmd_train(args) -> int:
     m = mode.meta.metrics
     print(f"saved {args.out}: train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f}, test loss "
           f"{m['test_loss']:.4f} acc {m['test_acc']:.4f} ({time.perf_counter() - t0:.1f} s)")
+    _warn_if_chance(mode.meta, args.out)
     return 0
+
+
+def _recipe_text(recipe: TrainRecipe) -> str:
+    return (f"{recipe.epochs} epochs of {recipe.optimizer}, lr {recipe.lr:g}, weight decay {recipe.weight_decay:g}, "
+            f"batch {recipe.batch_size}, {recipe.schedule} schedule, {'' if recipe.augment else 'no '}augmentation")
+
+
+def _warn_if_chance(meta, label) -> None:
+    message = chance_warning(meta, str(label))
+    if message:
+        warn(message)
 
 
 def cmd_connect(args) -> int:
@@ -121,6 +138,9 @@ def cmd_connect(args) -> int:
     else:
         start = load_mode(args.start, "start mode file")
         end = ORIGIN if args.end == ORIGIN else load_mode(args.end, "end mode file")
+        for mode in (start, end):  # before any compute: a path from a mode that learned nothing means nothing
+            if isinstance(mode, Mode):
+                _warn_if_chance(mode.meta, mode.path)
         resolved = resolve_config(start.meta.model, start.meta.dataset, args.algorithm, preset=args.preset,
                                   overrides=args.set or [], to_origin=end == ORIGIN, ticks=args.ticks,
                                   seed=args.seed, device=_device(args))
@@ -260,6 +280,9 @@ def cmd_import(args) -> int:
     m = mode.meta.metrics
     print(f"saved {args.out}: {args.model} on {args.dataset}, train loss {m['train_loss']:.4f} acc "
           f"{m['train_acc']:.4f}, test loss {m['test_loss']:.4f} acc {m['test_acc']:.4f}")
+    _warn_if_chance(mode.meta, args.out)
+    return 0
+
 def cmd_landscape(args) -> int:
     from .landscape import compute_landscape, validate_grid
     validate_grid(args.grid, args.margin, args.samples)  # before reading the run: a typo fails at once
@@ -319,8 +342,8 @@ def cmd_layerwise(args) -> int:
           f"{info['evaluations']} states evaluated on {info['samples']['train']}+{info['samples']['test']} samples "
           f"in {info['wall_s']:.1f} s")
     width = max(len(n) for n in s["layer"])
-    print(f"train barrier: above the line between A's and B's losses, and (ends) above the line between the\n"
-          f"row's own alpha 0 and 1 (Adilova et al.'s layer-wise barrier)")
+    print("train barrier: above the line between A's and B's losses, and (ends) above the line between the\n"
+          "row's own alpha 0 and 1 (Adilova et al.'s layer-wise barrier)")
     print(f"{'layer':<{width}}  {'from A':>9}  {'from B':>9}  {'A, ends':>9}  {'B, ends':>9}")
     for row in s.itertuples():
         print(f"{row.layer:<{width}}  {row.train_barrier_A:9.4g}  {row.train_barrier_B:9.4g}  "

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from .errors import UserError
 
 
-
 @dataclass
 class TrainSpec:
     """The brief training inside each tick (llpf-algorithm.md 1.2 step 7)."""

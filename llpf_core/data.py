@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .errors import UserError
+from .resources import ASSETS_DIR
 from .userdata import canonical_name, is_user_dataset, load_user_dataset
 from .workspace import data_dir
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-DIGITS_FILE = Path(__file__).resolve().parent.parent / "assets" / "data" / "digits.safetensors"
+DIGITS_FILE = ASSETS_DIR / "data" / "digits.safetensors"
 
 DIGITS_MEAN, DIGITS_STD = (0.3054,), (0.3761,)  # from the training split's pixels, scaled to [0, 1]
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)

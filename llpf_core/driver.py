@@ -25,8 +25,8 @@ from .methods.base import MethodContext, Step
 from .methods.registry import get_method
 from .modefile import Mode, ModeMeta
 from .pathfile import llpf_path
-from .registry import build_model
 from .readers import check_schema, checkpoint_errors, set_cuda_rng, set_torch_rng
+from .registry import build_model
 from .runfolder import CHECKPOINT_FILE, RunWriter, load_run
 from .safefile import os_error
 

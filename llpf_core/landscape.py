@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch import nn
 
 from .errors import UserError
 from .readers import damaged, read_csv, read_json

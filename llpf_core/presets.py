@@ -6,8 +6,9 @@ from pathlib import Path
 
 from .config import ContinuitySpec, Phase, SearchConfig, TrainSpec, validate
 from .errors import UserError
+from .resources import ASSETS_DIR
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "assets" / "presets"
+PRESET_DIR = ASSETS_DIR / "presets"
 
 
 @dataclass(frozen=True)

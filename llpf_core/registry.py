@@ -60,6 +60,11 @@ def _accepted(fn: Callable, kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k in params or k not in offered}
 
 
+def require_model(name: str) -> None:
+    """UserError naming the known models unless ``name`` is one (the zoo's or a plugin's)."""
+    model_builder(name)
+
+
 def model_builder(name: str) -> Callable[..., nn.Module]:
     """The registered builder of ``name`` (importing its zoo family first); an unknown name is a ``UserError``."""
     plugins.load_plugins()

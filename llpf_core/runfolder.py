@@ -21,7 +21,16 @@ from .config import SearchConfig
 from .errors import UserError
 from .modefile import Mode, load_mode, now_iso
 from .readers import RESTART, check_schema, damaged, generator_state, parse_csv, parse_json, read_csv, read_json
-from .safefile import DIGEST_KEY, TMP_SUFFIX, os_error, read_header, read_tensors, save_tensors, write_atomic, write_json
+from .safefile import (
+    DIGEST_KEY,
+    TMP_SUFFIX,
+    os_error,
+    read_header,
+    read_tensors,
+    save_tensors,
+    write_atomic,
+    write_json,
+)
 
 RUN_FORMAT = "run/1"
 METRICS_COLUMNS = ["tick", "stage", "phase", "iterations", "train_loss_rolling", "train_acc_rolling",

@@ -67,9 +67,8 @@ def plan_sweep(model: str | None, dataset: str, pairs: int | None, seed: int = 1
             raise UserError(f"--pairs must be at least 1, got {pairs}")
         if not model:
             raise UserError("a sweep needs --model (or --modes FILE...)")
-        from .registry import list_models
-        if model not in list_models():  # before Ray starts (a model without presets runs the generic M2M)
-            raise UserError(f"unknown model {model!r}; choose one of: {', '.join(list_models())}")
+        from .registry import require_model
+        require_model(model)  # a typo is named before it is taken for a model without a preset
         seeds = list(range(seed, seed + 2 * pairs))
     methods = [a.strip() for a in (algorithm or "m2m").split(",") if a.strip()]
     if not methods or len(set(methods)) != len(methods):

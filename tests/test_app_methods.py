@@ -26,7 +26,9 @@ def test_methods_view_overlays_runs_on_one_pair(digits_modes, tmp_path, monkeypa
     table = at.dataframe[0].value
     assert sorted(table["method"]) == ["linear", "m2m"]
     line = table[table["method"] == "linear"].iloc[0]
-    assert line["ratio"] == 1.0 and line["SGD steps"] == 0
+    assert line["barrier / path max"] == 1.0 and line["SGD steps"] == 0  # as `check` says it: barrier / path max
+    llpf = table[table["method"] == "m2m"].iloc[0]
+    assert llpf["barrier / path max"] > 1 and "ratio" not in table
 
 
 def test_one_click_runs_the_missing_methods_on_the_pair(digits_modes, tmp_path, monkeypatch):

@@ -366,7 +366,7 @@ def test_dockerfile_runs_locally_as_a_non_root_user_with_the_workspace_on_a_volu
     text = (REPO / "Dockerfile").read_text()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     assert lines[0] == "ARG BASE=python:3.11-slim-bookworm" and lines[1] == "FROM ${BASE}"
-    assert "RUN pip install --no-cache-dir -r requirements.txt" in lines
+    assert "RUN pip install --no-cache-dir -r requirements.txt -r requirements-ray.txt" in lines  # sweeps need Ray
     user = next(ln.split()[1] for ln in lines if ln.startswith("USER "))
     assert user.split(":")[0] not in ("0", "root")
     assert "EXPOSE 8501" in lines and 'VOLUME ["/workspace"]' in lines

@@ -1,4 +1,5 @@
-"""Compare: several runs side by side (e.g. one preset on different mode pairs), with mean ± std bands."""
+"""Compare: several runs side by side (e.g. one preset on different mode pairs, or every method on one
+pair), over the normalised position (path.csv's arc length, as on every page), with mean ± std bands."""
 import charts
 import pandas as pd
 import state
@@ -6,16 +7,30 @@ import streamlit as st
 
 from llpf_core import run_summary
 
-METRICS = ["train_loss", "train_loss_rolling", "test_loss", "test_acc", "distance_rel", "continuity_max_loss"]
+METRICS = ["train_loss", "test_loss", "test_acc", "train_acc", "train_loss_rolling", "distance_rel",
+           "continuity_max_loss"]
 
 st.title("Compare")
-runs = {r.name: r for r in map(state.read_run, state.run_dirs()) if r is not None and len(state.table(r, "metrics"))}
+
+
+def has_results(run) -> bool:
+    """A search's metrics or a path method's path.csv (linear, bezier and rebasin runs log no ticks)."""
+    return len(state.table(run, "metrics")) > 0 or len(run.path_table) > 0
+
+
+def along_path(run):
+    """The run's rows with a ``position`` column: its metrics placed by path.csv's arc length, or path.csv."""
+    metrics, path = state.table(run, "metrics"), run.path_table
+    return metrics.assign(position=charts.position(metrics, path)) if len(metrics) else path
+
+
+runs = {r.name: r for r in map(state.read_run, state.run_dirs()) if r is not None and has_results(r)}
 sweeps_root = state.workspace() / "sweeps"
 sweeps = sorted(p.parent.name for p in sweeps_root.glob("*/sweep.json")) if sweeps_root.exists() else []
 for sweep in sweeps:  # a sweep's pairs, named SWEEP/PAIR (pair names repeat across sweeps)
     for d in sorted((sweeps_root / sweep / "runs").glob("*/run.json")):
         r = state.read_run(d.parent)
-        if r is not None and len(state.table(r, "metrics")):
+        if r is not None and has_results(r):
             runs[f"{sweep}/{r.name}"] = r
 if len(runs) < 1:
     st.info("No runs with results yet. Start some on the Search page.")
@@ -29,8 +44,13 @@ else:
 if not chosen:
     st.stop()
 column = st.selectbox("Metric", METRICS, key="compare_metric")
-frames = {n: state.table(runs[n], "metrics") for n in chosen}
-st.plotly_chart(charts.compare_figure(frames, column), key="compare_chart")
+frames = {n: along_path(runs[n]) for n in chosen}
+lacking = [n for n, f in frames.items() if column not in f or f[column].isna().all()]
+if lacking:
+    st.caption(f"No {column} in {', '.join(lacking)}: path methods log only path.csv's train and test loss "
+               "and accuracy.")
+st.plotly_chart(charts.compare_figure({n: f for n, f in frames.items() if n not in lacking}, column),
+                key="compare_chart")
 
 rows = []
 for n in chosen:

@@ -40,7 +40,7 @@ path_tab, landscape_tab, layerwise_tab = st.tabs(["Path", "Landscape", "Layer-wi
 points = dict(run.points())
 with path_tab:
     left, right = st.columns(2)
-    figures = {"path-vs-line": charts.path_vs_line_figure(metrics, baseline, marker=tick),
+    figures = {"path-vs-line": charts.path_vs_line_figure(metrics, baseline, marker=tick, path=run.path_table),
                "train-loss": charts.loss_figure(metrics, baseline)}
     left.plotly_chart(figures["path-vs-line"], key="x_path")
     right.plotly_chart(figures["train-loss"], key="x_loss")
@@ -91,6 +91,7 @@ def _projections(run_path: str, tick: int, others: tuple[tuple[str, tuple[int, i
 def landscape(run, tick: int) -> None:
     """The plane through A, B and a path point: computed in the background into the run folder, once."""
     import landscape_chart
+
     import llpf_core
     st.caption("The loss over the plane through the start mode A, the end mode B and one saved point P: the "
                "straight line (dashed) crosses the barrier, the path goes around it. A path in many dimensions "

@@ -71,7 +71,7 @@ cols = st.columns(4)
 cols[0].metric("Modes", len(state.mode_files()))
 cols[1].metric("Runs", len(state.run_dirs()))
 cols[2].metric("Running now", sum(job.live for job in jobs))
-cols[3].metric("Device", "GPU" if "GPU" in state.device_label() else "CPU")
+cols[3].metric("Device", "GPU" if state.device_label().startswith("GPU") else "CPU")  # "no GPU" is a CPU
 name = st.session_state.get(state.WORKSPACE) or "(the root)"
 st.caption(f"Workspace {state.plain(name)} · folder {state.plain(state.workspace().resolve())} · "
            f"{state.device_label()}")

@@ -1,10 +1,11 @@
 """Methods: every run on one pair of endpoints overlaid by position along its path, with a cost table."""
 from pathlib import Path
 
+import charts
 import pandas as pd
-import plotly.graph_objects as go
 import state
 import streamlit as st
+
 from llpf_core import UserError, get_method, list_methods, resolve_config
 
 # The methods one click runs on a pair: every registered one between two modes that works with any model's
@@ -41,26 +42,22 @@ def _run_missing(first, missing: list[str]) -> list[str]:
         state.visitor().start_search(name, start["path"], end["path"], cfg, state.runs_dir() / name)
         names.append(name)
     return names
-loss, acc = go.Figure(), go.Figure()
-rows, barriers = [], set()
+paths, rows, barriers = [], [], []
 for run in pairs[key]:
     path = run.path_table
     summary = run.info.get("summary", {})
-    label = f"{run.info['algorithm']} ({run.name})"
     if len(path):
-        loss.add_trace(go.Scatter(x=path["position"], y=path["train_loss"], name=label, mode="lines+markers"))
-        acc.add_trace(go.Scatter(x=path["position"], y=path["test_acc"], name=label, mode="lines+markers"))
-    if summary.get("barrier") is not None:
-        barriers.add(round(summary["barrier"], 4))  # the same straight line for every run on the pair
+        paths.append((f"{run.info['algorithm']} ({run.name})", run.info["algorithm"], path))
     barrier, top = summary.get("barrier"), summary.get("path_max_train_loss")
+    if barrier is not None:
+        barriers.append(barrier)  # the same straight line for every run on the pair
+    # As the CLI says it: how many times lower the path's highest loss is than the straight line's barrier.
     rows.append({"method": run.info["algorithm"], "run": run.name, "path max": top, "barrier": barrier,
-                 "ratio": top / barrier if top is not None and barrier else None,
+                 "barrier / path max": barrier / top if top and barrier is not None else None,
                  "path length": summary.get("path_length"), "SGD steps": summary.get("sgd_steps"),
                  "wall s": summary.get("wall_s")})
-for barrier in barriers:
-    loss.add_hline(y=barrier, line_dash="dot", annotation_text="straight-line barrier")
-loss.update_layout(title="Train loss along the path", xaxis_title="position", yaxis_title="train loss")
-acc.update_layout(title="Test accuracy along the path", xaxis_title="position", yaxis_title="test acc")
+loss = charts.methods_figure(paths, "train_loss", "Train loss along the path", max(barriers, default=None))
+acc = charts.methods_figure(paths, "test_acc", "Test accuracy along the path")
 left, right = st.columns(2)
 left.plotly_chart(loss, use_container_width=True)
 right.plotly_chart(acc, use_container_width=True)
@@ -69,6 +66,7 @@ st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
 have = {run.info["algorithm"] for run in pairs[key]}
 missing = [m for m in COMPARED if m not in have]
 started = [j for j in state.my_jobs() if j.name in st.session_state.get("methods_jobs", [])]
+STARTED_LIVE = any(j.live for j in started)  # as drawn now: the fragment reruns the page when they end
 if missing and not any(j.live for j in started):
     if st.button(f"Run the missing methods ({', '.join(missing)})", type="primary", key="run_missing"):
         try:
@@ -80,13 +78,13 @@ elif not missing:
     st.caption("Every method has a run on this pair.")
 
 
-@st.fragment(run_every=state.REFRESH_S if any(j.live for j in started) else None)
+@st.fragment(run_every=state.REFRESH_S if STARTED_LIVE else None)
 def _progress() -> None:
     jobs = [j for j in state.my_jobs() if j.name in st.session_state.get("methods_jobs", [])]
     for j in jobs:
-        st.write(f"{state.plain(j.name)}: {j.status} {state.plain(j.message or '')}")
-    if jobs and not any(j.live for j in jobs) and any(j.live for j in started):
-        st.rerun()  # the last one finished: draw the new runs
+        st.write(f"{state.plain(j.name)}: {j.status}" + (f" · {state.plain(j.message)}" if j.live and j.message else ""))
+    if jobs and not any(j.live for j in jobs) and STARTED_LIVE:
+        st.rerun()  # the last one finished: draw the new runs and count them in the endpoint list
 
 
 _progress()

@@ -9,8 +9,10 @@ import streamlit as st
 import uploads
 
 from llpf_core import (
+    GENERIC_RECIPE,
     INDEPENDENCE_THRESHOLD,
     UserError,
+    chance_warning,
     default_recipe,
     independence,
     list_datasets,
@@ -22,9 +24,16 @@ log = logging.getLogger("llpf.modes")
 st.title("Modes")
 table = state.modes_table()
 if len(table):
-    st.dataframe(table, hide_index=True, key="modes_table",
+    # The problems are sentences: below the table in full, not clipped in its last column.
+    st.dataframe(table.drop(columns="problem"), hide_index=True, key="modes_table",
                  column_config={c: st.column_config.NumberColumn(format="%.4f")
                                 for c in ("train_loss", "train_acc", "test_loss", "test_acc")})
+    for row in table[table["problem"] != ""].itertuples():
+        st.error(f"{row.file}: {row.problem}", icon=":material/error:")
+    for name in table.loc[table["problem"] == "", "file"]:  # a mode that learned nothing, named loudly
+        message = chance_warning(state.mode(state.modes_dir() / name).meta, name)
+        if message:
+            st.warning(message, icon=":material/warning:")
 else:
     st.info("No modes yet: train some below, upload .safetensors files, or run the demo from Home.")
 
@@ -47,12 +56,13 @@ if submitted:
     except ValueError:
         state.show_error(UserError(f"seeds must be integers separated by commas, got {seeds_text!r}"))
     else:
-        name = recipe if recipe in [r["name"] for r in list_recipes()] else default_recipe(model, dataset)
         try:
             if own_data.strip():
                 dataset = confine.visitor_data(own_data, state.workspace())
-            if name is None:
-                raise UserError(f"no training recipe for {model}; pick one in the Recipe list")
+            name = recipe if recipe in [r["name"] for r in list_recipes()] else default_recipe(model, dataset)
+            if name == GENERIC_RECIPE:
+                st.info(state.plain(f"No recipe is tuned for {model} on {dataset}: training with the generic one "
+                                    f"({next(r['description'] for r in list_recipes() if r['name'] == name)})."))
             state.visitor().start_training(f"train-{model}-{dataset}-{time.strftime('%H%M%S')}", model, dataset,
                                            seeds, name, state.modes_dir(), device=device)
         except UserError as e:
@@ -119,7 +129,10 @@ with st.form("import_form"):
     state_file = st.file_uploader("State dict (.safetensors)", type=["safetensors"], key="import_upload")
     state_path = st.text_input("or its path in your workspace", key="import_path")
     c = st.columns(3)
-    imp_model = c[0].selectbox("Model", list_models(), key="import_model")
+    usual = table["model"].dropna().mode() if len(table) else []  # the workspace's most common model
+    default_model = usual.iloc[0] if len(usual) and usual.iloc[0] in list_models() else "mlp"
+    imp_model = c[0].selectbox("Model", list_models(), index=list_models().index(default_model),
+                               key="import_model")
     imp_dataset = c[1].selectbox("Dataset", list_datasets(), key="import_dataset")
     imp_own = c[2].text_input("or your own data (folder or tensor file)", key="import_own_data")
     imp_name = st.text_input("Mode name", value="imported.safetensors", key="import_name")
@@ -138,6 +151,9 @@ if imported:
         m = mode.meta.metrics
         st.success(state.plain(f"imported {mode.path.name}: {imp_model} on {dataset_name}, "
                                f"test acc {m['test_acc']:.3f}"))
+        message = chance_warning(mode.meta, mode.path.name)
+        if message:
+            st.warning(state.plain(message), icon=":material/warning:")
 
 # --- independence ---------------------------------------------------------------------------------------
 st.subheader("Independence check")

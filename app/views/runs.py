@@ -97,7 +97,11 @@ def live_status() -> None:
     status = current_status(job, run)
     if status != STATUS or (LIVE and not is_live(job, run)):
         st.rerun()
-    st.markdown(f"**Status:** `{status}`" + (f" · {state.plain(job.message)}" if job and job.message else ""))
+    # A demo job goes on after its search (its landscape plane): the search's status is the run's.
+    shown = run.status if run is not None and run.status == "finished" else status
+    detail = state.plain(job.message) if job and job.message else ""
+    detail = detail[len(shown):] if detail.startswith(shown) else f" · {detail}" if detail else ""
+    st.markdown(f"**Status:** `{shown}`{detail}")  # "`finished` at tick 1500", not "finished · finished at ..."
     if run is None:
         if job and job.error:
             st.error(state.plain(job.error))
@@ -118,13 +122,18 @@ def live_status() -> None:
 def live_charts() -> None:
     """The run's charts, redrawn every CHART_EVERY seconds while it is live: often while the run is young,
     then less often (a full rerun switches the interval, as a fragment cannot change its own)."""
+    waiting = "The charts appear with the search's first tick"
     if not (run_dir / "run.json").exists():
+        st.info(f"{waiting}; the search has not started yet (the demo trains its two modes first).",
+                icon=":material/hourglass_top:")
         return
     run = state.read_run(run_dir)
     metrics = state.table(run, "metrics")
     if LIVE and state.chart_refresh_s(metrics) != CHART_EVERY:
         st.rerun()
     if not len(metrics):
+        st.info(f"{waiting}." if LIVE else f"No ticks to chart: this {run.info.get('algorithm', '')} run logged "
+                "only its path (path.csv); Explore, Compare and Methods draw it.", icon=":material/info:")
         return
     view = st.segmented_control("Charts", VIEWS, default=VIEWS[0], key="live_view") or VIEWS[0]
     if view == VIEWS[0]:

@@ -2,6 +2,7 @@
 settings, and start. The methods and their settings come from the method registry, the config from the
 one resolver (``resolve_config``), as in the CLI."""
 import json
+import re
 from dataclasses import fields, replace
 
 import confine
@@ -98,6 +99,23 @@ base = resolved.config
 if resolved.warning:
     st.caption(resolved.warning)
 
+# The config's names in validate()'s messages, as the fields below label them.
+FIELD_LABELS = {"train.max_iters": "max iters", "train.min_iters": "min iters", "min_iters": "min iters",
+                "max_iters": "max iters", "train.batch_size": "batch size", "train.lr": "lr",
+                "train.loss_threshold": "loss threshold", "train.loss_floor_factor": "loss floor factor",
+                "eval_every": "eval every", "eval_samples": "eval samples", "save_every": "save every",
+                "checkpoint_every": "checkpoint every", "continuity.points": "continuity points",
+                "continuity.samples": "continuity samples", "continuity.every": "continuity every",
+                "curve.points": "points along the path", "curve.steps": "SGD steps", "curve.lr": "lr",
+                "curve.momentum": "momentum", "curve.batch_size": "batch size"}
+
+
+def in_field_labels(message: str) -> str:
+    """``train.max_iters (20) must be >= min_iters (80)`` as "max iters (20) must be >= min iters (80)"."""
+    for key in sorted(FIELD_LABELS, key=len, reverse=True):
+        message = re.sub(rf"(?<![\w.]){re.escape(key)}\b", f"“{FIELD_LABELS[key]}”", message)
+    return message
+
 
 # --- the layer order (LLPF) or the method's own settings -----------------------------------------------
 def own_settings(base):
@@ -165,10 +183,12 @@ else:
     edited = st.data_editor(
         st.session_state[EDITOR], num_rows="dynamic", key=f"editor_{st.session_state[EDITOR_VERSION]}",
         column_config={"layers": st.column_config.TextColumn("layers (patterns, comma-separated)", width="large"),
-                       "ticks": st.column_config.NumberColumn(min_value=1, step=1),
-                       "step_a": st.column_config.NumberColumn(format="%.5f", min_value=0.0),
-                       "step_f": st.column_config.NumberColumn(format="%.5f", min_value=0.0),
-                       "step_c": st.column_config.NumberColumn(format="%.5f", min_value=0.0)})
+                       # No min_value: the editor would silently keep the old value of a 0 or a negative
+                       # step; layer_order.problems names it instead.
+                       "ticks": st.column_config.NumberColumn(step=1),
+                       "step_a": st.column_config.NumberColumn(format="%.5f"),
+                       "step_f": st.column_config.NumberColumn(format="%.5f"),
+                       "step_c": st.column_config.NumberColumn(format="%.5f")})
     table = pd.DataFrame(edited, columns=layer_order.COLUMNS).reset_index(drop=True)
 
     rows = st.multiselect("Groups to reorder, merge or split", list(range(len(table))),
@@ -250,7 +270,7 @@ try:
     validate(cfg)
     check_compatible(start, end, cfg)
 except UserError as e:
-    problem = str(e)
+    problem = in_field_labels(str(e))
     st.error(state.plain(problem))
 
 # --- start ---------------------------------------------------------------------------------------------

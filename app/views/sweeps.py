@@ -150,6 +150,9 @@ def follow() -> None:
                  hide_index=True)
     cols = st.columns(3)
     for col, (metric, series) in zip(cols, curves.items()):
+        if not series:  # no empty axes while the pairs are pending
+            col.caption(f"{metric.replace('_', ' ')}: drawn once a pair has logged two evaluations.")
+            continue
         fig = go.Figure()
         ys = []
         for name, pos, y in series:
@@ -167,12 +170,16 @@ def follow() -> None:
                           legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 1, "xanchor": "right"})
         col.plotly_chart(fig, use_container_width=True)
     fig = go.Figure()
+    if not strip:
+        cols[2].caption("Path max vs barrier: drawn once a pair has finished.")
+        return
     if strip:
         names, path_max, barrier = zip(*strip)
         fig.add_scatter(x=["path max"] * len(strip), y=path_max, mode="markers", text=names, name="path max")
         fig.add_scatter(x=["barrier"] * len(strip), y=barrier, mode="markers", text=names, name="barrier")
-    fig.update_layout(title="each pair: path max vs barrier", yaxis_type="log", height=340,
-                      margin={"t": 40, "b": 40}, showlegend=False)
+    fig.update_layout(title="each pair: path max vs barrier", height=340, margin={"t": 40, "b": 40},
+                      showlegend=False, yaxis={"type": "log", "title": "train loss (log scale)", "dtick": 1,
+                                               "tickformat": "~g"})  # labelled powers of ten only
     cols[2].plotly_chart(fig, use_container_width=True)
 
 
