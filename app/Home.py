@@ -68,4 +68,5 @@ with machine:
     st.caption(f"Jobs on this server: {running} running of {slots} slot(s), {waiting} queued")
     for j in state.my_jobs():
         if j.live:
-            st.caption(f"{state.plain(j.name)}: {j.status}" + (f" (#{j.queue_position} in the queue)" if j.queue_position else ""))
+            queued = f" (#{j.queue_position} in the queue)" if j.queue_position else ""
+            st.caption(f"{state.plain(j.name)}: {j.status}{queued}")

@@ -248,7 +248,8 @@ def open_run(name: str) -> None:
     e.g. in AppTest) stays where it is and says where the run is."""
     select_run(name)
     try:
-        params = {"run": name, **({"workspace": st.query_params["workspace"]} if "workspace" in st.query_params else {})}
+        shared = {"workspace": st.query_params["workspace"]} if "workspace" in st.query_params else {}
+        params = {"run": name, **shared}
         st.switch_page("views/runs.py", query_params=params)
     except StreamlitPageNotFoundError:
         st.success(f"Started {plain(name)}: follow it on the Runs page.")

@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset (default digits)")
     p.add_argument("--pairs", type=int, help="number of pairs N: seeds S..S+2N-1 paired (S, S+1), (S+2, S+3), ...")
     p.add_argument("--seed", type=int, help="first seed S (default 1)")
-    p.add_argument("--modes", nargs="+", metavar="FILE", help="existing mode files, paired in order, instead of training")
+    p.add_argument("--modes", nargs="+", metavar="FILE",
+                   help="existing mode files, paired in order, instead of training")
     p.add_argument("--preset", help="preset name (default: the one for the model)")
     p.add_argument("--algorithm", metavar="METHOD[,METHOD...]",
                    help=f"the path method(s) run on every pair, comma-separated: {METHODS_HELP} (default: m2m)")

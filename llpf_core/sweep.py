@@ -74,7 +74,8 @@ def plan_sweep(model: str | None, dataset: str, pairs: int | None, seed: int = 1
     if not methods or len(set(methods)) != len(methods):
         raise UserError(f"--algorithm {algorithm!r}: name each method once, comma-separated, e.g. linear,rebasin,m2m")
     spec = SweepSpec(model, dataset, seeds, preset or "", ",".join(methods), overrides=list(overrides or []),
-                     recipe=recipe or "", modes=[str(m) for m in modes or []], pair_overrides=dict(pair_overrides or {}))
+                     recipe=recipe or "", modes=[str(m) for m in modes or []],
+                     pair_overrides=dict(pair_overrides or {}))
     names = {n for n, _, _ in _pairs(spec)}
     unknown = sorted(set(spec.pair_overrides) - names)
     if unknown:

@@ -59,9 +59,9 @@ for run in pairs[key]:
 loss = charts.methods_figure(paths, "train_loss", "Train loss along the path", max(barriers, default=None))
 acc = charts.methods_figure(paths, "test_acc", "Test accuracy along the path")
 left, right = st.columns(2)
-left.plotly_chart(loss, use_container_width=True)
-right.plotly_chart(acc, use_container_width=True)
-st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
+left.plotly_chart(loss, width="stretch")
+right.plotly_chart(acc, width="stretch")
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 have = {run.info["algorithm"] for run in pairs[key]}
 missing = [m for m in COMPARED if m not in have]
@@ -82,7 +82,8 @@ elif not missing:
 def _progress() -> None:
     jobs = [j for j in state.my_jobs() if j.name in st.session_state.get("methods_jobs", [])]
     for j in jobs:
-        st.write(f"{state.plain(j.name)}: {j.status}" + (f" · {state.plain(j.message)}" if j.live and j.message else ""))
+        detail = f" · {state.plain(j.message)}" if j.live and j.message else ""
+        st.write(f"{state.plain(j.name)}: {j.status}{detail}")
     if jobs and not any(j.live for j in jobs) and STARTED_LIVE:
         st.rerun()  # the last one finished: draw the new runs and count them in the endpoint list
 

@@ -168,7 +168,7 @@ def follow() -> None:
         fig.update_layout(title=f"{metric.replace('_', ' ')} ({len(ys)} runs)", xaxis_title="normalised position",
                           height=340, margin={"t": 40, "b": 40},
                           legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 1, "xanchor": "right"})
-        col.plotly_chart(fig, use_container_width=True)
+        col.plotly_chart(fig, width="stretch")
     fig = go.Figure()
     if not strip:
         cols[2].caption("Path max vs barrier: drawn once a pair has finished.")
@@ -180,7 +180,7 @@ def follow() -> None:
     fig.update_layout(title="each pair: path max vs barrier", height=340, margin={"t": 40, "b": 40},
                       showlegend=False, yaxis={"type": "log", "title": "train loss (log scale)", "dtick": 1,
                                                "tickformat": "~g"})  # labelled powers of ten only
-    cols[2].plotly_chart(fig, use_container_width=True)
+    cols[2].plotly_chart(fig, width="stretch")
 
 
 follow()
