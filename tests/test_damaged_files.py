@@ -99,8 +99,9 @@ def byte_damage(data, raw: bytes) -> bytes:
     if data.draw(st.booleans(), label="truncate"):
         return raw[:data.draw(st.integers(0, len(raw) - 1), label="keep bytes")]
     out = bytearray(raw)
-    for _ in range(data.draw(st.integers(1, 3), label="flips")):
-        out[data.draw(st.integers(0, len(out) - 1), label="at byte")] ^= 1 << data.draw(st.integers(0, 7), label="bit")
+    flips = st.sets(st.tuples(st.integers(0, len(out) - 1), st.integers(0, 7)), min_size=1, max_size=3)
+    for at, bit in data.draw(flips, label="flips (byte, bit)"):  # distinct: no flip undoes another
+        out[at] ^= 1 << bit
     return bytes(out)
 
 
