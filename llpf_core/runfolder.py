@@ -137,9 +137,10 @@ class RunWriter:
             except OSError as e:
                 raise os_error(e, "read", path) from None
             try:
-                lines = raw.decode("utf-8").splitlines(keepends=True)
+                parts = raw.decode("utf-8").split("\n")  # splitlines would also cut a row at a flipped-in \f
             except UnicodeDecodeError:
                 raise damaged(path, "not UTF-8 text", RESTART) from None
+            lines = [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
             if not lines:
                 continue
             # A torn last line (no newline: killed mid-write) is dropped with the rows after the tick.

@@ -98,9 +98,10 @@ def byte_damage(data, raw: bytes) -> bytes:
     drawn, so that a failing example prints short)."""
     if data.draw(st.booleans(), label="truncate"):
         return raw[:data.draw(st.integers(0, len(raw) - 1), label="keep bytes")]
-    out = bytearray(raw)  # distinct bytes, so that two flips never cancel out into no damage at all
-    for at in data.draw(st.lists(st.integers(0, len(out) - 1), min_size=1, max_size=3, unique=True), label="at bytes"):
-        out[at] ^= 1 << data.draw(st.integers(0, 7), label="bit")
+    out = bytearray(raw)
+    flips = st.sets(st.tuples(st.integers(0, len(out) - 1), st.integers(0, 7)), min_size=1, max_size=3)
+    for at, bit in data.draw(flips, label="flips (byte, bit)"):  # distinct: no flip undoes another
+        out[at] ^= 1 << bit
     return bytes(out)
 
 
