@@ -113,8 +113,8 @@ def _pairs(spec: SweepSpec) -> list[tuple[str, int, int]]:
 SWEEP_SCHEMA = {"format": str, "status": str,
                 "spec": {"model": str, "dataset": str, "seeds": [int], "preset": str, "algorithm": str,
                          "overrides?": [str], "recipe?": str, "modes?": [str], "pair_overrides?": dict},
-                "pairs": [{"name": str, "pair?": str, "algorithm?": str, "start_seed": int, "end_seed": int, "status": str, "error": (str, None),
-                           "run": str, "summary?": (dict, None)}]}
+                "pairs": [{"name": str, "pair?": str, "algorithm?": str, "start_seed": int, "end_seed": int,
+                           "status": str, "error": (str, None), "run": str, "summary?": (dict, None)}]}
 
 
 def read_sweep(out: str | Path) -> dict:
