@@ -13,10 +13,13 @@ from .errors import UserError
 from .plugins import ENV as PLUGINS_ENV
 from .resources import APP_DIR
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
-def streamlit_command(port: int | None, address: str | None, extra: list[str]) -> list[str]:
-    """The ``python -m streamlit run .../Home.py ...`` argument list for these options."""
-    home = APP_DIR / "Home.py"
+
+def streamlit_command(port: int | None, address: str | None, extra: list[str], served: bool = False) -> list[str]:
+    """The ``python -m streamlit run .../Home.py ...`` argument list for these options; ``served`` runs
+    ``serve.py`` instead: Home behind the gate, with Streamlit's developer options off (docs/threat-model.md)."""
+    home = APP_DIR / ("serve.py" if served else "Home.py")
     if not home.is_file():
         raise UserError(f"the dashboard is missing from this installation ({home} not found); "
                         f"reinstall with `pip install llpf-explorer` or run from a checkout")
@@ -26,6 +29,12 @@ def streamlit_command(port: int | None, address: str | None, extra: list[str]) -
     if address is not None:
         command += ["--server.address", address]
     return command + extra
+
+
+def is_served(env: dict, address: str | None) -> bool:
+    """Served to others (an access token, or listening beyond this machine): then the gated frame, never
+    the bare app."""
+    return bool(env.get("LLPF_ACCESS_TOKEN")) or (address is not None and address not in LOOPBACK)
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
@@ -39,7 +48,8 @@ def run_dashboard(args: argparse.Namespace) -> int:
     if args.plugin:  # the dashboard's processes read plugins from the environment
         env[PLUGINS_ENV] = ":".join([*filter(None, [env.get(PLUGINS_ENV)]),
                                             *(str(Path(p).resolve()) if p.endswith(".py") else p for p in args.plugin)])
-    process = subprocess.Popen(streamlit_command(args.port, args.address, args.streamlit_args), env=env)
+    served = is_served(env, args.address)
+    process = subprocess.Popen(streamlit_command(args.port, args.address, args.streamlit_args, served), env=env)
     try:
         return process.wait()
     except KeyboardInterrupt:  # Streamlit got the same Ctrl-C and is stopping
