@@ -14,7 +14,6 @@ MAX_POINTS = 2000
 MAX_HEATMAP_TICKS = 400
 GRID = np.linspace(0.0, 1.0, 101)
 ROLLING, EVAL = "#f6ad55", "#2b6cb0"  # orange: minibatch losses while training; blue: the point in eval mode
-LLPF_ALGORITHMS = ("m2m", "m2o", "to_vs", "cross_sphere")
 # One clearly different colour per method (Streamlit's theme pairs a dark and a light shade of each hue,
 # which made two methods look alike); the LLPF searches are drawn thick, the other methods thin.
 METHOD_COLOURS = {"m2m": "#d62728", "m2o": "#9467bd", "to_vs": "#8c564b", "cross_sphere": "#e377c2",
@@ -223,12 +222,12 @@ def compare_figure(runs: dict[str, pd.DataFrame], column: str) -> go.Figure:
 
 
 def methods_figure(paths: list[tuple[str, str, pd.DataFrame]], column: str, title: str,
-                   barrier: float | None = None) -> go.Figure:
+                   barrier: float | None = None, emphasised: frozenset[str] = frozenset()) -> go.Figure:
     """Several runs on one pair, (label, algorithm, path table) each, over path.csv's position: one colour
-    per method, the LLPF searches thick and in front."""
+    per method, the ``emphasised`` ones (the LLPF searches: the registry's walkers) thick and in front."""
     fig = go.Figure()
-    for label, algorithm, path in sorted(paths, key=lambda p: p[1] in LLPF_ALGORITHMS):
-        llpf = algorithm in LLPF_ALGORITHMS
+    for label, algorithm, path in sorted(paths, key=lambda p: p[1] in emphasised):
+        llpf = algorithm in emphasised
         fig.add_trace(go.Scatter(x=path["position"], y=path[column], name=label, mode="lines+markers",
                                  line=dict(width=3.5 if llpf else 1.5, color=METHOD_COLOURS.get(algorithm)),
                                  marker=dict(size=5 if llpf else 3)))

@@ -45,7 +45,8 @@ def show(key: str, out_dir: Path, start: Path | None = None, end: Path | None = 
             state.visitor().stop(job_name)
         except llpf_core.UserError as e:
             state.show_error(e)
-        st.rerun()
+        else:
+            st.rerun()
     _follow(job_name, live)
     if result is None:
         st.caption("Not computed for this pair yet: the digits MLP takes about a second, LeNet-5 about a minute "
@@ -54,7 +55,7 @@ def show(key: str, out_dir: Path, start: Path | None = None, end: Path | None = 
     stale = [p for p in (start, end) if p is not None and p.exists()
              and p.stat().st_mtime_ns > (result.path / "layerwise.json").stat().st_mtime_ns]
     if stale:
-        st.warning(f"{', '.join(p.name for p in stale)} changed after this analysis; compute it again.")
+        st.warning(f"{state.plain(', '.join(p.name for p in stale))} changed after this analysis; compute it again.")
     info = result.info
     st.caption(f"A: train loss {info['A']['train_loss']:.4g}, B: {info['B']['train_loss']:.4g}; {info['evaluations']} "
                f"states on {info['samples']['train']} train and {info['samples']['test']} test samples "
@@ -80,7 +81,7 @@ def _load(out_dir: Path) -> llpf_core.Layerwise | None:
     try:
         return llpf_core.load_layerwise(out_dir)
     except llpf_core.UserError as e:
-        st.error(f"The stored layer-wise analysis cannot be read: {e}", icon=":material/error:")
+        st.error(f"The stored layer-wise analysis cannot be read: {state.plain(str(e))}", icon=":material/error:")
         return None
 
 
@@ -90,7 +91,7 @@ def _follow_live(job_name: str) -> None:
     job = state.job(job_name)
     if job is None or not job.live:
         st.rerun()
-    st.progress(job.progress.fraction, text=job.message or job.status)
+    st.progress(job.progress.fraction, text=state.plain(job.message or job.status))
 
 
 def _follow(job_name: str, live: bool) -> None:
@@ -99,6 +100,6 @@ def _follow(job_name: str, live: bool) -> None:
         return
     job = state.job(job_name)
     if job and job.status == "failed":
-        st.error(f"The layer-wise analysis failed: {job.error}", icon=":material/error:")
+        st.error(f"The layer-wise analysis failed: {state.plain(job.error)}", icon=":material/error:")
     elif job and job.status == "stopped":
-        st.caption(f"Stopped: {job.message}")
+        st.caption(f"Stopped: {state.plain(job.message)}")

@@ -203,7 +203,7 @@ def _sha256(path: Path) -> str:
 def _endpoints(start: Mode | str | Path | Run, end: Mode | str | Path | None, out_dir, cfg):
     """The two modes, the evaluation settings and the output folder; a run gives all three."""
     from . import check_compatible
-    from .config import default_preset, generic_m2m, load_preset
+    from .presets import default_preset, generic_m2m, load_preset
     if isinstance(start, Run):
         run = start
         if end is not None:

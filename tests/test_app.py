@@ -259,8 +259,10 @@ def test_a_failed_run_shows_its_error_and_the_app_keeps_working(ws):
     modes = sorted((ws / "modes").glob("mlp-seed*.safetensors"))
     cfg = dataclasses.replace(load_preset("mlp-digits-m2m"), ticks=30)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=1e6))
-    state.registry().start_search("diverged", modes[0], modes[1], cfg, ws / "runs" / "diverged")
-    job = wait_for(state.registry(), "diverged")
+    owner = str(ws.resolve())  # the workspace's job, as the Runs page looks it up
+    state.registry().visitor(owner).start_search("diverged", modes[0], modes[1], cfg, ws / "runs" / "diverged")
+    job = state.registry().wait("diverged", 300, owner=owner)
+    assert job is not None and not job.live, job
     assert job.status == "failed" and "diverged" in job.error
     at = app("views/runs.py")
     at.query_params["run"] = "diverged"

@@ -45,7 +45,7 @@ def test_explore_computes_the_layerwise_view_in_the_background(ws):
     assert not at.exception and not at.error
     job = state.registry().wait("layerwise-run-first", 120)
     assert job.kind == "layerwise" and job.status == "finished", job
-    assert job.folder == ws / "runs" / "first" / "layerwise" and job.progress.tick == job.progress.total > 0
+    assert job.run_dir == ws / "runs" / "first" / "layerwise" and job.progress.tick == job.progress.total > 0
     at.run()
     assert not at.exception
     [fig] = heatmaps(at)

@@ -138,8 +138,9 @@ def test_runs_page_status_line_does_not_repeat_itself(ws):
     import state
     a, b = sorted((ws / "modes").glob("*.safetensors"))
     cfg = dataclasses.replace(load_preset("mlp-digits-m2m"), ticks=10, device="cpu")
-    state.registry().start_search("job-run", a, b, cfg, ws / "runs" / "job-run")
-    job = state.registry().wait("job-run", 300)
+    mine = state.registry().visitor(str(ws.resolve()))  # the workspace's jobs, as the Runs page looks them up
+    mine.start_search("job-run", a, b, cfg, ws / "runs" / "job-run")
+    job = mine.registry.wait("job-run", 300, owner=str(ws.resolve()))
     assert job is not None and job.status == "finished" and job.message.startswith("finished"), job
     at = page("views/runs.py")
     at.query_params["run"] = "job-run"

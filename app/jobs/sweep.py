@@ -20,12 +20,15 @@ from pathlib import Path
 
 import confine
 
+import llpf_core
 from llpf_core import UserError, list_datasets, list_models, preset_info, read_sweep
 
 from .limits import sweep_max_pairs, sweep_max_workers
 from .supervisor import Job, Progress, Supervisor
 
-REPO = Path(__file__).resolve().parents[2]
+# Where `python -m llpf_core` finds the engine: the checkout's root, or site-packages when installed (not
+# the package's own folder, whose modules would shadow top-level ones).
+ENGINE_ROOT = Path(llpf_core.__file__).resolve().parent.parent
 POLL_S = 0.5  # how often the job looks at its process and folder
 REPEAT_STOP_S = 10.0  # Stop repeats its SIGINT this often until the sweep ends (as a second Ctrl-C would)
 
@@ -67,7 +70,7 @@ class SweepJobs(Supervisor):
             self._set(job, status="running", message="training the modes, starting Ray")
             with tempfile.TemporaryFile("w+") as stderr:  # a file: a pipe nobody reads could fill and stall it
                 command = [sys.executable, "-m", "llpf_core", "sweep", "--out", str(out), "--quiet", *args]
-                proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+                proc = subprocess.Popen(command, cwd=ENGINE_ROOT, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
                                         start_new_session=True)
                 interrupted = None  # when Stop last sent SIGINT
                 while True:

@@ -56,8 +56,9 @@ for run in pairs[key]:
                  "barrier / path max": barrier / top if top and barrier is not None else None,
                  "path length": summary.get("path_length"), "SGD steps": summary.get("sgd_steps"),
                  "wall s": summary.get("wall_s")})
-loss = charts.methods_figure(paths, "train_loss", "Train loss along the path", max(barriers, default=None))
-acc = charts.methods_figure(paths, "test_acc", "Test accuracy along the path")
+walkers = frozenset(m for m in list_methods() if get_method(m).walks)  # LLPF and its kind: drawn in front
+loss = charts.methods_figure(paths, "train_loss", "Train loss along the path", max(barriers, default=None), walkers)
+acc = charts.methods_figure(paths, "test_acc", "Test accuracy along the path", emphasised=walkers)
 left, right = st.columns(2)
 left.plotly_chart(loss, width="stretch")
 right.plotly_chart(acc, width="stretch")
@@ -72,8 +73,9 @@ if missing and not any(j.live for j in started):
         try:
             st.session_state["methods_jobs"] = _run_missing(pairs[key][0], missing)
         except UserError as e:
-            state.show_error(e)
-        st.rerun()
+            state.show_error(e)  # where the user clicked, and it stays: no rerun
+        else:
+            st.rerun()
 elif not missing:
     st.caption("Every method has a run on this pair.")
 

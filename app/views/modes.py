@@ -29,11 +29,11 @@ if len(table):
                  column_config={c: st.column_config.NumberColumn(format="%.4f")
                                 for c in ("train_loss", "train_acc", "test_loss", "test_acc")})
     for row in table[table["problem"] != ""].itertuples():
-        st.error(f"{row.file}: {row.problem}", icon=":material/error:")
+        st.error(state.plain(f"{row.file}: {row.problem}"), icon=":material/error:")
     for name in table.loc[table["problem"] == "", "file"]:  # a mode that learned nothing, named loudly
         message = chance_warning(state.mode(state.modes_dir() / name).meta, name)
         if message:
-            st.warning(message, icon=":material/warning:")
+            st.warning(state.plain(message), icon=":material/warning:")
 else:
     st.info("No modes yet: train some below, upload .safetensors files, or run the demo from Home.")
 

@@ -93,7 +93,7 @@ device = right.selectbox("Device", ["auto", "cpu", "cuda"], key="device",
 try:
     resolved = resolve_config(model, dataset, algorithm, preset=preset, to_origin=end is None, device=device)
 except UserError as e:
-    st.error(str(e))
+    st.error(state.plain(str(e)))
     st.stop()
 base = resolved.config
 if resolved.warning:
@@ -146,7 +146,7 @@ if path_method:
         base = own_settings(base)
     except UserError as e:
         issues = [str(e)]
-        st.error(str(e))
+        st.error(state.plain(str(e)))
     phases, ticks = base.phases, base.ticks
 else:
     st.subheader("Layer order")

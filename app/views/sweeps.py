@@ -77,7 +77,7 @@ sweeps = sorted(p.parent for p in root.glob("*/sweep.json")) if root.exists() el
 pending = [j.run_dir for j in mine.jobs()  # started, or refused or stopped: its message stays on show
            if j.kind == "sweep" and j.run_dir not in sweeps and j.status != "finished"]
 if not sweeps and not pending:
-    st.info("No sweeps yet: start one above, or with `python -m llpf_core sweep --out "
+    st.info("No sweeps yet: start one above, or with `llpf sweep --out "
             f"{root}/NAME --model mlp --pairs 4`.")
     st.stop()
 folders = sweeps + list(dict.fromkeys(pending))
@@ -93,7 +93,7 @@ def follow() -> None:
     job = sweep_job(folder)
     running = job is not None and job.live
     if job and job.error:
-        st.error(job.error)
+        st.error(state.plain(job.error))
     b = st.columns(3)
     if running and job.status != "stopping" and b[1].button("Stop", key="sweep_stop"):
         try:
@@ -102,7 +102,7 @@ def follow() -> None:
             state.show_error(e)
     if not (folder / "sweep.json").exists():
         if job and not job.error:
-            st.caption(job.message or "training the modes, starting Ray ...")
+            st.caption(state.plain(job.message) if job and job.message else "training the modes, starting Ray ...")
         return
     try:
         info = read_sweep(folder)
