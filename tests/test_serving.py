@@ -3,7 +3,6 @@ LLPF_HOME, the access token gates every page, and jobs beyond LLPF_MAX_JOBS wait
 import dataclasses
 import os
 import sys
-import time
 
 import pytest
 from streamlit.testing.v1 import AppTest

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli
 
 RAY = Path(sys.executable).with_name("ray")
 
