@@ -119,8 +119,14 @@ def follow() -> None:
             state.show_error(e)
         else:
             st.rerun()
+    pairs = info["pairs"]
+    methods = sorted({p["algorithm"] for p in pairs if p.get("algorithm")})
+    if len(methods) > 1:  # one method's runs at a time: their numbers are not to be pooled
+        shown = st.selectbox("Method", methods, key=f"sweep_view_method_{folder.name}",
+                             help="This sweep ran several methods on each pair; the Methods page compares them")
+        pairs = [p for p in pairs if p.get("algorithm") == shown]
     rows, curves, strip = [], {"train_loss": [], "test_acc": []}, []
-    for p in info["pairs"]:
+    for p in pairs:
         run_dir = folder / p["run"]
         progress, run = 0.0, None
         if (run_dir / "run.json").exists():
@@ -142,7 +148,7 @@ def follow() -> None:
     if strip:  # the paper's consistency claim in two numbers
         c = st.columns(3)
         path_max, barrier = (np.array(v) for v in list(zip(*strip))[1:])
-        c[0].metric("Finished pairs", f"{len(strip)} of {len(info['pairs'])}")
+        c[0].metric("Finished pairs", f"{len(strip)} of {len(pairs)}")
         for col, label, v in ((c[1], "Path max train loss", path_max), (c[2], "Straight-line barrier", barrier)):
             col.metric(label, f"{v.mean():.4g} ± {v.std(ddof=1) if len(v) > 1 else 0:.2g}",
                        help="mean ± standard deviation over the finished pairs")
