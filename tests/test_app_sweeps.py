@@ -83,7 +83,7 @@ def test_the_start_form_runs_a_sweep_in_the_background_and_the_page_follows_it(t
     at = sweeps_page()
     assert not at.exception and "No sweeps yet" in at.info[0].value
     assert at.selectbox(key="sweep_model").value == "mlp" and "digits" in at.selectbox(key="sweep_dataset").options
-    assert at.selectbox(key="sweep_method").value == "m2m"
+    assert at.multiselect(key="sweep_methods").value == ["m2m"]
     fill(at, "form").button(key="start_sweep").click().run()
     assert not at.exception and not at.error
     try:
@@ -105,7 +105,11 @@ def test_the_start_form_runs_a_sweep_in_the_background_and_the_page_follows_it(t
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     assert len(charts) == 3 and all(any(t.get("name") == "mean" for t in c["data"]) for c in charts[:2])
     assert (tmp_path / "sweeps" / "form" / "modes" / "seed8.safetensors").exists()
-    assert read_sweep(tmp_path / "sweeps" / "form")["spec"]["preset"] == "mlp-digits-m2m"
+    sweep = read_sweep(tmp_path / "sweeps" / "form")
+    assert sweep["spec"]["preset"] == ""  # no preset chosen: each method takes its default for the model
+    from llpf_core import load_preset, load_run
+    run = load_run(tmp_path / "sweeps" / "form" / sweep["pairs"][0]["run"])
+    assert run.config.phases == load_preset("mlp-digits-m2m").phases
 
 
 def test_compare_page_takes_a_whole_sweep_as_the_group(sweep_home, monkeypatch):
