@@ -107,7 +107,7 @@ def test_the_start_form_runs_a_sweep_in_the_background_and_the_page_follows_it(t
     assert (tmp_path / "sweeps" / "form" / "modes" / "seed8.safetensors").exists()
     sweep = read_sweep(tmp_path / "sweeps" / "form")
     assert sweep["spec"]["preset"] == ""  # no preset chosen: each method takes its default for the model
-    from llpf_core import load_preset, load_run
+    from llpf_core import load_preset
     run = load_run(tmp_path / "sweeps" / "form" / sweep["pairs"][0]["run"])
     assert run.config.phases == load_preset("mlp-digits-m2m").phases
 

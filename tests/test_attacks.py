@@ -7,6 +7,7 @@ import http.server
 import json
 import re
 import stat
+import sys
 import threading
 import time
 
@@ -15,8 +16,12 @@ from playwright.sync_api import sync_playwright
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from llpf_core import UserError
+from tests.conftest import REPO
 from tests.stclient import Client, authenticate, start_server, stop_server
 from tests.test_e2e_browser import CHROMIUM, free_port
+
+sys.path.insert(0, str(REPO / "app"))
 
 TOKEN = "class-token-7"
 
@@ -138,14 +143,22 @@ def test_3_import_paths_outside_the_workspace_are_refused_alike_whether_or_not_t
     assert not list(served.home.rglob("*.safetensors"))
 
 
-@pytest.mark.parametrize("fields", [{"Dataset": "folder:{outside}"}, {"Dataset": "tensors:/etc/passwd"},
-                                    {"Preset (empty: the model's default)": "{outside}/p.json"}])
-def test_3_sweep_datasets_and_presets_take_no_server_paths(served, visitor, fields):
+def test_3_sweep_datasets_and_presets_take_no_server_paths(served, visitor):
+    """The Sweeps page offers the engine's datasets and presets as lists: no field takes a path. A client
+    that sends a path anyway, past the page, is refused by the registry in one line and nothing is written."""
+    page = visitor.run(page="sweeps", query="workspace=alice")
+    assert page.has_widget("selectbox", "Dataset") and page.has_widget("selectbox", "Preset")
+    assert [w.label for w in page.of("text_input")] == ["Workspace", "Name"]  # the sidebar's, and the sweep's name
+    from jobs import Registry
     outside = served.home.parent / "outside"
     (outside / "p.json").write_text("{}")
     before = files(served.home.parent)
-    page = submit(visitor, "sweeps", "Start sweep", {k: v.format(outside=outside) for k, v in fields.items()})
-    one_refusal(page)
+    for fields in ({"dataset": f"folder:{outside}"}, {"dataset": "tensors:/etc/passwd"},
+                   {"preset": str(outside / "p.json")}):
+        with pytest.raises(UserError) as refused:
+            Registry(limit=1).start_sweep(served.home / "alice" / "sweeps", "evil", model="mlp",
+                                          **{"dataset": "digits", "pairs": 1, **fields})
+        assert "\n" not in str(refused.value)
     assert files(served.home.parent) == before
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import confine
 
 import llpf_core
-from llpf_core import UserError, list_datasets, list_models, preset_info, read_sweep
+from llpf_core import UserError, list_datasets, list_models, list_presets, preset_info, read_sweep
 
 from .limits import sweep_max_pairs, sweep_max_workers
 from .supervisor import Job, Progress, Supervisor
@@ -51,6 +51,8 @@ class SweepJobs(Supervisor):
         if not 1 <= workers <= most_workers:
             raise UserError(f"a sweep from the dashboard has 1 to {most_workers} workers on this server, got "
                             f"{workers}")
+        if preset and preset not in {p.name for p in list_presets()}:  # a name from the list, never a path
+            raise UserError(f"unknown preset {preset[:60]!r}; choose one of the model's presets")
         if preset and preset_info(preset).model != model:
             raise UserError(f"preset {preset} is for model {preset_info(preset).model!r}, not {model!r}; "
                             f"choose one of {model}'s presets")
