@@ -33,7 +33,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .errors import UserError
-from .evaluate import Evaluator
+from .evaluate import Evaluator, fixed_subset
 from .train import BatchStream
 
 State = dict[str, torch.Tensor]
@@ -59,11 +59,13 @@ class AutoNEBSettings:
     batch_size: int = 64  # training samples per SGD step, shared by all pivots of the step
     dense_per_segment: int = 4  # interpolated points per segment in the dense evaluation
     insert_threshold: float = 0.1  # least bulge, as a fraction of the pivots' loss range, worth a pivot
+    dense_samples: int = 2000  # fixed training samples per dense evaluation point (0 = the whole split)
 
     def check(self) -> None:
         """One-line errors for settings no run could use."""
-        if self.pivots < 0 or self.dense_per_segment < 0 or self.batch_size <= 0:
-            raise UserError("autoneb: pivots and dense_per_segment must be >= 0 and batch_size positive")
+        if self.pivots < 0 or self.dense_per_segment < 0 or self.dense_samples < 0 or self.batch_size <= 0:
+            raise UserError("autoneb: pivots, dense_per_segment and dense_samples must be >= 0 and batch_size "
+                            "positive")
         if not self.cycles:
             raise UserError("autoneb: the schedule needs at least one cycle (steps, lr, inserts)")
         for c in self.cycles:
@@ -201,6 +203,10 @@ class AutoNEB:
         return {k: c.view(s) for k, c, s in zip(self.keys, chunks, self.shapes)}
 
     @property
+    def total_steps(self) -> int:
+        return sum(c.steps for c in self.settings.cycles)
+
+    @property
     def done(self) -> bool:
         return self.cycle >= len(self.settings.cycles)
 
@@ -240,6 +246,7 @@ class AutoNEB:
 
     def _sgd_step(self) -> None:
         x, y = self.stream.next()
+        self.model.train()  # the skeleton may be shared with an evaluator, which leaves it in eval mode
         losses = []
         for i in range(len(self.pivots)):
             if 0 < i < len(self.pivots) - 1:
@@ -338,13 +345,15 @@ class AutoNEB:
             self._new_optimizer(self.settings.cycles[self.cycle].lr, tensors.get("momentum"))
 
 
-def evaluator_loss(evaluator: Evaluator) -> DenseLoss:
+def evaluator_loss(evaluator: Evaluator, samples: int, seed: int) -> DenseLoss:
     """The dense evaluation through ``evaluator``: eval mode, BatchNorm statistics recomputed, mean
-    cross-entropy on its fixed training samples (the run's train_loss)."""
+    cross-entropy on ``samples`` fixed training samples drawn with ``seed`` (0: the whole split)."""
+    idx = fixed_subset(len(evaluator.train), samples, seed, evaluator.train.device)
+
     def losses(states: list[State]) -> list[float]:
         values = []
         for state in states:
             evaluator.load(state)
-            values.append(evaluator.loss_acc(evaluator.train, evaluator.train_idx)[0])
+            values.append(evaluator.loss_acc(evaluator.train, idx)[0])
         return torch.stack(values).tolist()
     return losses

@@ -184,3 +184,17 @@ def test_autoneb_on_a_real_mlp_keeps_batchnorm_free_states_complete():
     for s in states:
         assert list(s) == list(a) and all(s[k].shape == a[k].shape for k in a)
     assert all(math.isfinite(h["dense_max"]) for h in neb.history)
+
+
+def test_evaluator_loss_is_the_evaluator_s_train_loss(digits_modes):
+    """The dense evaluation through the evaluator gives the run's train_loss (here on the whole split)."""
+    from llpf_core.data import load_dataset
+    from llpf_core.evaluate import Evaluator
+    from llpf_core.neb import evaluator_loss
+    from llpf_core.registry import build_model
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    evaluator = Evaluator(build_model("mlp", **train.model_kwargs()), train, test, 0, 0, 10, 64)
+    states = [m.model.state_dict() for m in digits_modes]
+    losses = evaluator_loss(evaluator, 0, 0)(states)
+    assert losses == pytest.approx([evaluator.evaluate(s)["train_loss"] for s in states], rel=1e-6)
+    assert evaluator_loss(evaluator, 100, 0)(states) != losses  # a fixed subset of 100 samples
