@@ -24,13 +24,15 @@ any step, and ``path_states()`` gives the final pivots as full state dicts.
 """
 from __future__ import annotations
 
+import copy
+
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, replace_all_batch_norm_modules_, vmap
 
 from .errors import UserError
 from .evaluate import Evaluator, fixed_subset
@@ -168,20 +170,22 @@ def insert_at_bulges(pivots: torch.Tensor, fractions: torch.Tensor, dense: torch
 # --- the state machine ----------------------------------------------------------------------------
 
 class AutoNEB:
-    """AutoNEB between the states ``a`` and ``b`` of ``model`` (a scratch skeleton it evaluates with
-    ``functional_call``; its own weights are never used). ``stream`` gives the training batches (its
+    """AutoNEB between the states ``a`` and ``b`` of ``model`` (a skeleton: it runs a copy with
+    ``functional_call``, all pivots at once under ``vmap``; no weights of its own are used). ``stream`` gives the training batches (its
     position is part of the checkpoint); ``dense_loss`` evaluates a list of full states (eval mode on
     fixed samples: ``evaluator_loss``)."""
 
     def __init__(self, model: nn.Module, a: State, b: State, stream: BatchStream, dense_loss: DenseLoss,
                  settings: AutoNEBSettings):
         settings.check()
-        self.model, self.a, self.b = model.train(), a, b
+        # an own copy, its BatchNorm layers on batch statistics only: vmap runs every pivot's forward
+        # pass at once, and no pass may write running statistics
+        self.model = replace_all_batch_norm_modules_(copy.deepcopy(model)).train()
+        self.a, self.b = a, b
         self.stream, self.dense_loss, self.settings = stream, dense_loss, settings
         self.keys = [k for k, _ in model.named_parameters()]
         self.shapes = [a[k].shape for k in self.keys]
-        # BatchNorm in train mode writes its running statistics into these: scratch copies, never read
-        self.buffers = {k: v.clone() for k, v in a.items() if k not in self.keys}
+        self.buffers = dict(self.model.named_buffers())
         ends = torch.stack([self._flatten(a), self._flatten(b)])
         line = torch.linspace(0, 1, settings.pivots + 2, dtype=ends.dtype, device=ends.device)[:, None]
         self.pivots = torch.lerp(ends[:1], ends[1:], line)
@@ -246,17 +250,13 @@ class AutoNEB:
 
     def _sgd_step(self) -> None:
         x, y = self.stream.next()
-        self.model.train()  # the skeleton may be shared with an evaluator, which leaves it in eval mode
-        losses = []
-        for i in range(len(self.pivots)):
-            if 0 < i < len(self.pivots) - 1:
-                params = self._params(self.interior[i - 1])
-                losses.append(F.cross_entropy(functional_call(self.model, {**params, **self.buffers}, (x,)), y))
-            else:
-                with torch.no_grad():
-                    params = self._params(self.pivots[i])
-                    losses.append(F.cross_entropy(functional_call(self.model, {**params, **self.buffers}, (x,)), y))
-        stacked = torch.stack(losses)
+        chain = torch.cat([self.pivots[:1], self.interior, self.pivots[-1:]])  # the ends carry no gradient
+        params = {k: c.reshape(len(chain), *s) for k, c, s in
+                  zip(self.keys, chain.split([s.numel() for s in self.shapes], dim=1), self.shapes)}
+
+        def loss(p: State) -> torch.Tensor:
+            return F.cross_entropy(functional_call(self.model, {**p, **self.buffers}, (x,)), y)
+        stacked = vmap(loss, randomness="different")(params)
         self.optimizer.zero_grad(set_to_none=True)
         stacked[1:-1].sum().backward()
         with torch.no_grad():

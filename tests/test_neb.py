@@ -159,22 +159,24 @@ def test_autoneb_settings_no_run_can_use_are_one_line_errors(bad):
         bad.check()
 
 
-def test_autoneb_on_a_real_mlp_keeps_batchnorm_free_states_complete():
-    """On the digits MLP: every path state has A's keys and shapes, and the ends are A and B."""
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_autoneb_on_real_models_gives_complete_states_from_a_to_b(name):
+    """On digits models, with and without BatchNorm: every path state has A's keys and shapes, the ends
+    are A and B, and the skeleton passed in is left as it was."""
     from llpf_core.data import load_dataset
     from llpf_core.registry import build_model
     train = load_dataset("digits", "train")
     torch.manual_seed(5)
-    a = build_model("mlp", **train.model_kwargs()).state_dict()
+    a = build_model(name, **train.model_kwargs()).state_dict()
     torch.manual_seed(6)
-    b = build_model("mlp", **train.model_kwargs()).state_dict()
+    b = build_model(name, **train.model_kwargs()).state_dict()
     settings = AutoNEBSettings(pivots=2, cycles=(Cycle(3, 0.01, 0), Cycle(2, 0.01, 1)), dense_per_segment=2)
-    scratch = build_model("mlp", **train.model_kwargs())
+    scratch = build_model(name, **train.model_kwargs())
 
     def dense_loss(states):
         x, y = train.batch(torch.arange(64))
         with torch.no_grad():
-            return [F.cross_entropy(functional_call(scratch, s, (x,)), y).item() for s in states]
+            return [F.cross_entropy(functional_call(scratch.eval(), s, (x,)), y).item() for s in states]
     neb = AutoNEB(scratch, a, b, BatchStream(train, 16, torch.Generator().manual_seed(0), augment=False),
                   dense_loss, settings)
     neb.advance(100)
@@ -184,6 +186,13 @@ def test_autoneb_on_a_real_mlp_keeps_batchnorm_free_states_complete():
     for s in states:
         assert list(s) == list(a) and all(s[k].shape == a[k].shape for k in a)
     assert all(math.isfinite(h["dense_max"]) for h in neb.history)
+    assert len(states) == 4 + neb.history[1]["inserted"]
+    assert not any(torch.equal(states[1][k], a[k]) for k in a if k.endswith("weight"))  # moved off A
+    assert set(scratch.state_dict()) == set(a)  # BatchNorm's running statistics still there
+    if name == "cnn":  # float buffers interpolated by arc position, between A's and B's
+        key = "0.1.running_var"
+        lo, hi = torch.minimum(a[key], b[key]), torch.maximum(a[key], b[key])
+        assert all(((s[key] >= lo - 1e-6) & (s[key] <= hi + 1e-6)).all() for s in states)
 
 
 def test_evaluator_loss_is_the_evaluator_s_train_loss(digits_modes):
