@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -171,9 +171,9 @@ def insert_at_bulges(pivots: torch.Tensor, fractions: torch.Tensor, dense: torch
 
 class AutoNEB:
     """AutoNEB between the states ``a`` and ``b`` of ``model`` (a skeleton: it runs a copy with
-    ``functional_call``, all pivots at once under ``vmap``; no weights of its own are used). ``stream`` gives the training batches (its
-    position is part of the checkpoint); ``dense_loss`` evaluates a list of full states (eval mode on
-    fixed samples: ``evaluator_loss``)."""
+    ``functional_call``, all pivots at once under ``vmap``; no weights of its own are used).
+    ``stream`` gives the training batches (its position is part of the checkpoint); ``dense_loss``
+    evaluates a list of full states (eval mode on fixed samples: ``evaluator_loss``)."""
 
     def __init__(self, model: nn.Module, a: State, b: State, stream: BatchStream, dense_loss: DenseLoss,
                  settings: AutoNEBSettings):
@@ -202,9 +202,10 @@ class AutoNEB:
     def _flatten(self, state: State) -> torch.Tensor:
         return torch.cat([state[k].reshape(-1) for k in self.keys]).detach()
 
-    def _params(self, vector: torch.Tensor) -> State:
-        chunks = vector.split([s.numel() for s in self.shapes])
-        return {k: c.view(s) for k, c, s in zip(self.keys, chunks, self.shapes)}
+    def _params(self, vectors: torch.Tensor) -> State:
+        """Parameter dicts of flat vectors: (D,) -> shapes, (n, D) -> (n, *shapes) for vmap."""
+        chunks = vectors.split([s.numel() for s in self.shapes], dim=-1)
+        return {k: c.reshape(*vectors.shape[:-1], *s) for k, c, s in zip(self.keys, chunks, self.shapes)}
 
     @property
     def total_steps(self) -> int:
@@ -251,8 +252,7 @@ class AutoNEB:
     def _sgd_step(self) -> None:
         x, y = self.stream.next()
         chain = torch.cat([self.pivots[:1], self.interior, self.pivots[-1:]])  # the ends carry no gradient
-        params = {k: c.reshape(len(chain), *s) for k, c, s in
-                  zip(self.keys, chain.split([s.numel() for s in self.shapes], dim=1), self.shapes)}
+        params = self._params(chain)
 
         def loss(p: State) -> torch.Tensor:
             return F.cross_entropy(functional_call(self.model, {**p, **self.buffers}, (x,)), y)

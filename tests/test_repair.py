@@ -53,7 +53,7 @@ def test_repaired_midpoint_statistics_match_the_interpolated_targets(mlp_repair)
         assert torch.allclose(goal_std, expected)
     # the plain midpoint's second layer has lost variance; the repair restored it
     assert before["layers.1"][1].mean() < 0.9 * targets["layers.1"][1].mean()
-    assert torch.equal(point["head.weight"], plain["head.weight"]) and torch.equal(point["head.bias"], plain["head.bias"])
+    assert all(torch.equal(point[k], plain[k]) for k in ("head.weight", "head.bias"))
 
 
 @pytest.fixture(scope="module")
