@@ -316,7 +316,7 @@ class AutoNEB:
         """Tensors and JSON-able info that ``load_state_dict`` continues from, at any step."""
         stream = self.stream.state_dict()
         tensors = {"pivots": self.pivots.detach().clone(), "fractions": self.fractions.clone(),
-                   "stream.perm": stream["perm"], "stream.rng": stream["rng"]}
+                   "stream.perm": stream["perm"], "stream.rng": stream["rng"], "torch.rng": self._rng_state()}
         if self.dense is not None:
             tensors["dense"] = self.dense
         if self.started_cycle:
@@ -327,6 +327,10 @@ class AutoNEB:
                 "started_cycle": self.started_cycle, "inserted": self.inserted,
                 "history": list(self.history), "stream_pos": stream["pos"], "settings": self.settings.to_dict()}
         return tensors, info
+
+    def _rng_state(self) -> torch.Tensor:
+        """The generator dropout draws its masks from (under vmap, one per pivot)."""
+        return torch.cuda.get_rng_state(self.pivots.device) if self.pivots.is_cuda else torch.get_rng_state()
 
     def load_state_dict(self, tensors: State, info: dict) -> None:
         pivots = tensors.get("pivots")
@@ -341,6 +345,10 @@ class AutoNEB:
         self.history = list(info["history"])
         self.stream.load_state_dict({"perm": tensors["stream.perm"], "pos": info["stream_pos"],
                                      "rng": tensors["stream.rng"]})
+        if self.pivots.is_cuda:
+            torch.cuda.set_rng_state(tensors["torch.rng"], self.pivots.device)
+        else:
+            torch.set_rng_state(tensors["torch.rng"])
         if self.started_cycle:
             self._new_optimizer(self.settings.cycles[self.cycle].lr, tensors.get("momentum"))
 

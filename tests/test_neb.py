@@ -207,3 +207,34 @@ def test_evaluator_loss_is_the_evaluator_s_train_loss(digits_modes):
     losses = evaluator_loss(evaluator, 0, 0)(states)
     assert losses == pytest.approx([evaluator.evaluate(s)["train_loss"] for s in states], rel=1e-6)
     assert evaluator_loss(evaluator, 100, 0)(states) != losses  # a fixed subset of 100 samples
+
+
+def test_autoneb_resumes_exactly_with_dropout():
+    """Dropout's masks come from torch's generator, which the checkpoint carries."""
+    from llpf_core.data import load_dataset
+    train = load_dataset("digits", "train")
+    settings = AutoNEBSettings(pivots=2, cycles=(Cycle(4, 0.05, 0), Cycle(4, 0.05, 1)), dense_per_segment=2)
+    x, y = train.batch(torch.arange(128))
+
+    def make():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10))
+        a = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        b = {k: v + 0.3 * torch.randn_like(v) for k, v in a.items()}
+
+        def dense_loss(states):
+            with torch.no_grad():
+                return [F.cross_entropy(functional_call(model.eval(), s, (x,)), y).item() for s in states]
+        return AutoNEB(model, a, b, BatchStream(train, 32, torch.Generator().manual_seed(1)), dense_loss, settings)
+    whole = make()
+    torch.manual_seed(7)
+    whole.advance(100)
+    part = make()
+    torch.manual_seed(7)
+    part.advance(6)
+    tensors, info = part.state_dict()
+    torch.manual_seed(123)  # whatever happened in between
+    resumed = make()
+    resumed.load_state_dict(tensors, info)
+    resumed.advance(100)
+    assert torch.equal(resumed.pivots, whole.pivots)
