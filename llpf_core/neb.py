@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
 import torch
@@ -65,9 +65,9 @@ class AutoNEBSettings:
 
     def check(self) -> None:
         """One-line errors for settings no run could use."""
-        if self.pivots < 0 or self.dense_per_segment < 0 or self.dense_samples < 0 or self.batch_size <= 0:
-            raise UserError("autoneb: pivots, dense_per_segment and dense_samples must be >= 0 and batch_size "
-                            "positive")
+        if self.pivots < 1 or self.dense_per_segment < 0 or self.dense_samples < 0 or self.batch_size <= 0:
+            raise UserError("autoneb: pivots and batch_size must be positive, dense_per_segment and "
+                            "dense_samples >= 0")
         if not self.cycles:
             raise UserError("autoneb: the schedule needs at least one cycle (steps, lr, inserts)")
         for c in self.cycles:
@@ -78,6 +78,21 @@ class AutoNEBSettings:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "cycles": [asdict(c) for c in self.cycles]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AutoNEBSettings:
+        """The inverse of ``to_dict`` (a config's or a checkpoint's JSON; a cycle may also be a
+        [steps, lr, inserts] triple); unknown names are an error."""
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UserError(f"autoneb: unknown setting {unknown[0]!r}; known: {', '.join(f.name for f in fields(cls))}")
+        if "cycles" not in data:
+            return cls(**data)
+        try:
+            cycles = tuple(Cycle(**c) if isinstance(c, dict) else Cycle(*c) for c in data["cycles"])
+        except TypeError:
+            raise UserError("autoneb: each cycle needs exactly steps, lr and inserts, e.g. [150, 0.05, 2]") from None
+        return cls(**{**data, "cycles": cycles})
 
 
 # --- the chain's geometry (pure functions on (n, D) pivot tensors) --------------------------------
@@ -235,9 +250,8 @@ class AutoNEB:
     def _start_cycle(self, spec: Cycle) -> None:
         inserted = 0
         if spec.inserts:
-            dense = self.dense if self.dense is not None else self.evaluate_dense()
             self.pivots, self.fractions, inserted = insert_at_bulges(
-                self.pivots, self.fractions, dense, spec.inserts, self.settings.insert_threshold)
+                self.pivots, self.fractions, self.evaluate_dense(), spec.inserts, self.settings.insert_threshold)
             if inserted:
                 self.dense = None
         self._new_optimizer(spec.lr)

@@ -152,8 +152,20 @@ def test_autoneb_checkpoint_of_another_model_is_refused():
         neb.load_state_dict(tensors, info)
 
 
-@pytest.mark.parametrize("bad", [AutoNEBSettings(cycles=()), AutoNEBSettings(cycles=(Cycle(10, 0.0, 0),)),
-                                 AutoNEBSettings(dense_per_segment=0)])
+def test_autoneb_settings_round_trip_through_json():
+    import json
+    settings = AutoNEBSettings(pivots=4, cycles=(Cycle(10, 0.1, 0), Cycle(5, 0.01, 3)), weight_decay=1e-4)
+    assert AutoNEBSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
+    assert AutoNEBSettings.from_dict({"cycles": [[10, 0.1, 0]]}).cycles == (Cycle(10, 0.1, 0),)
+    assert AutoNEBSettings.from_dict({}) == AutoNEBSettings()
+    with pytest.raises(UserError, match="unknown setting 'pivot'"):
+        AutoNEBSettings.from_dict({"pivot": 3})
+    with pytest.raises(UserError, match="steps, lr and inserts"):
+        AutoNEBSettings.from_dict({"cycles": [[10, 0.1]]})
+
+
+@pytest.mark.parametrize("bad", [AutoNEBSettings(cycles=()), AutoNEBSettings(pivots=0), AutoNEBSettings(batch_size=0),
+                                 AutoNEBSettings(cycles=(Cycle(10, 0.0, 0),)), AutoNEBSettings(dense_per_segment=0)])
 def test_autoneb_settings_no_run_can_use_are_one_line_errors(bad):
     with pytest.raises(UserError, match="autoneb"):
         bad.check()
