@@ -105,8 +105,9 @@ def _mean_std(entry: list) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Repair:
-    """REPAIRed points between ``a`` and ``b`` of ``model`` (a scratch skeleton, run with
-    ``functional_call``), measured on the fixed input batches ``inputs``."""
+    """REPAIRed points between ``a`` and ``b`` of ``model``, measured on the fixed input batches
+    ``inputs``. ``model`` is a scratch skeleton: run with ``functional_call``, and for the BatchNorm
+    reset loaded with the point's state."""
 
     def __init__(self, model: nn.Module, a: State, b: State, inputs: list[torch.Tensor]):
         self.model, self.a, self.b, self.inputs = model, a, b, inputs
