@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
 import torch
@@ -54,8 +54,10 @@ class AutoNEBSettings:
     """AutoNEB's knobs. The defaults fit the digits MLP and LeNet-5 on a CPU (seconds to a few minutes);
     the reference's CIFAR configs use 4,000-14,000 steps at lr 0.1 to 0.001 and 9 points per segment."""
     pivots: int = 3  # interior pivots of the starting chain, equally spaced on the straight line
-    cycles: tuple[Cycle, ...] = (Cycle(150, 0.05, 0), Cycle(150, 0.05, 2), Cycle(150, 0.05, 2),
-                                 Cycle(150, 0.01, 2), Cycle(150, 0.001, 0))
+    # a list (not a tuple) so the run config's type check reads it: --set autoneb.cycles.0.steps=100
+    cycles: list[Cycle] = field(default_factory=lambda: [Cycle(150, 0.05, 0), Cycle(150, 0.05, 2),
+                                                         Cycle(150, 0.05, 2), Cycle(150, 0.01, 2),
+                                                         Cycle(150, 0.001, 0)])
     momentum: float = 0.9  # SGD momentum, reset at every cycle (the pivot count may change)
     weight_decay: float = 0.0  # L2 on the interior pivots, added to their gradients before the projection
     batch_size: int = 64  # training samples per SGD step, shared by all pivots of the step
@@ -210,6 +212,7 @@ class AutoNEB:
         self.inserted = 0  # pivots this cycle inserted
         self.dense: torch.Tensor | None = None  # dense losses of the current pivots (None: stale)
         self.history: list[dict] = []  # one entry per finished cycle, for progress and the summary
+        self.last_losses: torch.Tensor | None = None  # the last SGD step's batch loss at every pivot
         self.optimizer: torch.optim.SGD | None = None
         self.interior: torch.Tensor | None = None
 
@@ -271,6 +274,7 @@ class AutoNEB:
         def loss(p: State) -> torch.Tensor:
             return F.cross_entropy(functional_call(self.model, {**p, **self.buffers}, (x,)), y)
         stacked = vmap(loss, randomness="different")(params)
+        self.last_losses = stacked.detach()
         self.optimizer.zero_grad(set_to_none=True)
         stacked[1:-1].sum().backward()
         with torch.no_grad():
