@@ -57,12 +57,19 @@ class BridgeSpec:
 
 @dataclass
 class CurveSpec:
-    """linear, bezier and rebasin (``curve.*``): points evaluated along the path, and bezier's training."""
+    """linear, bezier and rebasin (``curve.*``): points evaluated along the path, bezier's training, and
+    REPAIR of the straight lines' points (methods/straight.py)."""
     points: int = 21  # evaluated and saved points along the path, both ends included
     steps: int = 3000  # bezier: SGD steps on the bend, t ~ U(0, 1) per batch
     lr: float = 0.05
     momentum: float = 0.9
     batch_size: int = 64
+    repair: bool = False  # linear, rebasin: REPAIR every point (Jordan et al. 2023; docs/autoneb-repair.md)
+    repair_samples: int = 2000  # fixed training samples REPAIR measures the statistics on
+
+    def __post_init__(self):
+        if self.repair_samples <= 0:
+            raise UserError(f"curve.repair_samples must be positive, got {self.repair_samples}")
 
 
 @dataclass
