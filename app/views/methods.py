@@ -5,11 +5,14 @@ import pandas as pd
 import plotly.graph_objects as go
 import state
 import streamlit as st
-from llpf_core import UserError, get_method, list_methods, resolve_config
+import sweep_comparison
+from llpf_core import UserError, get_method, list_methods, method_label, resolve_config
 
 # The methods one click runs on a pair: every registered one between two modes that works with any model's
 # defaults (not m2o, to_vs or cross_sphere, which need a preset of their own).
 COMPARED = [m for m in list_methods() if get_method(m).needs_end and not get_method(m).needs_preset]
+# Straight lines with REPAIR (curve.repair) are compared as methods of their own.
+REPAIRED = {"rebasin + REPAIR": ("rebasin", ["curve.repair=true"])}
 
 st.title("Methods side by side")
 runs = [r for r in (state.read_run(p) for p in state.run_dirs()) if r is not None and r.info.get("end")]
@@ -19,6 +22,7 @@ for run in runs:
     pairs.setdefault(key, []).append(run)
 if not pairs:
     st.info("No runs between two modes yet: start one on the Search page or with `connect --algorithm ...`.")
+    sweep_comparison.show()
     st.stop()
 
 
@@ -36,8 +40,11 @@ def _run_missing(first, missing: list[str]) -> list[str]:
     start, end = first.info["start"], first.info["end"]
     names = []
     for method in missing:
-        cfg = resolve_config(start["meta"]["model"], start["meta"]["dataset"], method).config  # as the CLI's
-        name = unique_run_name(state.runs_dir(), method, {j.name for j in state.registry().jobs()})
+        algorithm, overrides = REPAIRED.get(method, (method, []))
+        cfg = resolve_config(start["meta"]["model"], start["meta"]["dataset"], algorithm,  # as the CLI's
+                             overrides=overrides).config
+        name = unique_run_name(state.runs_dir(), method.replace(" + REPAIR", "-repair"),
+                               {j.name for j in state.registry().jobs()})
         state.registry().start_search(name, start["path"], end["path"], cfg, state.runs_dir() / name)
         names.append(name)
     return names
@@ -46,14 +53,14 @@ rows, barriers = [], set()
 for run in pairs[key]:
     path = run.path_table
     summary = run.info.get("summary", {})
-    label = f"{run.info['algorithm']} ({run.name})"
+    label = f"{method_label(run)} ({run.name})"
     if len(path):
         loss.add_trace(go.Scatter(x=path["position"], y=path["train_loss"], name=label, mode="lines+markers"))
         acc.add_trace(go.Scatter(x=path["position"], y=path["test_acc"], name=label, mode="lines+markers"))
     if summary.get("barrier") is not None:
         barriers.add(round(summary["barrier"], 4))  # the same straight line for every run on the pair
     barrier, top = summary.get("barrier"), summary.get("path_max_train_loss")
-    rows.append({"method": run.info["algorithm"], "run": run.name, "path max": top, "barrier": barrier,
+    rows.append({"method": method_label(run), "run": run.name, "path max": top, "barrier": barrier,
                  "ratio": top / barrier if top is not None and barrier else None,
                  "path length": summary.get("path_length"), "SGD steps": summary.get("sgd_steps"),
                  "wall s": summary.get("wall_s")})
@@ -66,8 +73,8 @@ left.plotly_chart(loss, use_container_width=True)
 right.plotly_chart(acc, use_container_width=True)
 st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
 
-have = {run.info["algorithm"] for run in pairs[key]}
-missing = [m for m in COMPARED if m not in have]
+have = {method_label(run) for run in pairs[key]}
+missing = [m for m in [*COMPARED, *REPAIRED] if m not in have]
 started = [j for j in state.my_jobs() if j.name in st.session_state.get("methods_jobs", [])]
 if missing and not any(j.live for j in started):
     if st.button(f"Run the missing methods ({', '.join(missing)})", type="primary", key="run_missing"):
@@ -90,3 +97,4 @@ def _progress() -> None:
 
 
 _progress()
+sweep_comparison.show()

@@ -21,7 +21,12 @@ from .registry import register_method
 DENSE_SEED_OFFSET = 5  # the dense evaluation's fixed samples: drawn with seed + 5 (the evaluator uses seed)
 
 
-@register_method("autoneb", settings=AutoNEBSettings, preset_family="m2m",
+# The Search page shows one input per scalar setting; the schedule is set with --set autoneb.cycles.N.*
+SCALARS = ("pivots", "batch_size", "momentum", "weight_decay", "dense_per_segment", "insert_threshold",
+           "dense_samples")
+
+
+@register_method("autoneb", settings=AutoNEBSettings, preset_family="m2m", reads=SCALARS,
                  description="AutoNEB: a chain of pivots relaxed by tangent-projected SGD, pivots inserted at "
                              "bulges (Draxler et al. 2018)")
 class AutoNEBMethod(Method):

@@ -15,16 +15,19 @@ REPAIR_SEED_OFFSET = 6  # REPAIR's fixed samples: seed + 6 (the evaluator uses s
 
 
 def check_repair(start, cfg) -> None:
-    """Refuse, in one line and before any data is loaded, a model REPAIR cannot handle."""
-    from ..repair import check_repairable
+    """Refuse, in one line and before any data is loaded, a model REPAIR cannot handle (the checks that
+    need a forward pass run here when the mode names its image size, else on the data in ``line``)."""
+    from ..repair import OTHER_NORMS, check_repairable
     meta = start.meta
     kwargs = meta.model_kwargs
     model = build_model(meta.model, **kwargs)
+    norms = sorted({type(m).__name__ for m in model.modules() if isinstance(m, OTHER_NORMS)})
+    if norms:
+        raise UserError(f"REPAIR cannot handle {', '.join(norms)} layers ({meta.model}); it supports BatchNorm "
+                        f"models and models of Linear/Conv layers without normalisation; turn curve.repair off")
     size = kwargs.get("image_size")
-    if size is None:
-        raise UserError(f"curve.repair needs the mode's image_size in its model_kwargs; {meta.model} lacks it; "
-                        f"turn curve.repair off")
-    check_repairable(model, torch.zeros(2, kwargs.get("in_channels", 1), size, size))
+    if size is not None:
+        check_repairable(model, torch.zeros(2, kwargs.get("in_channels", 1), size, size))
 
 
 class StraightLine(Method):
