@@ -263,7 +263,7 @@ def validate(cfg: SearchConfig) -> None:
         need(p.step_a + p.step_f + p.step_c > 0, f"phases.{i}: step_a, step_f and step_c are all zero, so "
              f"nothing would move; set one of them above zero")
         need(len(p.layers) > 0, f"phases.{i}.layers is empty")
-        need(p.step_c == 0 or cfg.algorithm in ("m2m", "cross_sphere"),
+        need(p.step_c == 0 or cfg.algorithm in ("m2m", "cross_sphere") or not get_method(cfg.algorithm).walks,
              f"phases.{i}.step_c is only used by m2m (a fraction of the geodesic distance to the end mode)")
         if i:
             need(p.start_tick > cfg.phases[i - 1].start_tick,
