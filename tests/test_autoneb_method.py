@@ -99,3 +99,25 @@ def test_repair_refuses_a_layernorm_model_before_any_work(tmp_path):
                    "--set", "curve.repair=true", "--out", tmp_path / "run")
     assert proc.returncode == 2 and "REPAIR cannot handle LayerNorm" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_the_search_page_offers_autoneb_with_its_scalar_settings(tmp_path, neb_pair, monkeypatch):
+    import shutil
+    import sys
+
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import REPO
+    sys.path.insert(0, str(REPO / "app"))
+    (tmp_path / "modes").mkdir()
+    for mode in neb_pair:
+        shutil.copy(mode.path, tmp_path / "modes" / mode.path.name)
+    monkeypatch.setenv("LLPF_HOME", str(tmp_path))
+    at = AppTest.from_file(str(REPO / "app" / "views" / "search.py"), default_timeout=60).run()
+    at.radio(key="algorithm").set_value("autoneb").run()
+    assert not at.exception and not at.error
+    at.number_input(key="autoneb_pivots").set_value(5).run()
+    assert not at.exception and not at.error
+    keys = {n.key for n in at.number_input}
+    assert {"autoneb_pivots", "autoneb_dense_samples", "autoneb_insert_threshold"} <= keys
+    assert not any(k and k.startswith("autoneb_cycles") for k in keys | {t.key for t in at.text_input})
