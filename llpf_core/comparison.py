@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import UserError
 from .runfolder import Run, load_run
 from .sweep import read_sweep
 
@@ -39,7 +40,7 @@ def sweep_runs(folders: list[str | Path]) -> list[tuple[str, Run]]:
                 continue
             try:
                 out.append((p.get("pair", p["name"]), load_run(Path(folder) / p["run"])))
-            except Exception:  # a damaged run folder is left out of the comparison, not fatal to it
+            except UserError:  # a damaged run folder is left out of the comparison, not fatal to it
                 continue
     return out
 
