@@ -10,8 +10,11 @@ docs/autoneb-repair.md. Run the sweeps first, e.g.
 Wall times are each run's own wall clock (the sweep ran two pairs at once on a shared machine).
 """
 import argparse
+import sys
+from pathlib import Path
 
-from llpf_core import method_table, sweep_runs
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
+from llpf_core import method_table, sweep_runs  # noqa: E402
 
 
 def main() -> None:
