@@ -22,12 +22,14 @@ def main() -> None:
     parser.add_argument("sweeps", nargs="+", help="sweep folders on the same seeds")
     args = parser.parse_args()
     table = method_table(sweep_runs(args.sweeps))
-    print("| method | pairs | path max (mean ± std) | worst pair (path max) | path max / barrier | SGD steps | wall s (mean) |")
+    print("| method | pairs | path max (mean ± std) | worst pair (path max) | path max / barrier | SGD steps "
+          "| wall s (mean) |")
     print("|---|---|---|---|---|---|---|")
     for _, r in table.iterrows():
         std = "" if r["path max std"] != r["path max std"] else f" ± {r['path max std']:.3g}"
         print(f"| {r['method']} | {r['pairs']} | {r['path max mean']:.3g}{std} | {r['worst pair']} "
-              f"({r['worst path max']:.3g}) | {r['ratio mean']:.3g} | {r['SGD steps mean']:.0f} | {r['wall s mean']:.0f} |")
+              f"({r['worst path max']:.3g}) | {r['ratio mean']:.3g} | {r['SGD steps mean']:.0f} "
+              f"| {r['wall s mean']:.0f} |")
     if len(table):
         print(f"\nbarrier (straight line, mean over the pairs): {table['barrier mean'].iloc[0]:.3g}")
 

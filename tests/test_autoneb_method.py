@@ -9,6 +9,7 @@ import torch
 from llpf_core import build_model, load_mode, load_recipe, load_run, resolve_config, run_search, save_mode, train_mode
 from llpf_core.modefile import ModeMeta
 from llpf_core.runfolder import RunWriter
+
 from tests.conftest import run_cli
 
 SHORT = [f"autoneb.cycles.{i}.steps=40" for i in range(5)]  # 200 SGD steps, same schedule shape

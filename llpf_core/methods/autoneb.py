@@ -15,7 +15,7 @@ from ..config import method_settings
 from ..neb import AutoNEB, AutoNEBSettings, evaluator_loss
 from ..registry import build_model
 from ..train import TrainingDiverged
-from .base import UNIT_S, MethodContext, Method, Step
+from .base import UNIT_S, Method, MethodContext, Step
 from .registry import register_method
 
 DENSE_SEED_OFFSET = 5  # the dense evaluation's fixed samples: drawn with seed + 5 (the evaluator uses seed)
