@@ -63,6 +63,10 @@ class Polychain(TrainedCurve):
         self.optimizer.step()
         return loss
 
+    def curve_parameters(self) -> list[float]:  # path.csv's t
+        n = self.ctx.settings.points
+        return [i / (n - 1) for i in range(n)]
+
     def path(self) -> list[dict]:
         n = self.ctx.settings.points
         with torch.no_grad():

@@ -12,6 +12,7 @@ from .version import __version__  # noqa: F401  (in __all__, built below)
 # Each public name and the module that defines it.
 _EXPORTS = {
     "checks": ["INDEPENDENCE_THRESHOLD", "Independence", "independence", "run_summary"],
+    "comparison": ["method_label", "method_table", "path_bands", "sweep_runs"],
     "config": ["BridgeSpec", "ContinuitySpec", "CurveSpec", "Phase", "SearchConfig", "TrainSpec", "apply_overrides",
                "method_settings", "validate"],
     "presets": ["GENERIC_M2M", "PresetInfo", "default_preset", "generic_m2m", "list_presets", "load_preset",
@@ -56,6 +57,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what static analysers and IDEs see; at run time the names load lazily above
     from .checks import INDEPENDENCE_THRESHOLD, Independence, independence, run_summary  # noqa: F401
+    from .comparison import method_label, method_table, path_bands, sweep_runs  # noqa: F401
     from .config import (  # noqa: F401
         BridgeSpec,
         ContinuitySpec,

@@ -56,12 +56,19 @@ class BridgeSpec:
 
 @dataclass
 class CurveSpec:
-    """linear, bezier and rebasin (``curve.*``): points evaluated along the path, and bezier's training."""
+    """linear, bezier and rebasin (``curve.*``): points evaluated along the path, bezier's training, and
+    REPAIR of the straight lines' points (methods/straight.py)."""
     points: int = 21  # evaluated and saved points along the path, both ends included
     steps: int = 3000  # bezier: SGD steps on the bend, t ~ U(0, 1) per batch
     lr: float = 0.05
     momentum: float = 0.9
     batch_size: int = 64
+    repair: bool = False  # linear, rebasin: REPAIR every point (Jordan et al. 2023; docs/autoneb-repair.md)
+    repair_samples: int = 2000  # fixed training samples REPAIR measures the statistics on
+
+    def __post_init__(self):
+        if self.repair_samples <= 0:
+            raise UserError(f"curve.repair_samples must be positive, got {self.repair_samples}")
 
 
 @dataclass
@@ -255,7 +262,7 @@ def validate(cfg: SearchConfig) -> None:
         need(p.step_a + p.step_f + p.step_c > 0, f"phases.{i}: step_a, step_f and step_c are all zero, so "
              f"nothing would move; set one of them above zero")
         need(len(p.layers) > 0, f"phases.{i}.layers is empty")
-        need(p.step_c == 0 or cfg.algorithm in ("m2m", "cross_sphere"),
+        need(p.step_c == 0 or cfg.algorithm in ("m2m", "cross_sphere") or not get_method(cfg.algorithm).walks,
              f"phases.{i}.step_c is only used by m2m (a fraction of the geodesic distance to the end mode)")
         if i:
             need(p.start_tick > cfg.phases[i - 1].start_tick,

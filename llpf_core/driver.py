@@ -217,7 +217,7 @@ class Driver:
         self.writer.update(status=status, **fields, **({} if steps is None else {"sgd_steps": steps}))
         if status == "finished":
             run = load_run(self.writer.path)
-            llpf_path(self.writer, run.metrics, run.points())
+            llpf_path(self.writer, run.metrics, run.points(), None if m.walks else m.curve_parameters())
             summary = run_summary(load_run(self.writer.path))
             self.writer.update(summary={k: v for k, v in summary.items() if k not in ("name", "status", "algorithm")})
 

@@ -1,7 +1,8 @@
 """path.csv, the one path format every run has: evaluated points by position along the path.
 
 ``position`` is 0 at A and 1 at the path's end, by cumulative L2 arc length over the saved points'
-float tensors; run.json's ``path_length`` is that length itself.
+float tensors; run.json's ``path_length`` is that length itself. Methods parameterised by a curve
+parameter (linear, bezier, rebasin, a plugin's curve) add ``t``, each point's parameter, after ``position``.
 """
 import pandas as pd
 import torch
@@ -23,14 +24,16 @@ def arc_positions(states: list[dict[str, torch.Tensor]]) -> tuple[list[float], f
 
 
 def write_path(writer, rows: list[dict], length: float) -> None:
-    """Write path.csv and record ``path_length`` in run.json."""
-    frame = pd.DataFrame(rows, columns=PATH_COLUMNS)
+    """Write path.csv (with the ``t`` column when the rows have it) and record ``path_length`` in run.json."""
+    columns = PATH_COLUMNS[:3] + ["t"] + PATH_COLUMNS[3:] if any("t" in r for r in rows) else PATH_COLUMNS
+    frame = pd.DataFrame(rows, columns=columns)
     write_atomic(writer.path / "path.csv", frame.to_csv(index=False).encode())
     writer.update(path_length=length)
 
 
-def llpf_path(writer, metrics: pd.DataFrame, points) -> None:
-    """path.csv of an LLPF run: its saved points, with the metrics evaluated at their ticks."""
+def llpf_path(writer, metrics: pd.DataFrame, points, curve_t: list[float] | None = None) -> None:
+    """path.csv of a run: its saved points, with the metrics evaluated at their ticks; ``curve_t``: the
+    curve parameter of the point of each tick (a method that is not a walker numbers its points 0, 1, ...)."""
     from .modefile import load_mode
     states, ticks = [], []
     for tick, file in points:
@@ -41,6 +44,8 @@ def llpf_path(writer, metrics: pd.DataFrame, points) -> None:
     rows = []
     for i, (tick, pos) in enumerate(zip(ticks, positions)):
         row = {"index": i, "tick": tick, "position": pos}
+        if curve_t is not None:
+            row["t"] = curve_t[tick]
         if by_tick is not None and tick in by_tick.index:
             r = by_tick.loc[tick]
             row.update({k: r[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")})

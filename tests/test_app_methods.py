@@ -39,17 +39,18 @@ def test_one_click_runs_the_missing_methods_on_the_pair(digits_modes, tmp_path, 
     linear = dataclasses.replace(load_preset("mlp-digits-m2m"), algorithm="linear", device="cpu")
     run_search(a, b, linear, tmp_path / "runs" / "line")
     monkeypatch.setenv("LLPF_HOME", str(tmp_path))
-    monkeypatch.setenv("LLPF_MAX_JOBS", "1")  # the three searches queue and run one after another
+    monkeypatch.setenv("LLPF_MAX_JOBS", "1")  # the five searches queue and run one after another
     at = AppTest.from_file(str(REPO / "app" / "views" / "methods.py"), default_timeout=60).run()
     assert not at.exception
     at.button(key="run_missing").click().run()
     assert not at.exception
     deadline = time.monotonic() + 600  # a generous bound on a slow machine, not a timing assertion
-    while len(at.dataframe[0].value) < 4 and time.monotonic() < deadline:
+    while len(at.dataframe[0].value) < 6 and time.monotonic() < deadline:
         time.sleep(1)
         at.run()
         assert not at.exception
-    assert sorted(at.dataframe[0].value["method"]) == ["bezier", "linear", "m2m", "rebasin"]
+    assert sorted(at.dataframe[0].value["method"]) == ["autoneb", "bezier", "linear", "m2m", "rebasin",
+                                                       "rebasin + REPAIR"]
     assert not [b for b in at.button if b.key == "run_missing"]  # nothing is missing any more
 
 

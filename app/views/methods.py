@@ -5,12 +5,15 @@ import charts
 import pandas as pd
 import state
 import streamlit as st
+import sweep_comparison
 
-from llpf_core import UserError, get_method, list_methods, resolve_config
+from llpf_core import UserError, get_method, list_methods, method_label, resolve_config
 
 # The methods one click runs on a pair: every registered one between two modes that works with any model's
 # defaults (not m2o, to_vs or cross_sphere, which need a preset of their own).
 COMPARED = [m for m in list_methods() if get_method(m).needs_end and not get_method(m).needs_preset]
+# Straight lines with REPAIR (curve.repair) are compared as methods of their own.
+REPAIRED = {"rebasin + REPAIR": ("rebasin", ["curve.repair=true"])}
 
 st.title("Methods side by side")
 runs = [r for r in (state.read_run(p) for p in state.run_dirs()) if r is not None and r.info.get("end")]
@@ -20,6 +23,7 @@ for run in runs:
     pairs.setdefault(key, []).append(run)
 if not pairs:
     st.info("No runs between two modes yet: start one on the Search page or with `connect --algorithm ...`.")
+    sweep_comparison.show()
     st.stop()
 
 
@@ -37,8 +41,11 @@ def _run_missing(first, missing: list[str]) -> list[str]:
     start, end = first.info["start"], first.info["end"]
     names = []
     for method in missing:
-        cfg = resolve_config(start["meta"]["model"], start["meta"]["dataset"], method).config  # as the CLI's
-        name = unique_run_name(state.runs_dir(), method, {j.name for j in state.my_jobs()})
+        algorithm, overrides = REPAIRED.get(method, (method, []))
+        cfg = resolve_config(start["meta"]["model"], start["meta"]["dataset"], algorithm,  # as the CLI's
+                             overrides=overrides).config
+        name = unique_run_name(state.runs_dir(), method.replace(" + REPAIR", "-repair"),
+                               {j.name for j in state.my_jobs()})
         state.visitor().start_search(name, start["path"], end["path"], cfg, state.runs_dir() / name)
         names.append(name)
     return names
@@ -46,13 +53,14 @@ paths, rows, barriers = [], [], []
 for run in pairs[key]:
     path = run.path_table
     summary = run.info.get("summary", {})
+    label = f"{method_label(run)} ({run.name})"
     if len(path):
-        paths.append((f"{run.info['algorithm']} ({run.name})", run.info["algorithm"], path))
+        paths.append((label, run.info["algorithm"], path))
     barrier, top = summary.get("barrier"), summary.get("path_max_train_loss")
     if barrier is not None:
         barriers.append(barrier)  # the same straight line for every run on the pair
     # As the CLI says it: how many times lower the path's highest loss is than the straight line's barrier.
-    rows.append({"method": run.info["algorithm"], "run": run.name, "path max": top, "barrier": barrier,
+    rows.append({"method": method_label(run), "run": run.name, "path max": top, "barrier": barrier,
                  "barrier / path max": barrier / top if top and barrier is not None else None,
                  "path length": summary.get("path_length"), "SGD steps": summary.get("sgd_steps"),
                  "wall s": summary.get("wall_s")})
@@ -64,8 +72,8 @@ left.plotly_chart(loss, width="stretch")
 right.plotly_chart(acc, width="stretch")
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
-have = {run.info["algorithm"] for run in pairs[key]}
-missing = [m for m in COMPARED if m not in have]
+have = {method_label(run) for run in pairs[key]}
+missing = [m for m in [*COMPARED, *REPAIRED] if m not in have]
 started = [j for j in state.my_jobs() if j.name in st.session_state.get("methods_jobs", [])]
 STARTED_LIVE = any(j.live for j in started)  # as drawn now: the fragment reruns the page when they end
 if missing and not any(j.live for j in started):
@@ -91,3 +99,4 @@ def _progress() -> None:
 
 
 _progress()
+sweep_comparison.show()

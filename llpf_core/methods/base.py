@@ -117,6 +117,11 @@ class Method:
         """Not a walker: the states along the path from the start to its end, once done."""
         raise NotImplementedError
 
+    def curve_parameters(self) -> list[float] | None:
+        """Not a walker: the curve parameter t of each point ``path`` returns (path.csv's ``t``), for a
+        method parameterised by one (None: the method has none)."""
+        return None
+
     def layer_rows(self, tick: int) -> list[dict]:
         """layers.csv rows for an evaluated point (a walker's)."""
         return []
@@ -187,6 +192,11 @@ class TrainedCurve(Method):
 
 def float_keys(state: dict[str, torch.Tensor]) -> list[str]:
     return [k for k, v in state.items() if v.is_floating_point()]
+
+
+def curve_ts(points: int) -> list[float]:
+    """``points`` equally spaced curve parameters from 0 to 1."""
+    return [i / (points - 1) for i in range(points)]
 
 
 def line_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], points: int) -> list[dict]:

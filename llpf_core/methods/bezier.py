@@ -11,7 +11,7 @@ from torch.func import functional_call
 
 from ..config import CurveSpec
 from ..registry import build_model
-from .base import MethodContext, TrainedCurve, float_keys
+from .base import MethodContext, TrainedCurve, curve_ts, float_keys
 from .registry import register_method
 
 
@@ -49,6 +49,9 @@ class Bezier(TrainedCurve):
         loss.backward()
         self.optimizer.step()
         return loss
+
+    def curve_parameters(self) -> list[float]:
+        return curve_ts(self.ctx.settings.points)
 
     def path(self) -> list[dict]:
         a, b, points = self.ctx.a, self.ctx.b, self.ctx.settings.points

@@ -10,8 +10,8 @@ import torch
 from ..config import CurveSpec
 from ..errors import UserError
 from ..modefile import ModeMeta, now_iso, save_mode
-from .base import Method, line_states
 from .registry import register_method
+from .straight import StraightLine
 
 # group -> [(state key, axis, block)]: ``block`` consecutive entries of the axis per unit (flatten)
 Spec = dict[str, list[tuple[str, int, int]]]
@@ -146,12 +146,15 @@ def weight_matching(spec: Spec, a: dict[str, torch.Tensor], b: dict[str, torch.T
     return perms
 
 
-@register_method("rebasin", settings=CurveSpec, prefix="curve", preset_family="m2m", reads=("points",),
-                 description="weight matching (Git Re-Basin) aligns the end mode to the start, then the straight line")
-class Rebasin(Method):
+@register_method("rebasin", settings=CurveSpec, prefix="curve", preset_family="m2m",
+                 reads=("points", "repair", "repair_samples"),
+                 description="weight matching (Git Re-Basin) aligns the end mode to the start, then the straight "
+                             "line (curve.repair: REPAIRed)")
+class Rebasin(StraightLine):
     @classmethod
     def check(cls, start, end, cfg) -> None:
         check_supported(start.meta.model)
+        super().check(start, end, cfg)
 
     def path(self) -> list[dict]:
         ctx, meta = self.ctx, self.ctx.start.meta
@@ -161,4 +164,4 @@ class Rebasin(Method):
         saved = ModeMeta(model=meta.model, model_kwargs=meta.model_kwargs, dataset=meta.dataset, seed=meta.seed,
                          created=now_iso(), extra={"llpf.aligned_to": "start", "llpf.run": ctx.folder.name})
         save_mode(ctx.folder / "aligned_end.safetensors", {k: v.contiguous() for k, v in aligned.items()}, saved)
-        return line_states(ctx.a, aligned, ctx.settings.points)
+        return self.line(aligned)

@@ -18,7 +18,7 @@ from ..errors import UserError
 
 # Built-in method -> its module in llpf_core/methods/, in the order the CLI and the pages list them.
 BUILTIN = {"m2m": "llpf", "m2o": "llpf", "to_vs": "llpf", "cross_sphere": "llpf",
-           "linear": "linear", "bezier": "bezier", "rebasin": "rebasin"}
+           "linear": "linear", "bezier": "bezier", "rebasin": "rebasin", "autoneb": "autoneb"}
 
 
 @dataclass(frozen=True)
@@ -86,4 +86,6 @@ def get_method(name: str) -> MethodInfo:
 def settings_prefixes() -> dict[str, MethodInfo]:
     """The config prefix of each registered method with its own settings (several may share one)."""
     plugins.load_plugins()
+    for module in set(BUILTIN.values()):  # a built-in method's settings outside SearchConfig (autoneb.*)
+        import_module(f"{__package__}.{module}")
     return {m.prefix: m for m in _METHODS.values() if m.prefix}
