@@ -55,6 +55,8 @@ def compare(root: Path, label: str, paths: list[Path], cfg, k: int) -> dict:
                                                         for i, (a, b) in enumerate(pairs)])))
     bad = [r for r in results if isinstance(r, Exception) or r.status != "finished"]
     assert not bad, bad
+    print(f"{label}, K={k}: one after another {serial[0]:.1f} s wall ({serial[1]:.1f} s CPU), batched "
+          f"{batched[0]:.1f} s ({batched[1]:.1f} s)", flush=True)
     return {"case": f"{label}, K={k}", "serial_wall": serial[0], "batched_wall": batched[0],
             "serial_cpu": serial[1], "batched_cpu": batched[1]}
 

@@ -1,7 +1,7 @@
 """K models of one architecture trained together: their parameters stacked along a new first dimension,
 one vmapped forward pass (``torch.func.functional_call`` under ``torch.func.vmap``), one backward pass
-and one fused SGD update over the stacked tensors, with a mask so a model that has met its stop rule
-stops moving while the others go on.
+and one SGD update added back into the stacked tensors per step. A step computes only the models still
+training: one whose stop rule has fired is left out (it stops moving) while the others go on.
 
 Every model's parameters become views of the stacked tensors (``stack_models``), so whatever else works
 on a model in place (LLPF's move and variance correction, evaluation, checkpoints) sees and changes
@@ -71,79 +71,72 @@ class StackedTrainer:
 
     def train(self, jobs: dict[int, Job]) -> dict[int, TickTraining | TrainingDiverged]:
         """Train models ``jobs`` (by index in the stack) until each one's stop rule fires; the others stay
-        as they are. Returns each model's ``TickTraining``, or the ``TrainingDiverged`` that ended it."""
+        as they are. Returns each model's ``TickTraining``, or the ``TrainingDiverged`` that ended it.
+
+        Each step computes only the models still training (their parameters gathered from the stack, their
+        updates added back), so a batch costs what its active models cost, not its slowest model's
+        iterations times its width."""
         device = self.tensors[0].device
-        active = {k: True for k in jobs}
+        active = sorted(jobs)
         windows = {k: deque(maxlen=jobs[k].spec.min_iters) for k in jobs}
         iterations = dict.fromkeys(jobs, 0)
+        correct, seen = dict.fromkeys(jobs, 0.0), dict.fromkeys(jobs, 0)
         results: dict[int, TickTraining | TrainingDiverged] = {}
-        correct = torch.zeros(self.k, device=device)
-        seen = torch.zeros(self.k, device=device)
-        last: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        factors = mask = None
         changed = True
-        while any(active.values()):
-            if changed:  # the update's per-model factors: lr x conformal scale for an active model, else 0
-                mask, factors = self._factors(jobs, active, device)
+        while active:
+            if changed:  # the active models' positions and update factors (lr x conformal scale)
+                index = torch.tensor(active, dtype=torch.long, device=device)
+                factors = self._factors([jobs[k] for k in active], device)
                 changed = False
-            for k in range(self.k):
-                if active.get(k):
-                    last[k] = jobs[k].stream.next()
-            xs, ys, ws = _stack_batches([last.get(k) for k in range(self.k)])
-            params = {n: t.detach().requires_grad_() for n, t in zip(self.names, self.tensors)}
+            xs, ys, ws = _stack_batches([jobs[k].stream.next() for k in active])
+            params = {n: t.index_select(0, index).requires_grad_() for n, t in zip(self.names, self.tensors)}
             losses, outs = self.forward(params, xs, ys, ws)
-            torch.where(mask, losses, torch.zeros_like(losses)).sum().backward()
+            losses.sum().backward()
             with torch.no_grad():
-                grads = [params[n].grad for n in self.names]
-                torch._foreach_mul_(grads, factors)
-                torch._foreach_sub_(self.tensors, grads)
-                hits = ((outs.argmax(-1) == ys).float() * ws).sum(-1)
-                correct += torch.where(mask, hits, torch.zeros_like(hits))
-                seen += mask.float() * ws.sum(-1)
+                steps = torch._foreach_mul([params[n].grad for n in self.names], factors)
+                for t, step in zip(self.tensors, steps):
+                    t.index_add_(0, index, step, alpha=-1)
+                hits = ((outs.argmax(-1) == ys).float() * ws).sum(-1).tolist()
+                counts = ws.sum(-1).tolist()
             values = losses.detach().tolist()
-            for k in [k for k, on in active.items() if on]:
+            for j, k in enumerate(list(active)):
                 iterations[k] += 1
-                if not math.isfinite(values[k]):
+                correct[k] += hits[j]
+                seen[k] += int(counts[j])
+                if not math.isfinite(values[j]):
                     results[k] = TrainingDiverged(
-                        f"training diverged: the loss became {values[k]} (iteration {iterations[k]}, lr "
+                        f"training diverged: the loss became {values[j]} (iteration {iterations[k]}, lr "
                         f"{jobs[k].spec.lr:g}); lower the learning rate (train.lr)")
-                    active[k], changed = False, True
-                    continue
-                windows[k].append(values[k])
-                rolling = sum(windows[k]) / len(windows[k])
-                if should_stop(iterations[k], rolling, jobs[k].spec):
-                    results[k] = TickTraining(rolling, float(correct[k] / seen[k]), iterations[k])
-                    active[k], changed = False, True
+                else:
+                    windows[k].append(values[j])
+                    rolling = sum(windows[k]) / len(windows[k])
+                    if not should_stop(iterations[k], rolling, jobs[k].spec):
+                        continue
+                    results[k] = TickTraining(rolling, correct[k] / seen[k], iterations[k])
+                active.remove(k)
+                changed = True
         return results
 
-    def _factors(self, jobs: dict[int, Job], active: dict[int, bool], device) -> tuple[torch.Tensor, list]:
-        """(mask [K], per parameter a [K, 1, ...] factor): lr times the conformal scale, 0 where not active."""
-        rates = torch.zeros(self.k, len(self.names), dtype=torch.float64)
-        for k, job in jobs.items():
-            if active[k]:
-                rates[k] = torch.tensor(job.scales or [1.0] * len(self.names), dtype=torch.float64) * job.spec.lr
-        mask = torch.tensor([bool(active.get(k)) for k in range(self.k)], device=device)
-        factors = [rates[:, i].to(device=device, dtype=t.dtype).view(-1, *[1] * (t.dim() - 1))
-                   for i, t in enumerate(self.tensors)]
-        return mask, factors
+    def _factors(self, jobs: list[Job], device) -> list[torch.Tensor]:
+        """Per parameter, an [A, 1, ...] factor for the A models ``jobs``: lr times the conformal scale."""
+        rates = torch.tensor([[job.spec.lr * s for s in (job.scales or [1.0] * len(self.names))] for job in jobs],
+                             dtype=torch.float64)
+        return [rates[:, i].to(device=device, dtype=t.dtype).view(-1, *[1] * (t.dim() - 1))
+                for i, t in enumerate(self.tensors)]
 
 
-def _stack_batches(batches: list[tuple[torch.Tensor, torch.Tensor] | None]):
-    """(x [K, B, ...], y [K, B], weights [K, B]) from each model's batch; a short batch (an epoch's last)
-    is padded with copies of its first sample at weight 0, and a model without one (not training) gets
-    any other's at weight 0."""
-    some = next(b for b in batches if b is not None)
-    size = max(len(b[1]) for b in batches if b is not None)
+def _stack_batches(batches: list[tuple[torch.Tensor, torch.Tensor]]):
+    """(x [A, B, ...], y [A, B], weights [A, B]) from each model's batch; a short batch (an epoch's last)
+    is padded with copies of its first sample at weight 0."""
+    size = max(len(y) for _, y in batches)
     xs, ys, ws = [], [], []
-    for b in batches:
-        x, y = b if b is not None else some
-        n = len(y) if b is not None else 0
+    for x, y in batches:
+        w = torch.ones(size, device=y.device)
         pad = size - len(y)
         if pad:
             x = torch.cat([x, x[:1].expand(pad, *x.shape[1:])])
             y = torch.cat([y, y[:1].expand(pad)])
-        w = torch.zeros(size, device=y.device)
-        w[:n] = 1
+            w[len(w) - pad:] = 0
         xs.append(x)
         ys.append(y)
         ws.append(w)
