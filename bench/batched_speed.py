@@ -61,12 +61,46 @@ def compare(root: Path, label: str, paths: list[Path], cfg, k: int) -> dict:
             "serial_cpu": serial[1], "batched_cpu": batched[1]}
 
 
+def training_only(paths: list[Path], k: int, steps: int) -> tuple[float, float]:
+    """The issue's measurement: K digits MLPs trained ``steps`` SGD steps each (batch 32, the loss read every
+    step as the stop rule does), one after another by ``train_until`` against stacked by ``StackedTrainer``."""
+    from llpf_core import build_model, load_dataset, load_mode
+    from llpf_core.config import TrainSpec
+    from llpf_core.stacked import Job, StackedTrainer, stack_models
+    from llpf_core.train import BatchStream, train_until
+    data = load_dataset("digits", "train")
+    spec = TrainSpec(lr=0.05, batch_size=32, loss_threshold=0.0, min_iters=steps, max_iters=steps)
+    mode = load_mode(paths[0], "mode")
+
+    def models():
+        out = []
+        for i in range(k):
+            m = build_model("mlp", **mode.meta.model_kwargs)
+            m.load_state_dict(load_mode(paths[i % len(paths)], "mode").model.state_dict())
+            out.append(m)
+        return out
+
+    def stream(i):
+        return BatchStream(data, 32, torch.Generator().manual_seed(i))
+    ones = models()
+    serial = time.perf_counter()
+    for i, m in enumerate(ones):
+        train_until(m, torch.optim.SGD(m.parameters(), lr=spec.lr), stream(i), spec)
+    serial = time.perf_counter() - serial
+    stacked_models = models()
+    trainer = StackedTrainer(stacked_models[0], stack_models(stacked_models))
+    batched = time.perf_counter()
+    trainer.train({i: Job(stream(i), spec) for i in range(k)})
+    return serial, time.perf_counter() - batched
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ticks", type=int, default=50)
     ap.add_argument("--lenet-ticks", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-lenet", action="store_true")
+    ap.add_argument("--training-only", action="store_true", help="only the issue's training measurement")
     ap.add_argument("--out", help="folder for modes and runs (default: a temporary one)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -75,6 +109,12 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()}, {os.cpu_count()} CPUs, {a.threads} torch thread(s)", flush=True)
     mlp = modes(root / "modes", "mlp", "digits", 16, load_recipe("mlp-digits"), "mlp-digits")
     mlp_cfg = replace(resolve_config("mlp", "digits", "m2m", overrides=[f"ticks={a.ticks}"]).config, device="cpu")
+    for k in (1, 8, 32):
+        serial, batched = training_only(mlp, k, 400)
+        print(f"training only, digits MLP, K={k}, 400 steps each: one after another {serial:.2f} s, stacked "
+              f"{batched:.2f} s, {serial / batched:.2f}x", flush=True)
+    if a.training_only:
+        return
     rows = [compare(root, "digits MLP", mlp, mlp_cfg, k) for k in (1, 8, 32)]
     if not a.skip_lenet:
         lenet = modes(root / "modes", "lenet5", "fashion-mnist", 4, replace(load_recipe("lenet5-fashion-mnist"),
