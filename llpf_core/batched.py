@@ -1,13 +1,13 @@
-"""Batched LLPF: K searches of one model advanced in lockstep in one process (docs/batched.md).
+"""Batched LLPF: K searches of one model advanced together in one process (docs/batched.md).
 
 Each pair is an ordinary run (its own driver, run folder, seed, batch stream, checkpoints and
 ``--resume``), set up by ``search.prepare_search`` exactly as ``run_search`` sets up one run. What
 they share is the training of every tick: the K models' parameters are stacked (stacked.py) and
 trained together by one vmapped forward and one backward per SGD step, each model until its own stop
-rule fires. The rest of a tick (the move and the variance corrections, ``LLPF.before_training`` and
+rule fires; a pair whose training has stopped finishes its tick and joins the next step with its next. The rest of a tick (the move and the variance corrections, ``LLPF.before_training`` and
 ``after_training``) and everything the driver does per tick (evaluation, logging, points,
 checkpoints, Stop) runs per pair on those stacked tensors' views. A pair that is done, stopped or
-failed leaves the lockstep; the others go on.
+failed leaves; the others go on.
 
 Models that cannot be stacked (BatchNorm's running statistics, methods that are not LLPF walkers)
 run one after another in the same process, said once.
@@ -95,7 +95,7 @@ def _one(driver: Driver, checkpoint) -> Run | Exception:
 
 
 class _Lockstep:
-    """The tick loop of batched runs (the driver's ``_run``, per pair, around one stacked training)."""
+    """The tick loop of batched runs: the driver's ``_run`` per pair, around shared stacked SGD steps."""
 
     def __init__(self, ready: dict[int, tuple[Driver, tuple | None]], results: list):
         self.drivers = {i: d for i, (d, _) in ready.items()}
@@ -111,48 +111,58 @@ class _Lockstep:
         first = self.drivers[self.order[0]].method
         self.trainer = StackedTrainer(first.model, stacked, first.cfg.dtype)
         self.live: list[int] = []
+        self.prev: dict[int, dict | None] = {}  # per pair: its point before the tick, for the continuity check
+        self.targets: dict = {}  # per pair: the tick's variance targets
 
     def run(self) -> None:
         try:
             for i in self.order:
                 if self._guard(i, lambda d: d.begin_run(self.checkpoints[i])):
                     self.live.append(i)
+                    self._next_tick(i)
                 else:
                     self._finish(i)
-            while self.live:
-                for i in list(self.live):
-                    if self.drivers[i].method.done():
-                        self._guard(i, lambda d: d.end("finished"))
+            while self.trainer.busy:
+                for position, training in self.trainer.step().items():
+                    i = self.order[position]
+                    ended = self._guard(i, lambda d: self._after(d, i, training))
+                    if ended is not False:
                         self._finish(i)
-                if self.live:
-                    self._tick()
+                    else:
+                        self._next_tick(i)
         except BaseException:
             for i in self.live:
                 self.drivers[i].writer.update(status="stopped", error=None)
                 self.drivers[i].writer.close()
             raise
 
-    def _tick(self) -> None:
-        prev, targets, jobs = {}, {}, {}
-        for i in list(self.live):
-            def before(d: Driver) -> None:
-                m = d.method
-                prev[i] = d.continuity_start()
-                targets[i] = m.before_training()
-                jobs[self.order.index(i)] = Job(m.stream, m.stages[m.stage_index].train,
-                                                getattr(m.optimizer, "scales", None))
-            if not self._guard(i, before):
-                self._finish(i)
-        trained = self.trainer.train(jobs)
-        for i in list(self.live):
-            def after(d: Driver) -> bool:
-                training = trained[self.order.index(i)]
-                if isinstance(training, Exception):
-                    raise training
-                return d.record_unit(d.method.after_training(training, targets[i]), prev[i])
-            ended = self._guard(i, after)
-            if ended is not False:
-                self._finish(i)
+    def _next_tick(self, i: int) -> None:
+        """Pair ``i``'s next tick up to its training, which joins the stacked steps; or, when its run is
+        done, its end. Pairs are not in tick lockstep: each starts its next tick as soon as its training
+        ends, so the stacked steps stay as wide as the batch while any pair has ticks left."""
+        done = self._guard(i, lambda d: d.method.done())
+        if done is None:
+            self._finish(i)
+            return
+        if done:
+            self._guard(i, lambda d: d.end("finished"))
+            self._finish(i)
+            return
+
+        def before(d: Driver) -> None:
+            m = d.method
+            self.prev[i] = d.continuity_start()
+            self.targets[i] = m.before_training()
+            self.trainer.start(self.order.index(i), Job(m.stream, m.stages[m.stage_index].train,
+                                                        getattr(m.optimizer, "scales", None)))
+        if not self._guard(i, before):
+            self._finish(i)
+
+    def _after(self, d: Driver, i: int, training) -> bool:
+        """The rest of pair ``i``'s tick once its training ended; True when its run ended here."""
+        if isinstance(training, Exception):
+            raise training
+        return d.record_unit(d.method.after_training(training, self.targets[i]), self.prev[i])
 
     def _guard(self, i: int, fn):
         """``fn(driver)``, with the driver's failure handling; None (and the pair failed) on an exception."""

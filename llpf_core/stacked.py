@@ -68,53 +68,72 @@ class StackedTrainer:
             return (F.cross_entropy(out.float(), y, reduction="none") * w).sum() / w.sum(), out
 
         self.forward = vmap(loss_of, randomness="different")
+        self.jobs: dict[int, Job] = {}  # the models training now, by position in the stack
+        self.windows: dict[int, deque] = {}
+        self.counts: dict[int, list] = {}
+        self.changed = True
+        self.index = self.factors = None
+
+    def start(self, k: int, job: Job) -> None:
+        """Model ``k`` starts training (a new tick's ``train_until``) from the next step on."""
+        self.jobs[k] = job
+        self.windows[k] = deque(maxlen=job.spec.min_iters)
+        self.counts[k] = [0, 0.0, 0]  # iterations, correct, seen
+        self.changed = True
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.jobs)
 
     def train(self, jobs: dict[int, Job]) -> dict[int, TickTraining | TrainingDiverged]:
-        """Train models ``jobs`` (by index in the stack) until each one's stop rule fires; the others stay
-        as they are. Returns each model's ``TickTraining``, or the ``TrainingDiverged`` that ended it.
+        """Train models ``jobs`` until each one's stop rule fires (the others stay as they are)."""
+        for k, job in jobs.items():
+            self.start(k, job)
+        results = {}
+        while self.busy:
+            results.update(self.step())
+        return results
 
-        Each step computes only the models still training (their parameters gathered from the stack, their
-        updates added back), so a batch costs what its active models cost, not its slowest model's
-        iterations times its width."""
+    def step(self) -> dict[int, TickTraining | TrainingDiverged]:
+        """One SGD step of every model now training. Returns the models whose training ended at this step:
+        their ``TickTraining``, or the ``TrainingDiverged`` that ended it.
+
+        A step computes only the models training (their parameters gathered from the stack, their
+        updates added back), so a model that has stopped costs nothing while the others go on."""
         device = self.tensors[0].device
-        active = sorted(jobs)
-        windows = {k: deque(maxlen=jobs[k].spec.min_iters) for k in jobs}
-        iterations = dict.fromkeys(jobs, 0)
-        correct, seen = dict.fromkeys(jobs, 0.0), dict.fromkeys(jobs, 0)
+        active = sorted(self.jobs)
+        if self.changed:  # the training models' positions and update factors (lr x conformal scale)
+            self.index = torch.tensor(active, dtype=torch.long, device=device)
+            self.factors = self._factors([self.jobs[k] for k in active], device)
+            self.changed = False
+        xs, ys, ws = _stack_batches([self.jobs[k].stream.next() for k in active])
+        params = {n: t.index_select(0, self.index).requires_grad_() for n, t in zip(self.names, self.tensors)}
+        losses, outs = self.forward(params, xs, ys, ws)
+        losses.sum().backward()
+        with torch.no_grad():
+            steps = torch._foreach_mul([params[n].grad for n in self.names], self.factors)
+            for t, step in zip(self.tensors, steps):
+                t.index_add_(0, self.index, step, alpha=-1)
+            hits = ((outs.argmax(-1) == ys).float() * ws).sum(-1).tolist()
+            seen = ws.sum(-1).tolist()
+        values = losses.detach().tolist()
         results: dict[int, TickTraining | TrainingDiverged] = {}
-        changed = True
-        while active:
-            if changed:  # the active models' positions and update factors (lr x conformal scale)
-                index = torch.tensor(active, dtype=torch.long, device=device)
-                factors = self._factors([jobs[k] for k in active], device)
-                changed = False
-            xs, ys, ws = _stack_batches([jobs[k].stream.next() for k in active])
-            params = {n: t.index_select(0, index).requires_grad_() for n, t in zip(self.names, self.tensors)}
-            losses, outs = self.forward(params, xs, ys, ws)
-            losses.sum().backward()
-            with torch.no_grad():
-                steps = torch._foreach_mul([params[n].grad for n in self.names], factors)
-                for t, step in zip(self.tensors, steps):
-                    t.index_add_(0, index, step, alpha=-1)
-                hits = ((outs.argmax(-1) == ys).float() * ws).sum(-1).tolist()
-                counts = ws.sum(-1).tolist()
-            values = losses.detach().tolist()
-            for j, k in enumerate(list(active)):
-                iterations[k] += 1
-                correct[k] += hits[j]
-                seen[k] += int(counts[j])
-                if not math.isfinite(values[j]):
-                    results[k] = TrainingDiverged(
-                        f"training diverged: the loss became {values[j]} (iteration {iterations[k]}, lr "
-                        f"{jobs[k].spec.lr:g}); lower the learning rate (train.lr)")
-                else:
-                    windows[k].append(values[j])
-                    rolling = sum(windows[k]) / len(windows[k])
-                    if not should_stop(iterations[k], rolling, jobs[k].spec):
-                        continue
-                    results[k] = TickTraining(rolling, correct[k] / seen[k], iterations[k])
-                active.remove(k)
-                changed = True
+        for j, k in enumerate(active):
+            counts, spec = self.counts[k], self.jobs[k].spec
+            counts[0] += 1
+            counts[1] += hits[j]
+            counts[2] += int(seen[j])
+            if not math.isfinite(values[j]):
+                results[k] = TrainingDiverged(f"training diverged: the loss became {values[j]} (iteration "
+                                              f"{counts[0]}, lr {spec.lr:g}); lower the learning rate (train.lr)")
+            else:
+                self.windows[k].append(values[j])
+                rolling = sum(self.windows[k]) / len(self.windows[k])
+                if not should_stop(counts[0], rolling, spec):
+                    continue
+                results[k] = TickTraining(rolling, counts[1] / counts[2], counts[0])
+            del self.jobs[k]
+            self.changed = True
         return results
 
     def _factors(self, jobs: list[Job], device) -> list[torch.Tensor]:
