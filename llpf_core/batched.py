@@ -38,7 +38,7 @@ class Pair:
 def run_batched(pairs: list[Pair], *, stop_event: threading.Event | None = None,
                 on_tick: Callable[[TickEvent], None] | None = None,
                 data_root: str | Path | None = None) -> list[Run | Exception]:
-    """Run (or resume: a run folder that exists continues from its checkpoint) every pair, K in lockstep.
+    """Run (or resume: a run folder that exists continues from its checkpoint) every pair, K together.
 
     Returns, per pair in order, its run folder read back, or the exception that failed it (recorded in
     its run.json as for a single run; one pair's failure does not stop the others). A KeyboardInterrupt
@@ -68,7 +68,7 @@ def run_batched(pairs: list[Pair], *, stop_event: threading.Event | None = None,
 
 
 def why_not_batched(drivers: list[Driver]) -> str | None:
-    """Why these runs cannot advance in lockstep (None: they can)."""
+    """Why these runs cannot be batched (None: they can)."""
     if not drivers:
         return None
     methods = [d.method for d in drivers]
@@ -176,7 +176,7 @@ class _Lockstep:
             return None
 
     def _finish(self, i: int) -> None:
-        """Pair ``i`` leaves the lockstep (finished, stopped or failed); its parameters stop moving."""
+        """Pair ``i`` leaves the batch (finished, stopped or failed); its parameters stop moving."""
         if i in self.live:
             self.live.remove(i)
         d = self.drivers[i]

@@ -171,7 +171,7 @@ def _train_task(model: str, dataset: str, seed: int, path: str, recipe: str, thr
 
 
 def _batch_task(jobs: list[tuple[str, str, dict, str]], threads: int, plugins: list[str]) -> list[dict]:
-    """Run (or resume) a batch of pairs' searches (start, end, config, run folder), batched in lockstep
+    """Run (or resume) a batch of pairs' searches (start, end, config, run folder), batched
     where they can be (batched.py); failures are returned, not raised (Ray retries only dead workers).
     ``plugins``: the plugin files the sweep loaded (a plugin method runs in the worker too)."""
     import torch
@@ -218,7 +218,7 @@ def run_sweep(out: str | Path, spec: SweepSpec | None = None, *, resume: bool = 
               batch: int | None = None) -> SweepResult:
     """Train the sweep's modes, run every unfinished pair, and return the pairs' outcomes.
 
-    Pairs run in batches of ``batch`` LLPF searches advanced in lockstep (batched.py; default:
+    Pairs run in batches of ``batch`` LLPF searches advanced together (batched.py; default:
     ``default_batch``), one Ray task per batch. Uses the Ray this process has already initialised
     (``ray.init`` by the caller) if there is one; otherwise joins ``ray_address``, or starts a local Ray
     with ``workers`` CPUs for the sweep's lifetime; with ``workers=1`` and no cluster, the sweep runs
@@ -291,7 +291,7 @@ def _ray_running() -> bool:
 
 
 def default_batch(mode: Path, gpu: bool) -> int:
-    """How many pairs of this mode's model one batch advances in lockstep: many for small models
+    """How many pairs of this mode's model one batch advances together: many for small models
     (their searches are bound by the per-operation cost that batching shares), one for big ones and
     for models that cannot be stacked (BatchNorm)."""
     from . import load_mode
@@ -368,7 +368,7 @@ def _train_missing(ray, spec, mode_paths, cpus, gpus, threads, say) -> None:
     ray.get([task.remote(*a) for a in args])
 
 
-LOCKSTEP = ("m2m", "m2o", "to_vs", "cross_sphere")  # the methods batched.py advances in lockstep
+LOCKSTEP = ("m2m", "m2o", "to_vs", "cross_sphere")  # the methods batched.py batches
 
 
 def _batches(todo: list[dict], spec: SweepSpec, size: int, workers: int | None) -> list[list[dict]]:
