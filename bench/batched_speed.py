@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--lenet-ticks", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-lenet", action="store_true")
+    ap.add_argument("--skip-mlp", action="store_true", help="only the LeNet-5 cases")
     ap.add_argument("--training-only", action="store_true", help="only the issue's training measurement")
     ap.add_argument("--out", help="folder for modes and runs (default: a temporary one)")
     a = ap.parse_args()
@@ -109,21 +110,31 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()}, {os.cpu_count()} CPUs, {a.threads} torch thread(s)", flush=True)
     mlp = modes(root / "modes", "mlp", "digits", 16, load_recipe("mlp-digits"), "mlp-digits")
     mlp_cfg = replace(resolve_config("mlp", "digits", "m2m", overrides=[f"ticks={a.ticks}"]).config, device="cpu")
-    training_only(mlp, 2, 50)  # warm-up: the first SGD step and the first vmap pay one-time imports
-    for k in (1, 8, 32):
-        serial, batched = training_only(mlp, k, 400)
-        print(f"training only, digits MLP, K={k}, 400 steps each: one after another {serial[0]:.2f} s wall "
-              f"({serial[1]:.2f} s CPU), stacked {batched[0]:.2f} s ({batched[1]:.2f} s): {serial[0] / batched[0]:.2f}x "
-              f"wall ({serial[1] / batched[1]:.2f}x CPU)", flush=True)
-    if a.training_only:
-        return
-    rows = [compare(root, "digits MLP", mlp, mlp_cfg, k) for k in (1, 8, 32)]
+    # Warm-up, untimed: the first search in a process pays one-time imports (torch.optim loads torch._dynamo).
+    run_search(mlp[0], mlp[1], replace(mlp_cfg, ticks=2), root / "warm-up" / "alone")
+    run_batched([Pair(mlp[0], mlp[1], replace(mlp_cfg, ticks=2), root / "warm-up" / f"p{i}") for i in range(2)])
+    rows = []
+    if not a.skip_mlp:
+        rows = mlp_cases(a, root, mlp, mlp_cfg)
     if not a.skip_lenet:
         lenet = modes(root / "modes", "lenet5", "fashion-mnist", 4, replace(load_recipe("lenet5-fashion-mnist"),
                       epochs=1), "lenet5-fashion-mnist")
         lenet_cfg = replace(resolve_config("lenet5", "fashion-mnist", "m2m",
                                            overrides=[f"ticks={a.lenet_ticks}"]).config, device="cpu")
         rows += [compare(root, "LeNet-5", lenet, lenet_cfg, k) for k in (1, 8)]
+    table(rows)
+
+
+def mlp_cases(a, root: Path, mlp: list[Path], mlp_cfg) -> list[dict]:
+    training_only(mlp, 2, 50)  # warm-up: the first SGD step and the first vmap pay one-time imports
+    for k in (1, 8, 32):
+        serial, batched = training_only(mlp, k, 400)
+        print(f"training only, digits MLP, K={k}, 400 steps each: one after another {serial[0]:.2f} s wall "
+              f"({serial[1]:.2f} s CPU), stacked {batched[0]:.2f} s ({batched[1]:.2f} s): "
+              f"{serial[0] / batched[0]:.2f}x wall ({serial[1] / batched[1]:.2f}x CPU)", flush=True)
+    if a.training_only:
+        return []
+    rows = [compare(root, "digits MLP", mlp, mlp_cfg, k) for k in (1, 8, 32)]
 
     # A whole sweep command of 8 digits pairs (disjoint mode pairs), against the same eight searched alone.
     sweep_modes = [str(p) for p in mlp]
@@ -136,7 +147,13 @@ def main() -> None:
     t = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
     sweep_wall = time.perf_counter() - t
+    print(f"\nsweep --pairs 8 --workers 1 --batch 8 (digits MLP, {a.ticks} ticks): {sweep_wall:.1f} s, process start "
+          f"included; the eight searches' own wall times added up: {own:.1f} s; ratio {sweep_wall / own:.2f} "
+          f"(target <= 0.4)")
+    return rows
 
+
+def table(rows: list[dict]) -> None:
     print(f"\nload average after: {os.getloadavg()}")
     print("| case | one after another: wall s (CPU s) | batched: wall s (CPU s) | pairs/s one by one | pairs/s batched "
           "| speed-up wall (CPU) |")
@@ -146,9 +163,6 @@ def main() -> None:
         print(f"| {r['case']} | {r['serial_wall']:.1f} ({r['serial_cpu']:.1f}) | {r['batched_wall']:.1f} "
               f"({r['batched_cpu']:.1f}) | {k / r['serial_wall']:.2f} | {k / r['batched_wall']:.2f} | "
               f"{r['serial_wall'] / r['batched_wall']:.2f}x ({r['serial_cpu'] / r['batched_cpu']:.2f}x) |")
-    print(f"\nsweep --pairs 8 --workers 1 --batch 8 (digits MLP, {a.ticks} ticks): {sweep_wall:.1f} s, process start "
-          f"included; the eight searches' own wall times added up: {own:.1f} s; ratio {sweep_wall / own:.2f} "
-          f"(target <= 0.4)")
 
 
 if __name__ == "__main__":
