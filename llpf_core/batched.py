@@ -4,8 +4,8 @@ Each pair is an ordinary run (its own driver, run folder, seed, batch stream, ch
 ``--resume``), set up by ``search.prepare_search`` exactly as ``run_search`` sets up one run. What
 they share is the training of every tick: the K models' parameters are stacked (stacked.py) and
 trained together by one vmapped forward and one backward per SGD step, each model until its own stop
-rule fires; a pair whose training has stopped finishes its tick and joins the next step with its next. The rest of a tick (the move and the variance corrections, ``LLPF.before_training`` and
-``after_training``) and everything the driver does per tick (evaluation, logging, points,
+rule fires; a pair whose training has stopped finishes its tick and joins the next step with its next.
+The rest of a tick (the move and the variance corrections, ``LLPF.before_training`` and ``after_training``) and everything the driver does per tick (evaluation, logging, points,
 checkpoints, Stop) runs per pair on those stacked tensors' views. A pair that is done, stopped or
 failed leaves; the others go on.
 
