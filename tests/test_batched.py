@@ -85,3 +85,19 @@ def test_a_batch_killed_mid_run_resumes_every_pair_each_tick_once(four_modes, tm
         assert run.status == "finished"
         assert list(run.metrics["tick"]) == list(range(151))  # each tick once, none lost or repeated
         assert run_summary(run)["final_distance_rel"] <= 0.02
+
+
+def test_a_batchnorm_model_runs_one_pair_after_another_with_one_note(tmp_path, device, capsys):
+    from llpf_core import TrainRecipe
+    from llpf_core.sweep import default_batch
+    cnn = [train_mode("cnn", "digits", seed, tmp_path / f"cnn-seed{seed}.safetensors", TrainRecipe(epochs=1),
+                      str(device)) for seed in (21, 22)]
+    assert default_batch(cnn[0].path, gpu=False) == 1
+    cfg = replace(resolve_config("cnn", "digits", "m2m", overrides=["ticks=3"]).config, device=str(device))
+    capsys.readouterr()
+    runs = run_batched([Pair(cnn[0], cnn[1], cfg, tmp_path / "ab"), Pair(cnn[1], cnn[0], cfg, tmp_path / "ba")])
+    assert [r.status for r in runs] == ["finished", "finished"]
+    assert [list(r.metrics["tick"]) for r in runs] == [[0, 1, 2, 3]] * 2
+    note = capsys.readouterr().err.strip().splitlines()
+    assert note == ["warning: running these 2 searches one after another, not batched: cnn cannot be stacked: "
+                    "it has buffers (BatchNorm running statistics)"]
