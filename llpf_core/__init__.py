@@ -21,6 +21,7 @@ _EXPORTS = {
     "methods.base": ["Method", "MethodContext", "Step", "TrainedCurve"],
     "driver": ["TickEvent"],
     "search": ["ORIGIN", "check_compatible", "run_search"],
+    "batched": ["Pair", "run_batched"],
     "data": ["ImageData", "list_datasets", "load_dataset"],
     "errors": ["UserError"],
     "landscape": ["Landscape", "compute_landscape", "list_landscapes", "load_landscape", "project_pair_runs",
@@ -82,6 +83,7 @@ if TYPE_CHECKING:  # what static analysers and IDEs see; at run time the names l
     from .data import ImageData, list_datasets, load_dataset  # noqa: F401
     from .errors import UserError  # noqa: F401
     from .flow import follow_data_flow, match_layers  # noqa: F401
+    from .batched import Pair, run_batched  # noqa: F401
     from .importer import import_state  # noqa: F401
     from .landscape import (  # noqa: F401
         Landscape,

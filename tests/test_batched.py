@@ -11,8 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from llpf_core import load_run, resolve_config, run_search
-from llpf_core.batched import Pair, run_batched
+from llpf_core import Pair, load_run, resolve_config, run_batched, run_search
 from llpf_core.checks import run_summary
 from llpf_core.train import load_recipe, train_mode
 from tests.conftest import REPO, checkpoint_tick
