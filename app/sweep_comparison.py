@@ -6,6 +6,7 @@ from pathlib import Path
 import state
 import streamlit as st
 from comparison_chart import bands_figure
+
 from llpf_core import UserError, method_table, path_bands, read_sweep, sweep_runs
 
 

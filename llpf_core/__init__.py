@@ -22,6 +22,7 @@ _EXPORTS = {
     "methods.base": ["Method", "MethodContext", "Step", "TrainedCurve"],
     "driver": ["TickEvent"],
     "search": ["ORIGIN", "check_compatible", "run_search"],
+    "batched": ["Pair", "run_batched"],
     "data": ["ImageData", "list_datasets", "load_dataset"],
     "errors": ["UserError"],
     "landscape": ["Landscape", "compute_landscape", "list_landscapes", "load_landscape", "project_pair_runs",
@@ -56,6 +57,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what static analysers and IDEs see; at run time the names load lazily above
+    from .batched import Pair, run_batched  # noqa: F401
     from .checks import INDEPENDENCE_THRESHOLD, Independence, independence, run_summary  # noqa: F401
     from .comparison import method_label, method_table, path_bands, sweep_runs  # noqa: F401
     from .config import (  # noqa: F401

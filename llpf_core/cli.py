@@ -119,11 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair-set", action="append", metavar="PAIR:KEY=VALUE",
                    help="override a config field for one pair only, e.g. seed3-seed4:train.lr=0.01")
     p.add_argument("--recipe", help="training recipe for the modes (default: the one for the model and dataset)")
-    p.add_argument("--workers", type=int, help="pairs at once (default: the local CPU count; on a cluster: all)")
+    p.add_argument("--workers", type=int, help="batches of pairs at once (default: the local CPU count; on a "
+                   "cluster: all); 1 without --ray-address: in this process, without starting Ray")
     p.add_argument("--ray-address", help="join a Ray cluster (auto or host:port) instead of a local Ray")
     p.add_argument("--cpus-per-path", type=float, default=1.0, help="Ray CPUs per search (default 1)")
     p.add_argument("--gpus-per-path", type=float, default=0.0, help="Ray GPUs per search, e.g. 0.25 (default 0)")
     p.add_argument("--threads", type=int, default=1, help="torch threads inside each search (default 1)")
+    p.add_argument("--batch", type=int, metavar="K",
+                   help="LLPF pairs advanced together in one process, their training stacked (default: 32 "
+                        "for small models such as the digits MLP, else 1; see docs/batched.md)")
     p.add_argument("--resume", action="store_true",
                    help="finish the sweep in --out as stored (failed or interrupted pairs); only the Ray options apply")
     _add_quiet_option(p)

@@ -393,7 +393,7 @@ def cmd_sweep(args) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stopped sweep marks its pairs interrupted
     result = run_sweep(args.out, spec, resume=args.resume, workers=args.workers, ray_address=args.ray_address,
                        cpus_per_path=args.cpus_per_path, gpus_per_path=args.gpus_per_path, threads=args.threads,
-                       on_event=say)
+                       on_event=say, batch=args.batch)
     for p in result.pairs:
         s = p.get("summary") or {}
         print(f"{p['name']:<20} {p['status']:<11} barrier {_fmt(s.get('barrier'))}  path max "

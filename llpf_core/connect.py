@@ -113,6 +113,15 @@ class LLPF(Method):
         return Step(self._row(None))
 
     def advance(self) -> Step:
+        targets = self.before_training()
+        training = train_until(self.model, self.optimizer, self.stream, self.stages[self.stage_index].train,
+                               self.cfg.dtype, self.ctx.interrupted)
+        return self.after_training(training, targets)
+
+    def before_training(self) -> torch.Tensor | None:
+        """The tick up to its training: the phase's set-up, the move, the first variance correction (M2M)
+        and the angle-conformal rates (M2O). Returns the tick's variance targets, for ``after_training``.
+        The batched engine (batched.py) trains many searches' models together between the two halves."""
         stage = self.stages[self.stage_index]
         phase_index = stage.phase_at(self.progress - self.stage_start)
         if phase_index != self.phase_index:
@@ -125,9 +134,12 @@ class LLPF(Method):
                 self.correction(targets)
             if kind.conformal_lr:
                 self._set_conformal_rates()
-        training = train_until(self.model, self.optimizer, self.stream, stage.train, self.cfg.dtype,
-                               self.ctx.interrupted)
-        if kind.corrects_variance:
+        return targets
+
+    def after_training(self, training: TickTraining, targets: torch.Tensor | None) -> Step:
+        """The tick after its training: the second variance correction (M2M), the stop rule, the row."""
+        stage = self.stages[self.stage_index]
+        if stage.kind.corrects_variance:
             with torch.no_grad():
                 self.correction(targets)
         self.progress += 1

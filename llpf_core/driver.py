@@ -9,6 +9,7 @@ continuity check, the point files, path.csv, the straight-line baseline and the 
 """
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -129,16 +130,34 @@ class Driver:
     def run(self, checkpoint: tuple[dict[str, torch.Tensor], dict] | None) -> None:
         """From the start, or from ``checkpoint``; the run's status says how it ended. A failure is recorded
         in run.json and raised (out of memory and a failed write as a one-line ``UserError``)."""
-        if checkpoint is not None:  # in memory, before anything is written: a damaged checkpoint changes nothing
-            try:
-                with checkpoint_errors(self.writer.path / CHECKPOINT_FILE):
-                    self._restore(*checkpoint)
-                self._keep_restored_rows()  # checks every table and kept point before it rewrites any
-            except BaseException:
-                self.writer.close()
-                raise
+        resumed = self.restore(checkpoint)
         try:
-            self._run(resumed=checkpoint is not None)
+            with self.failures():
+                self._run(resumed)
+        finally:
+            self.writer.close()
+
+    def restore(self, checkpoint: tuple[dict[str, torch.Tensor], dict] | None) -> bool:
+        """Continue from ``checkpoint`` (None: a new run; returns whether it resumes). The state is restored in
+        memory and every table and kept point checked before anything is written, so a damaged checkpoint or
+        table changes nothing on disk."""
+        if checkpoint is None:
+            return False
+        try:
+            with checkpoint_errors(self.writer.path / CHECKPOINT_FILE):
+                self._restore(*checkpoint)
+            self._keep_restored_rows()
+        except BaseException:
+            self.writer.close()
+            raise
+        return True
+
+    @contextmanager
+    def failures(self):
+        """Record a failure inside the block in run.json and raise it (out of memory and a failed write as
+        a one-line ``UserError``); a KeyboardInterrupt marks the run stopped."""
+        try:
+            yield
         except BaseException as e:
             error = out_of_memory(e, f"searching on {self.device}: {OOM_HINT}")
             if error is None and isinstance(e, OSError):
@@ -155,10 +174,19 @@ class Driver:
             if error is not None:
                 raise error from None
             raise
-        finally:
-            self.writer.close()
 
     def _run(self, resumed: bool) -> None:
+        m = self.method
+        self.begin_run(resumed)
+        while not m.done():
+            prev = self.continuity_start()
+            if self.record_unit(m.advance(), prev):
+                return
+        self.end("finished")
+
+    def begin_run(self, resumed: bool) -> None:
+        """Tick 0 (logged, with the baseline and a first checkpoint) of a new run; a resumed one (``restore``)
+        goes on from its checkpoint."""
         m = self.method
         self.t0 = time.perf_counter()
         if not resumed:
@@ -170,23 +198,27 @@ class Driver:
             self._baseline()
             self._checkpoint()
         self.writer.update(status="running", error=None, device_used=str(self.device))
-        while not m.done():
-            prev = self._continuity_start()
-            step = m.advance()
-            if m.walks:
-                self._log(step, prev, force_eval=step.force_eval or self.stop_event.is_set())
-            else:
-                self._progress(step)
-            if self.stop_event.is_set():  # also when set by on_tick
-                return self._end("stopped")
-            if step.stopped_early:
-                return self._end("finished", stopped_early=step.stopped_early)
-            if self.pause_event.is_set() and not m.done():
-                if not self._pause():
-                    return
-            elif m.progress % self.cfg.checkpoint_every == 0:
-                self._checkpoint()
-        self._end("finished")
+
+    def record_unit(self, step: Step, prev: dict | None) -> bool:
+        """Log a unit of work the method has done, then stop, pause or checkpoint as due. True when the run
+        has ended here (stopped, or the method stopped early)."""
+        m = self.method
+        if m.walks:
+            self._log(step, prev, force_eval=step.force_eval or self.stop_event.is_set())
+        else:
+            self._progress(step)
+        if self.stop_event.is_set():  # also when set by on_tick
+            self.end("stopped")
+            return True
+        if step.stopped_early:
+            self.end("finished", stopped_early=step.stopped_early)
+            return True
+        if self.pause_event.is_set() and not m.done():
+            if not self._pause():
+                return True
+        elif m.progress % self.cfg.checkpoint_every == 0:
+            self._checkpoint()
+        return False
 
     def _pause(self) -> bool:
         """Checkpoint, mark the run paused and wait. False when a stop came while paused."""
@@ -206,7 +238,8 @@ class Driver:
         self.writer.update(status="running")
         return True
 
-    def _end(self, status: str, **fields) -> None:
+    def end(self, status: str, **fields) -> None:
+        """The run's last point and checkpoint; a finished run's path, path.csv and summary."""
         m = self.method
         if m.walks:
             self._save_point()
@@ -223,7 +256,7 @@ class Driver:
 
     # --- rows, points and events ----------------------------------------------------------------------
 
-    def _continuity_start(self) -> dict[str, torch.Tensor] | None:
+    def continuity_start(self) -> dict[str, torch.Tensor] | None:
         """A walker's point before the next unit, when the continuity check is due at the next tick."""
         c, m = self.cfg.continuity, self.method
         if not m.walks or c.points < 2 or (m.progress + 1) % c.every:

@@ -25,7 +25,6 @@ any step, and ``path_states()`` gives the final pivots as full state dicts.
 from __future__ import annotations
 
 import copy
-
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 

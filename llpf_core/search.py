@@ -108,6 +108,23 @@ def run_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
     ``config`` may then be None). ``device`` replaces the config's device (also on resume; a checkpoint
     continues only on the device type that wrote it). Returns the run folder, read back.
     """
+    prepared = prepare_search(start, end, config, out_dir, on_tick=on_tick, stop_event=stop_event,
+                              pause_event=pause_event, resume=resume, data_root=data_root, device=device)
+    if isinstance(prepared, Run):
+        return prepared
+    driver, checkpoint = prepared
+    driver.run(checkpoint)
+    return load_run(out_dir)
+
+
+def prepare_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
+                   config: SearchConfig | None, out_dir: str | Path, *,
+                   on_tick: Callable[[TickEvent], None] | None = None,
+                   stop_event: threading.Event | None = None, pause_event: threading.Event | None = None,
+                   resume: bool = False, data_root: str | Path | None = None,
+                   device: str | None = None) -> "Run | tuple[Driver, tuple | None]":
+    """``run_search`` up to the run itself: the checked inputs, the driver set up and its folder open.
+    Returns the finished run (a resumed one that is already done), or (driver, checkpoint to continue from)."""
     out_dir = Path(out_dir)
     exists = (out_dir / "run.json").exists()
     if exists and not resume:
@@ -135,5 +152,4 @@ def run_search(start: Mode | str | Path | None, end: Mode | str | Path | None,
     driver.open(None if exists else {"name": out_dir.name, "algorithm": cfg.algorithm,
                                      "start": _endpoint(start_mode), "end": _endpoint(end_mode),
                                      "config": cfg.to_dict(), "versions": versions()})
-    driver.run(checkpoint)
-    return load_run(out_dir)
+    return driver, checkpoint

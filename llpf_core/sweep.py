@@ -195,21 +195,27 @@ def _train_task(model: str, dataset: str, seed: int, path: str, recipe: str, thr
     return path
 
 
-def _pair_task(start: str, end: str, cfg_dict: dict, run_dir: str, threads: int, plugins: list[str]) -> dict:
-    """Run (or resume) one pair's search; a failure is returned, not raised (Ray retries only dead workers).
+def _batch_task(jobs: list[tuple[str, str, dict, str]], threads: int, plugins: list[str]) -> list[dict]:
+    """Run (or resume) a batch of pairs' searches (start, end, config, run folder), batched
+    where they can be (batched.py); failures are returned, not raised (Ray retries only dead workers).
     ``plugins``: the plugin files the sweep loaded (a plugin method runs in the worker too)."""
     import torch
 
-    from . import SearchConfig, run_search, run_summary
+    from . import SearchConfig, run_summary
+    from .batched import Pair, run_batched
     from .plugins import load_plugins
     torch.set_num_threads(threads)
     try:
         load_plugins(plugins)
-        run = run_search(start, end, SearchConfig.from_dict(cfg_dict), run_dir, resume=True)
-    except Exception as e:  # noqa: BLE001  (recorded in sweep.json; the other pairs go on)
-        return {"status": "failed", "error": str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"}
-    summary = run_summary(run)
-    return {"status": run.status, "error": run.error, "summary": summary}
+    except Exception as e:  # noqa: BLE001
+        return [_failure(e)] * len(jobs)
+    runs = run_batched([Pair(a, b, SearchConfig.from_dict(cfg), folder) for a, b, cfg, folder in jobs])
+    return [_failure(r) if isinstance(r, Exception) else {"status": r.status, "error": r.error,
+                                                           "summary": run_summary(r)} for r in runs]
+
+
+def _failure(e: Exception) -> dict:
+    return {"status": "failed", "error": str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"}
 
 
 def _sees_folder(path: str, token: str) -> bool:
@@ -233,12 +239,16 @@ class SweepResult:
 
 def run_sweep(out: str | Path, spec: SweepSpec | None = None, *, resume: bool = False, workers: int | None = None,
               ray_address: str | None = None, cpus_per_path: float = 1, gpus_per_path: float = 0,
-              threads: int = 1, on_event: Callable[[str], None] | None = None) -> SweepResult:
-    """Train the sweep's modes, run every unfinished pair as a Ray task, and return the pairs' outcomes.
+              threads: int = 1, on_event: Callable[[str], None] | None = None,
+              batch: int | None = None) -> SweepResult:
+    """Train the sweep's modes, run every unfinished pair, and return the pairs' outcomes.
 
-    Uses the Ray this process has already initialised (``ray.init`` by the caller) if there is one;
-    otherwise joins ``ray_address``, or starts a local Ray with ``workers`` CPUs for the sweep's lifetime.
-    ``spec`` may be None with ``resume=True``: the sweep in ``out`` continues as stored.
+    Pairs run in batches of ``batch`` LLPF searches advanced together (batched.py; default:
+    ``default_batch``), one Ray task per batch. Uses the Ray this process has already initialised
+    (``ray.init`` by the caller) if there is one; otherwise joins ``ray_address``, or starts a local Ray
+    with ``workers`` CPUs for the sweep's lifetime; with ``workers=1`` and no cluster, the sweep runs
+    in this process without Ray. ``spec`` may be None with ``resume=True``: the sweep in ``out``
+    continues as stored.
     """
     out = Path(out)
     say = on_event or (lambda message: None)
@@ -256,18 +266,22 @@ def run_sweep(out: str | Path, spec: SweepSpec | None = None, *, resume: bool = 
         spec = spec_of(stored)
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
+    if batch is not None and batch < 1:
+        raise UserError(f"--batch must be at least 1, got {batch}")
     if cpus_per_path < 0 or gpus_per_path < 0 or (cpus_per_path == 0 and gpus_per_path == 0):
         raise UserError("--cpus-per-path and --gpus-per-path must be >= 0 and not both 0")
     mode_paths = _check_modes(out, spec)
     folder = _SweepFolder(out, spec, stored)
-    ray, owned = _ray(ray_address, workers, gpus_per_path)
+    here = workers == 1 and ray_address is None and not _ray_running()
+    ray, owned = (None, False) if here else _ray(ray_address, workers, gpus_per_path)
     try:
-        if ray_address is not None or not owned:
+        if not here and (ray_address is not None or not owned):
             _check_storage(ray, out)  # a refusal writes nothing
         try:
             folder.set(status="running")
             _train_missing(ray, spec, mode_paths, cpus_per_path, gpus_per_path, threads, say)
-            _run_pairs(ray, spec, folder, mode_paths, workers, cpus_per_path, gpus_per_path, threads, say)
+            size = batch or default_batch(mode_paths[spec.seeds[0]], gpus_per_path > 0)
+            _run_pairs(ray, spec, folder, mode_paths, workers, cpus_per_path, gpus_per_path, threads, say, size)
             folder.set(status="finished" if all(p["status"] == "finished" for p in folder.info["pairs"]) else "failed")
         except BaseException:
             for p in folder.info["pairs"]:
@@ -294,6 +308,24 @@ def _check_modes(out: Path, spec: SweepSpec) -> dict[int, Path]:
                 raise UserError(f"{path} is a {meta.model}/{meta.dataset} mode of seed {meta.seed}, not "
                                 f"{spec.model}/{spec.dataset} seed {s}; choose other --seed values or another --out")
     return paths
+
+
+def _ray_running() -> bool:
+    import sys
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def default_batch(mode: Path, gpu: bool) -> int:
+    """How many pairs of this mode's model one batch advances together: 32 for small models (their searches
+    are bound by the per-operation cost that batching shares: up to 20,000 parameters on a CPU, 2 M on a
+    GPU), one for bigger ones and for models that cannot be stacked (BatchNorm)."""
+    from . import load_mode
+    from .stacked import why_not_stackable
+    model = load_mode(mode, "mode file").model
+    if why_not_stackable(model):
+        return 1
+    params = sum(p.numel() for p in model.parameters())  # bench/batched_speed.py: LeNet-5 (62k) gains nothing on a CPU
+    return 32 if params <= (2_000_000 if gpu else 20_000) else 1
 
 
 def _ray(address: str | None, workers: int | None, gpus_per_path: float):
@@ -351,34 +383,69 @@ def _train_missing(ray, spec, mode_paths, cpus, gpus, threads, say) -> None:
     missing = [(s, p) for s, p in mode_paths.items() if not p.exists()]
     if not missing:
         return
-    task = ray.remote(_train_task).options(**_options(cpus, gpus))
     say(f"training {len(missing)} mode(s)")
-    ray.get([task.remote(spec.model, spec.dataset, s, str(p), spec.recipe, threads) for s, p in missing])
+    args = [(spec.model, spec.dataset, s, str(p), spec.recipe, threads) for s, p in missing]
+    if ray is None:
+        for a in args:
+            _train_task(*a)
+        return
+    task = ray.remote(_train_task).options(**_options(cpus, gpus))
+    ray.get([task.remote(*a) for a in args])
 
 
-def _run_pairs(ray, spec, folder, mode_paths, workers, cpus, gpus, threads, say) -> None:
+LOCKSTEP = ("m2m", "m2o", "to_vs", "cross_sphere")  # the methods batched.py batches
+
+
+def _batches(todo: list[dict], spec: SweepSpec, size: int, workers: int | None) -> list[list[dict]]:
+    """The unfinished runs in batches: LLPF searches of one method ``size`` at a time (fewer when that
+    leaves a worker idle), any other method one by one."""
+    groups: dict[str, list[dict]] = {}
+    for p in todo:
+        groups.setdefault(p.get("algorithm", spec.algorithm), []).append(p)
+    out = []
+    for method, runs in groups.items():
+        n = size if method in LOCKSTEP else 1
+        if workers and workers > 1:
+            n = max(1, min(n, -(-len(runs) // workers)))
+        out += [runs[i:i + n] for i in range(0, len(runs), n)]
+    return out
+
+
+def _run_pairs(ray, spec, folder, mode_paths, workers, cpus, gpus, threads, say, size) -> None:
     todo = [p for p in folder.info["pairs"] if p["status"] != "finished"]
     from .plugins import loaded_plugins
-    task = ray.remote(_pair_task).options(**_options(cpus, gpus))
     plugins = loaded_plugins()
+
+    def start(batch: list[dict]) -> list[tuple]:
+        jobs = []
+        for p in batch:
+            a, b = mode_paths[p["start_seed"]], mode_paths[p["end_seed"]]
+            cfg = pair_config(spec, p.get("pair", p["name"]), p.get("algorithm", spec.algorithm))
+            jobs.append((str(a), str(b), cfg.to_dict(), str(folder.out / p["run"])))
+            folder.set(p["name"], status="running", error=None, start=str(a), end=str(b))
+        return jobs
+
+    def record(batch: list[dict], results: list[dict]) -> None:
+        for p, result in zip(batch, results):
+            folder.set(p["name"], **result, finished_at=time.time())
+            say(f"{p['name']}: {result['status']}" + (f" ({result['error']})" if result.get("error") else ""))
+
+    batches = _batches(todo, spec, size, workers)
+    if ray is None:  # one worker on this machine: in this process
+        for batch in batches:
+            record(batch, _batch_task(start(batch), threads, plugins))
+        return
+    task = ray.remote(_batch_task).options(**_options(cpus, gpus))
     running: dict = {}
-
-    def submit(p: dict) -> None:
-        start, end = mode_paths[p["start_seed"]], mode_paths[p["end_seed"]]
-        cfg = pair_config(spec, p.get("pair", p["name"]), p.get("algorithm", spec.algorithm))
-        ref = task.remote(str(start), str(end), cfg.to_dict(), str(folder.out / p["run"]), threads, plugins)
-        running[ref] = p["name"]
-        folder.set(p["name"], status="running", error=None, start=str(start), end=str(end))
-
-    limit = workers or len(todo)
-    while todo or running:
-        while todo and len(running) < limit:
-            submit(todo.pop(0))
+    limit = workers or len(batches)
+    while batches or running:
+        while batches and len(running) < limit:
+            batch = batches.pop(0)
+            running[task.remote(start(batch), threads, plugins)] = batch
         done, _ = ray.wait(list(running), num_returns=1)
-        name = running.pop(done[0])
+        batch = running.pop(done[0])
         try:
-            result = ray.get(done[0])
+            results = ray.get(done[0])
         except ray.exceptions.RayError as e:  # the task died more often than it may be retried
-            result = {"status": "failed", "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
-        folder.set(name, **result, finished_at=time.time())
-        say(f"{name}: {result['status']}" + (f" ({result['error']})" if result.get("error") else ""))
+            results = [{"status": "failed", "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}] * len(batch)
+        record(batch, results)

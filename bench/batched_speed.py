@@ -1,0 +1,169 @@
+"""Batched LLPF against the same pairs one after another: pairs per second, and a whole batched sweep.
+
+    python bench/batched_speed.py [--ticks 50] [--threads 1] [--lenet-ticks 20] [--skip-lenet] [--training-only]
+                                  [--out FOLDER]
+
+Side by side in one run, so the ratios are fair on a shared machine (the load is printed):
+- the training alone (the issue's measurement): K digits MLPs, 400 SGD steps each, stacked
+  (``StackedTrainer``) against ``train_until`` one model after another;
+- the engine, in this process: K pairs by ``run_batched`` against the same K pairs by ``run_search`` in a
+  loop, for K = 1, 8, 32 on the digits MLP (its preset, ``--ticks`` ticks) and K = 1, 8 on LeNet-5
+  (Fashion-MNIST, its preset, ``--lenet-ticks`` ticks; modes from a one-epoch recipe). Whole runs: set-up,
+  evaluation, continuity checks, points and checkpoints included. Wall seconds and this process's CPU
+  seconds (the CPU figure depends less on the other load);
+- at the command line: one ``sweep --modes (8 pairs) --workers 1 --batch 8`` command, process start
+  included, against the eight searches' own wall times (run.json's, each searched alone) added up.
+The modes are trained first, untimed.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from llpf_core import TrainRecipe, load_recipe, resolve_config, run_search, train_mode  # noqa: E402
+from llpf_core.batched import Pair, run_batched  # noqa: E402
+
+
+def modes(root: Path, model: str, dataset: str, n: int, recipe: TrainRecipe, name: str) -> list[Path]:
+    paths = []
+    for seed in range(1, n + 1):
+        path = root / f"{model}-seed{seed}.safetensors"
+        if not path.exists():
+            train_mode(model, dataset, seed, path, recipe, "cpu", recipe_name=name)
+        paths.append(path)
+    return paths
+
+
+def timed(fn) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def compare(root: Path, label: str, paths: list[Path], cfg, k: int) -> dict:
+    """K pairs one after another, then the same K batched; pairs are ordered pairs of distinct modes."""
+    pairs = [(a, b) for a in paths for b in paths if a != b][:k]
+    serial_dir, batch_dir = root / f"{label}-{k}-serial", root / f"{label}-{k}-batched"
+    serial = timed(lambda: [run_search(a, b, cfg, serial_dir / f"p{i}") for i, (a, b) in enumerate(pairs)])
+    results: list = []
+    batched = timed(lambda: results.extend(run_batched([Pair(a, b, cfg, batch_dir / f"p{i}")
+                                                        for i, (a, b) in enumerate(pairs)])))
+    bad = [r for r in results if isinstance(r, Exception) or r.status != "finished"]
+    assert not bad, bad
+    print(f"{label}, K={k}: one after another {serial[0]:.1f} s wall ({serial[1]:.1f} s CPU), batched "
+          f"{batched[0]:.1f} s ({batched[1]:.1f} s)", flush=True)
+    return {"case": f"{label}, K={k}", "serial_wall": serial[0], "batched_wall": batched[0],
+            "serial_cpu": serial[1], "batched_cpu": batched[1]}
+
+
+def training_only(paths: list[Path], k: int, steps: int) -> tuple[float, float]:
+    """The issue's measurement: K digits MLPs trained ``steps`` SGD steps each (batch 32, the loss read every
+    step as the stop rule does), one after another by ``train_until`` against stacked by ``StackedTrainer``."""
+    from llpf_core import build_model, load_dataset, load_mode
+    from llpf_core.config import TrainSpec
+    from llpf_core.stacked import Job, StackedTrainer, stack_models
+    from llpf_core.train import BatchStream, train_until
+    data = load_dataset("digits", "train")
+    spec = TrainSpec(lr=0.05, batch_size=32, loss_threshold=0.0, min_iters=steps, max_iters=steps)
+    mode = load_mode(paths[0], "mode")
+
+    def models():
+        out = []
+        for i in range(k):
+            m = build_model("mlp", **mode.meta.model_kwargs)
+            m.load_state_dict(load_mode(paths[i % len(paths)], "mode").model.state_dict())
+            out.append(m)
+        return out
+
+    def stream(i):
+        return BatchStream(data, 32, torch.Generator().manual_seed(i))
+    ones = models()
+    serial = timed(lambda: [train_until(m, torch.optim.SGD(m.parameters(), lr=spec.lr), stream(i), spec)
+                            for i, m in enumerate(ones)])
+    stacked_models = models()
+    trainer = StackedTrainer(stacked_models[0], stack_models(stacked_models))
+    batched = timed(lambda: trainer.train({i: Job(stream(i), spec) for i in range(k)}))
+    return serial, batched
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ticks", type=int, default=50)
+    ap.add_argument("--lenet-ticks", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--skip-lenet", action="store_true")
+    ap.add_argument("--skip-mlp", action="store_true", help="only the LeNet-5 cases")
+    ap.add_argument("--training-only", action="store_true", help="only the issue's training measurement")
+    ap.add_argument("--out", help="folder for modes and runs (default: a temporary one)")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    root = Path(a.out or tempfile.mkdtemp(prefix="batched-speed-"))
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"load average before: {os.getloadavg()}, {os.cpu_count()} CPUs, {a.threads} torch thread(s)", flush=True)
+    mlp = modes(root / "modes", "mlp", "digits", 16, load_recipe("mlp-digits"), "mlp-digits")
+    mlp_cfg = replace(resolve_config("mlp", "digits", "m2m", overrides=[f"ticks={a.ticks}"]).config, device="cpu")
+    # Warm-up, untimed: the first search in a process pays one-time imports (torch.optim loads torch._dynamo).
+    run_search(mlp[0], mlp[1], replace(mlp_cfg, ticks=2), root / "warm-up" / "alone")
+    run_batched([Pair(mlp[0], mlp[1], replace(mlp_cfg, ticks=2), root / "warm-up" / f"p{i}") for i in range(2)])
+    rows = []
+    if not a.skip_mlp:
+        rows = mlp_cases(a, root, mlp, mlp_cfg)
+    if not a.skip_lenet:
+        lenet = modes(root / "modes", "lenet5", "fashion-mnist", 4, replace(load_recipe("lenet5-fashion-mnist"),
+                      epochs=1), "lenet5-fashion-mnist")
+        lenet_cfg = replace(resolve_config("lenet5", "fashion-mnist", "m2m",
+                                           overrides=[f"ticks={a.lenet_ticks}"]).config, device="cpu")
+        rows += [compare(root, "LeNet-5", lenet, lenet_cfg, k) for k in (1, 8)]
+    table(rows)
+
+
+def mlp_cases(a, root: Path, mlp: list[Path], mlp_cfg) -> list[dict]:
+    training_only(mlp, 2, 50)  # warm-up: the first SGD step and the first vmap pay one-time imports
+    for k in (1, 8, 32):
+        serial, batched = training_only(mlp, k, 400)
+        print(f"training only, digits MLP, K={k}, 400 steps each: one after another {serial[0]:.2f} s wall "
+              f"({serial[1]:.2f} s CPU), stacked {batched[0]:.2f} s ({batched[1]:.2f} s): "
+              f"{serial[0] / batched[0]:.2f}x wall ({serial[1] / batched[1]:.2f}x CPU)", flush=True)
+    if a.training_only:
+        return []
+    rows = [compare(root, "digits MLP", mlp, mlp_cfg, k) for k in (1, 8, 32)]
+
+    # A whole sweep command of 8 digits pairs (disjoint mode pairs), against the same eight searched alone.
+    sweep_modes = [str(p) for p in mlp]
+    own = 0.0
+    for i in range(8):  # the same pairs as the sweep's: (mode 2i+1, mode 2i+2)
+        run = run_search(sweep_modes[2 * i], sweep_modes[2 * i + 1], mlp_cfg, root / "sweep-alone" / f"p{i}")
+        own += float(run.metrics["wall_s"].iloc[-1])
+    cmd = [sys.executable, "-m", "llpf_core", "sweep", "--out", str(root / "sweep"), "--modes", *sweep_modes,
+           "--workers", "1", "--batch", "8", "--threads", str(a.threads), "--quiet", "--set", f"ticks={a.ticks}"]
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
+    sweep_wall = time.perf_counter() - t
+    print(f"\nsweep --pairs 8 --workers 1 --batch 8 (digits MLP, {a.ticks} ticks): {sweep_wall:.1f} s, process start "
+          f"included; the eight searches' own wall times added up: {own:.1f} s; ratio {sweep_wall / own:.2f} "
+          f"(target <= 0.4)")
+    return rows
+
+
+def table(rows: list[dict]) -> None:
+    print(f"\nload average after: {os.getloadavg()}")
+    print("| case | one after another: wall s (CPU s) | batched: wall s (CPU s) | pairs/s one by one | pairs/s batched "
+          "| speed-up wall (CPU) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        k = int(r["case"].rsplit("=", 1)[1])
+        print(f"| {r['case']} | {r['serial_wall']:.1f} ({r['serial_cpu']:.1f}) | {r['batched_wall']:.1f} "
+              f"({r['batched_cpu']:.1f}) | {k / r['serial_wall']:.2f} | {k / r['batched_wall']:.2f} | "
+              f"{r['serial_wall'] / r['batched_wall']:.2f}x ({r['serial_cpu'] / r['batched_cpu']:.2f}x) |")
+
+
+if __name__ == "__main__":
+    main()
