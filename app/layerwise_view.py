@@ -34,19 +34,9 @@ def show(key: str, out_dir: Path, start: Path | None = None, end: Path | None = 
     cols = st.columns([1, 1, 3])
     label = "Compute layer-wise connectivity" if result is None else "Compute again"
     if cols[0].button(label, key=f"lw_compute_{key}", disabled=live, type="primary" if result is None else "secondary"):
-        try:
-            state.visitor().start_layerwise(key, start, end, out_dir, run_dir)
-        except llpf_core.UserError as e:
-            state.show_error(e)
-        else:
-            st.rerun()
+        state.act(lambda: state.visitor().start_layerwise(key, start, end, out_dir, run_dir))
     if live and cols[1].button("Stop", key=f"lw_stop_{key}"):
-        try:
-            state.visitor().stop(job_name)
-        except llpf_core.UserError as e:
-            state.show_error(e)
-        else:
-            st.rerun()
+        state.act(lambda: state.visitor().stop(job_name))
     _follow(job_name, live)
     if result is None:
         st.caption("Not computed for this pair yet: the digits MLP takes about a second, LeNet-5 about a minute "

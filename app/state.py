@@ -263,3 +263,14 @@ def plain(text: object) -> str:
 
 def show_error(e: Exception) -> None:
     st.error(plain(e), icon=":material/error:")
+
+
+def act(action) -> None:
+    """A button's action: done, the page reruns to show what changed; refused (a UserError), its one line
+    stays where the user clicked (no rerun, which would wipe it)."""
+    try:
+        action()
+    except UserError as e:
+        show_error(e)
+    else:
+        st.rerun()

@@ -19,7 +19,6 @@ B. ``layerwise.json`` (written last) holds the settings and the layer order.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import threading
@@ -35,7 +34,7 @@ from torch import nn
 from .errors import UserError
 from .modefile import Mode, load_mode
 from .runfolder import Run
-from .safefile import os_error, write_atomic, write_json
+from .safefile import file_sha256, os_error, write_atomic, write_json
 
 FORMAT = "layerwise/1"
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -192,14 +191,6 @@ class MixEvaluator:
                          dim=1).tolist()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _endpoints(start: Mode | str | Path | Run, end: Mode | str | Path | None, out_dir, cfg):
     """The two modes, the evaluation settings and the output folder; a run gives all three."""
     from . import check_compatible
@@ -279,9 +270,9 @@ def compute_layerwise(start: Mode | str | Path | Run, end: Mode | str | Path | N
     summary = summarize(table, groups, mode_a, mode_b)
     info = {"format": FORMAT, "model": a.meta.model, "model_kwargs": a.meta.model_kwargs, "dataset": a.meta.dataset,
             "start": {"path": str(Path(a.path).absolute()) if a.path else None,
-                      "sha256": _sha256(a.path) if a.path else None, "seed": a.meta.seed},
+                      "sha256": file_sha256(a.path) if a.path else None, "seed": a.meta.seed},
             "end": {"path": str(Path(b.path).absolute()) if b.path else None,
-                    "sha256": _sha256(b.path) if b.path else None, "seed": b.meta.seed},
+                    "sha256": file_sha256(b.path) if b.path else None, "seed": b.meta.seed},
             "alphas": alphas, "layers": names, "tensors": {name: t for name, t in order},
             "groups": [{"name": g.name, "kind": g.kind, "size": g.size} for g in groups],
             "samples": {"eval_samples": engine.samples, "seed": cfg.seed,

@@ -3,7 +3,6 @@
 It checks the inputs (the endpoints, the config, a resumed folder against its run.json and its mode
 files) before any work, then hands the run to the driver (driver.py), which owns everything else.
 """
-import hashlib
 import threading
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -16,16 +15,9 @@ from .errors import UserError
 from .methods.registry import get_method
 from .modefile import Mode, load_mode, versions
 from .runfolder import Run, load_run, read_run_json
+from .safefile import file_sha256
 
 ORIGIN = "origin"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _endpoint(mode: Mode | None) -> dict | None:
@@ -33,7 +25,7 @@ def _endpoint(mode: Mode | None) -> dict | None:
         return None
     # absolute (symlinks kept), so that later readers (landscape, checks, the dashboard) find them from any cwd
     return {"path": str(Path(mode.path).absolute()) if mode.path else None,
-            "sha256": _sha256(mode.path) if mode.path else None,
+            "sha256": file_sha256(mode.path) if mode.path else None,
             "meta": {k: v for k, v in asdict(mode.meta).items() if k != "extra"}}
 
 
@@ -56,7 +48,7 @@ def check_compatible(start: Mode, end: Mode | None, cfg: SearchConfig) -> None:
                         f"{b.model} {b.model_kwargs}; connect two modes of the same model")
     if a.dataset != b.dataset:
         raise UserError(f"the modes were trained on different datasets ({a.dataset} vs {b.dataset})")
-    if start.path and end.path and _sha256(start.path) == _sha256(end.path):
+    if start.path and end.path and file_sha256(start.path) == file_sha256(end.path):
         raise UserError("start and end are the same mode; pick two independently trained modes")
     check = getattr(info.build, "check", None)
     if check is not None:
@@ -70,14 +62,14 @@ def _resumed(out_dir: Path, start, end, device: str | None):
     for what in ("start", "end"):
         stored = info[what]
         if stored and stored["sha256"] and (not stored["path"] or not Path(stored["path"]).is_file()
-                                            or _sha256(Path(stored["path"])) != stored["sha256"]):
+                                            or file_sha256(Path(stored["path"])) != stored["sha256"]):
             raise UserError(f"--resume: the {what} mode file {stored['path']} is missing or has changed "
                             f"since the run started; restore it to continue")
     start_mode = load_mode(info["start"]["path"], "start mode file")
     end_mode = load_mode(info["end"]["path"], "end mode file") if info["end"] else None
     for given, stored, what in ((start, info["start"], "start"), (end, info["end"], "end")):
         given_mode = _as_mode(given, what) if given is not None else None
-        if given_mode is not None and given_mode.path and stored and _sha256(given_mode.path) != stored["sha256"]:
+        if given_mode is not None and given_mode.path and stored and file_sha256(given_mode.path) != stored["sha256"]:
             raise UserError(f"--resume: the {what} mode differs from the one this run started with "
                             f"({stored['path']})")
     if device is not None:

@@ -111,18 +111,9 @@ def landscape(run, tick: int) -> None:
     size = cols[1].selectbox("Grid", [21, 31, 41, 61], key=f"ls_grid_{run.name}",
                              format_func=lambda n: f"{n} x {n}")
     if cols[2].button("Compute landscape", key=f"ls_compute_{run.name}", disabled=live, type="primary"):
-        try:
-            state.visitor().start_landscape(run, None if isinstance(choice, str) else choice, size)
-        except llpf_core.UserError as e:
-            state.show_error(e)
-        else:
-            st.rerun()
+        state.act(lambda: state.visitor().start_landscape(run, None if isinstance(choice, str) else choice, size))
     if live and cols[3].button("Stop", key=f"ls_stop_{run.name}"):
-        try:
-            state.visitor().stop(job_name)
-        except llpf_core.UserError as e:
-            state.show_error(e)
-        st.rerun()
+        state.act(lambda: state.visitor().stop(job_name))
     follow(job_name, live)
 
     computed = llpf_core.list_landscapes(run)
