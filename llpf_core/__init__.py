@@ -1,6 +1,6 @@
 """LLPF Explorer's engine: find and check low-loss paths between independently trained modes.
 
-The public API (design.md section 6) is re-exported here; the app and users import only this. The
+The public API (docs/python-api.md) is re-exported here; the app and users import only this. The
 names load on first use (PEP 562): ``import llpf_core`` costs milliseconds, and torch is imported only
 by what needs it, so the CLI's ``--help`` and the dashboard's first page answer at once.
 """

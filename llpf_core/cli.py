@@ -1,6 +1,6 @@
 """``llpf`` (or ``python -m llpf_core``): the argparse parser and the dispatch to the subcommands.
 
-Exit codes (design.md section 5): 0 success, 2 user error (one line on stderr), 1 anything else. The
+Exit codes (docs/formats.md, Exit codes): 0 success, 2 user error (one line on stderr), 1 anything else. The
 commands live in commands.py, imported once the arguments parse: ``--help`` needs no torch.
 """
 import argparse

@@ -13,7 +13,7 @@ from .errors import UserError
 
 @dataclass
 class TrainSpec:
-    """The brief training inside each tick (llpf-algorithm.md 1.2 step 7)."""
+    """The brief training inside each tick (docs/algorithm.md, M2M, step 4)."""
     lr: float = 1e-3
     batch_size: int = 64
     loss_threshold: float = 0.1  # stop once the rolling loss is at or below this ...

@@ -1,6 +1,6 @@
 """LLPF as a path method: the tick of M2M, M2O and to_vs searches, and cross-sphere runs.
 
-``LLPF.advance`` is one tick and reads like llpf-algorithm.md 1.4: at a phase's first tick choose the
+``LLPF.advance`` is one tick and reads like docs/algorithm.md, M2M: at a phase's first tick choose the
 moved layers; move them a little toward the destination; correct each layer's variance (M2M); set the
 angle-conformal learning rates (M2O); train briefly; correct again (M2M). The run's stages and phases
 are its schedule (llpf/schedule.py); what differs between M2M, M2O and to_vs lives with each kind

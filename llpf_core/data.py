@@ -4,8 +4,9 @@
 tensors. Training draws batches through ``ImageData.batch``, which gathers, augments and normalises a
 whole batch at once on the data's device, so the hot path has no per-sample Python.
 
-Augmentation follows llpf-algorithm.md 6.3. Fashion-MNIST (which 6.3 does not cover) uses the MNIST
-pipeline; the 8x8 digits are too small to crop or rotate and are not augmented.
+Augmentation follows docs/algorithm.md, Models and data as the paper built them. Fashion-MNIST
+(which the paper does not use) takes the MNIST pipeline; the 8x8 digits are too small to crop or
+rotate and are not augmented.
 """
 import gzip
 import math

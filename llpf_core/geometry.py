@@ -2,7 +2,7 @@
 
 Pure functions on tensors that never read a result back to the host (no ``.item()``, no Python-list
 indexing of device tensors), so on a GPU they only queue work.
-Notation follows llpf-algorithm.md section 0: x is the current layer, y the destination, s the start.
+Notation follows docs/algorithm.md, Notation: x is the current layer, y the destination, s the start.
 """
 import torch
 
@@ -20,7 +20,7 @@ def variance_factor(var_now: torch.Tensor, var_target: torch.Tensor, eps: float)
 
 
 class VarianceCorrection:
-    """Variance correction of one fixed list of tensors (llpf-algorithm.md 1.2 step 5), in place.
+    """Variance correction of one fixed list of tensors (docs/algorithm.md, M2M, step 3), in place.
 
     x <- mean + k (x - mean), k = sqrt((target + eps) / (Var(x) + eps)); single-element tensors stay as
     they are. The tensors' sizes are worked out once: this runs twice a tick, and on a CPU every small
@@ -120,7 +120,7 @@ def angle_conformal_lr(lr0: float, var_now: torch.Tensor, var_start: torch.Tenso
     """M2O's per-layer learning rate: lr0 * Var(x)/Var(s) ('var') or its square root ('std').
 
     Under a shrink by r the variance scales by r^2, so for a scale-invariant layer the angular
-    step per update stays the same as at the start (llpf-algorithm.md section 2).
+    step per update stays the same as at the start (docs/algorithm.md, M2O).
     """
     ratio = var_now / var_start
     return lr0 * (ratio if policy == "var" else ratio.sqrt())

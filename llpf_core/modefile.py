@@ -1,4 +1,4 @@
-"""Mode files (design.md section 3): a model's state_dict as safetensors plus ``llpf.*`` metadata."""
+"""Mode files (docs/formats.md, Mode file): a model's state_dict as safetensors plus ``llpf.*`` metadata."""
 import json
 import os
 from dataclasses import dataclass, field

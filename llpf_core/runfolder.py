@@ -1,4 +1,4 @@
-"""Run folders (design.md section 4): writing them crash-safely, and reading them back.
+"""Run folders (docs/formats.md, Run folder): writing them crash-safely, and reading them back.
 
 run.json and every safetensors file are replaced atomically (temp file, fsync, rename). CSV rows
 are appended in whole lines, written out at most ``FLUSH_S`` seconds after they were added and

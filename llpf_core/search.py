@@ -1,4 +1,4 @@
-"""``run_search``: start or resume a run of any registered path method (design.md section 6).
+"""``run_search``: start or resume a run of any registered path method (docs/python-api.md).
 
 It checks the inputs (the endpoints, the config, a resumed folder against its run.json and its mode
 files) before any work, then hands the run to the driver (driver.py), which owns everything else.

@@ -105,7 +105,7 @@ INTERRUPT_EVERY = 64  # iterations between two looks at the stop and pause reque
 def train_until(model: nn.Module, optimizer: torch.optim.Optimizer, stream: BatchStream,
                 spec: TrainSpec, dtype: str = "float32",
                 interrupted: Callable[[], bool] | None = None) -> TickTraining:
-    """Train all parameters until ``should_stop`` (llpf-algorithm.md 1.2 step 7), or until
+    """Train all parameters until ``should_stop`` (docs/algorithm.md, M2M, step 4), or until
     ``interrupted()`` (asked every ``INTERRUPT_EVERY`` iterations: a stop or pause need not wait for
     a tick of 20,000 steps) returns true: the tick then ends early with what it has trained.
 
@@ -178,7 +178,7 @@ def _read_losses(pending: list[tuple[torch.Tensor, torch.cuda.Event | None]]) ->
 
 @dataclass
 class TrainRecipe:
-    """How to train a mode from scratch (llpf-algorithm.md section 7)."""
+    """How to train a mode from scratch (docs/algorithm.md, Training recipes)."""
     epochs: int = 30
     lr: float = 0.05
     momentum: float = 0.9

@@ -1,4 +1,4 @@
-"""Workspace folders (design.md section 2): ``$LLPF_HOME`` or ./llpf-workspace, with modes/, runs/, data/."""
+"""Workspace folders (docs/formats.md, Workspace): ``$LLPF_HOME`` or ./llpf-workspace, with modes/, runs/, data/."""
 import os
 from pathlib import Path
 

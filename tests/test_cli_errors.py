@@ -1,4 +1,4 @@
-"""CLI user errors (design.md sections 3, 5 and 6), driven as real ``python -m llpf_core`` subprocesses.
+"""CLI user errors (docs/cli.md, docs/formats.md), driven as real ``python -m llpf_core`` subprocesses.
 
 A user error exits with code 2 and prints exactly one line on stderr (``error: ...``), never a
 traceback, and the failing command neither creates nor damages files. Pickles are never unpickled.
@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from llpf_core import ModeMeta, build_model, save_mode
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ("train", "connect", "check", "inspect", "independence", "demo", "presets")  # design.md 5
+COMMANDS = ("train", "connect", "check", "inspect", "independence", "demo", "presets")  # docs/cli.md
 
 
 # --- helpers ----------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def test_every_preset_loads_and_matches_its_model():
         names_ = list(dict(build_model(p.model).named_parameters()))
         for i, phase in enumerate(cfg.phases):
             assert match_layers(phase.layers, names_, f"{p.name} phase {i}")
-    paper = load_preset("lenet5-mnist-m2m-paper")  # llpf-algorithm.md 5.3 (a)
+    paper = load_preset("lenet5-mnist-m2m-paper")  # docs/algorithm.md, The paper's configurations
     assert (paper.ticks, paper.phases[0].step_f, paper.phases[0].step_a, paper.merge_bias) == (30000, 1e-3, 0, True)
     assert (paper.train.min_iters, paper.train.max_iters, paper.train.lr, paper.train.batch_size) == (5, 5, 1e-3, 64)
 

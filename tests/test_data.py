@@ -1,4 +1,5 @@
-"""load_dataset and ImageData (design.md section 6; augmentation per llpf-algorithm.md 6.3).
+"""load_dataset and ImageData (docs/python-api.md; augmentation per docs/algorithm.md,
+Models and data as the paper built them).
 
 ``load_dataset`` caches per process (an lru_cache on ``llpf_core.data._load``), so every test that
 loads from disk uses its own data root.

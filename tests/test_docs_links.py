@@ -71,3 +71,20 @@ def test_the_readme_python_example_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"barrier 0\.\d+, path max 0\.0\d+", proc.stdout)
     assert (tmp_path / "runs" / "ab" / "run.json").is_file()
+
+
+def test_every_docs_page_is_linked_from_the_index():
+    linked = {(REPO / "docs" / t.partition("#")[0]).resolve() for t in links(REPO / "docs" / "index.md")}
+    missing = [p.name for p in PAGES[1:] if p.name != "index.md" and p.resolve() not in linked]
+    assert not missing, f"docs/index.md does not link {missing}"
+
+
+def test_code_cites_the_repositorys_docs_not_documents_outside_it():
+    """The design and algorithm documents the project was built from live outside the repository; code and
+    docs cite docs/ instead (the names are split here so this file does not cite them itself)."""
+    outside = ["design" + ".md", "llpf-algorithm" + ".md"]
+    files = [f for d in ("llpf_core", "app", "bench", "tests", "examples", "docs") for f in (REPO / d).rglob("*")
+             if f.suffix in (".py", ".md", ".toml", ".json") and f.is_file()]
+    cited = [f"{f.relative_to(REPO)}: {name}" for f in [REPO / "README.md", *files] for name in outside
+             if name in f.read_text(errors="replace")]
+    assert not cited, cited

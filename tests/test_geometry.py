@@ -57,7 +57,7 @@ def test_move_merged_weight_and_bias_share_one_direction():
 
 
 def test_variance_factor_with_eps():
-    # llpf-algorithm.md 1.2 step 5: target 1e-5, current 2e-5, eps 1e-4 -> 0.957, not 0.707
+    # docs/algorithm.md, M2M step 3: target 1e-5, current 2e-5, eps 1e-4 -> 0.957, not 0.707
     k = variance_factor(torch.tensor(2e-5), torch.tensor(1e-5), 1e-4)
     assert k.item() == pytest.approx(math.sqrt(1.1e-4 / 1.2e-4), rel=1e-6)
     assert k.item() == pytest.approx(0.9574, abs=1e-4)
@@ -108,7 +108,7 @@ def test_angle_conformal_learning_rates():
     assert lr.item() == pytest.approx(2.5e-4)
     lr = angle_conformal_lr(1e-3, torch.tensor(0.25), torch.tensor(1.0), "std")
     assert lr.item() == pytest.approx(5e-4)
-    # llpf-algorithm.md section 2: shrink by 0.999 for 1400 ticks -> lr about 6e-5
+    # docs/algorithm.md, M2O: shrink by 0.999 for 1400 ticks -> lr about 6e-5
     r2 = 0.999 ** (2 * 1400)
     lr = angle_conformal_lr(1e-3, torch.tensor(r2), torch.tensor(1.0), "var")
     assert lr.item() == pytest.approx(6.1e-5, rel=0.01)

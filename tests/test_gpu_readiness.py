@@ -272,7 +272,7 @@ def test_pause_lands_inside_a_long_tick_with_a_consistent_checkpoint(digits_mode
 
 class PerGroupSGD(torch.optim.SGD):
     """M2O's optimizer before issue 15: one SGD group per parameter, each angle-conformal rate set as its
-    group's lr (llpf-algorithm.md section 2, as the paper's code does)."""
+    group's lr (docs/algorithm.md, M2O, as the paper's code does)."""
 
     def __init__(self, params, lr):
         super().__init__([{"params": [p]} for p in params], lr=lr)

@@ -68,7 +68,7 @@ def test_fresh_seed_pair_connects_too(tmp_path):
 
 
 def test_m2o_never_moves_norm_layers(tmp_path):
-    """M2O shrinks every layer but BatchNorm and LayerNorm ones (llpf-algorithm.md section 2)."""
+    """M2O shrinks every layer but BatchNorm and LayerNorm ones (docs/algorithm.md, M2O)."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.LayerNorm(32),
                                 torch.nn.ReLU(), torch.nn.Linear(32, 10))

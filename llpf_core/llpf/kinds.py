@@ -1,4 +1,4 @@
-"""The kinds of LLPF stage (llpf-algorithm.md sections 1 and 2): where each heads, how it treats the
+"""The kinds of LLPF stage (docs/algorithm.md, M2M and M2O): where each heads, how it treats the
 layers' variance, and when it has reached the end mode's sphere.
 
 - ``m2m``: toward the end mode; variance correction before and after training.

@@ -1,4 +1,4 @@
-"""LLPF's searches as registered path methods; the algorithm is connect.LLPF (llpf-algorithm.md).
+"""LLPF's searches as registered path methods; the algorithm is connect.LLPF (docs/algorithm.md).
 
 Their settings are the LLPF fields of ``SearchConfig`` (phases, train, ...), from the model's preset;
 cross_sphere's bridge stage has its own (``bridge.*``)."""

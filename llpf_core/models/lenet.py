@@ -1,4 +1,7 @@
-"""LeNet-5 as the LLPF paper built it (llpf-algorithm.md 6.2): 61,706 parameters on 28x28x1."""
+"""LeNet-5 as the LLPF paper built it: 61,706 parameters on 28x28x1.
+
+See docs/algorithm.md, Models and data as the paper built them.
+"""
 from torch import nn
 
 from ..registry import register_model
