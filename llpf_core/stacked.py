@@ -5,8 +5,8 @@ training: one whose stop rule has fired is left out (it stops moving) while the 
 
 Every model's parameters become views of the stacked tensors (``stack_models``), so whatever else works
 on a model in place (LLPF's move and variance correction, evaluation, checkpoints) sees and changes
-the stacked copy. Each model keeps its own batch stream, its own stop rule (llpf-algorithm.md 1.2
-step 7: the rolling window of ``min_iters`` batch losses) and its own learning rate.
+the stacked copy. Each model keeps its own batch stream, its own stop rule (docs/algorithm.md, M2M,
+step 4: the rolling window of ``min_iters`` batch losses) and its own learning rate.
 """
 import copy
 import math
