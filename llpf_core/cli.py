@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet_option(p)
     p.set_defaults(command_name="train")
 
-    p = sub.add_parser("connect", help="connect two modes (or a mode and the origin) with a path method: LLPF by default")
+    p = sub.add_parser("connect", help="connect two modes (or a mode and the origin) with a path method "
+                                       "(LLPF by default)")
     p.add_argument("start", help="start mode file")
     p.add_argument("end", help="end mode file, or 'origin' for m2o")
     p.add_argument("--out", required=True, help="run folder to create")
@@ -104,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet_option(p)
     p.set_defaults(command_name="demo")
 
-    p = sub.add_parser("sweep", help="train 2N modes and run one or more path methods on every pair (batched, or in parallel on Ray)")
+    p = sub.add_parser("sweep", help="train 2N modes and run one or more path methods on every pair "
+                                     "(batched, or in parallel on Ray)")
     p.add_argument("--out", required=True, help="sweep folder (modes/, runs/, sweep.json, summary.csv)")
     p.add_argument("--model", help="registry name (with --pairs)")
     p.add_argument("--dataset", help="dataset (default digits)")
