@@ -34,7 +34,7 @@ _EXPORTS = {
     "registry": ["build_model", "list_models", "register_model"],
     "runfolder": ["Run", "load_run"],
     "sanity": ["chance_warning"],
-    "sweep": ["read_sweep"],
+    "sweepfolder": ["read_sweep"],
     "train": ["GENERIC_RECIPE", "TrainRecipe", "default_recipe", "list_recipes", "load_recipe", "train_mode"],
     "workspace": ["data_dir", "workspace_dir"],
 }
@@ -102,6 +102,6 @@ if TYPE_CHECKING:  # what static analysers and IDEs see; at run time the names l
     from .runfolder import Run, load_run  # noqa: F401
     from .sanity import chance_warning  # noqa: F401
     from .search import ORIGIN, check_compatible, run_search  # noqa: F401
-    from .sweep import read_sweep  # noqa: F401
+    from .sweepfolder import read_sweep  # noqa: F401
     from .train import GENERIC_RECIPE, TrainRecipe, default_recipe, list_recipes, load_recipe, train_mode  # noqa: F401
     from .workspace import data_dir, workspace_dir  # noqa: F401

@@ -15,7 +15,7 @@ import pandas as pd
 
 from .errors import UserError
 from .runfolder import Run, load_run
-from .sweep import read_sweep
+from .sweepfolder import read_sweep
 
 GRID = np.linspace(0.0, 1.0, 51)
 TABLE_COLUMNS = ["method", "pairs", "path max mean", "path max std", "worst pair", "worst path max",

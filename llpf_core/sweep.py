@@ -1,4 +1,4 @@
-"""Sweeps: the same search on many independently trained pairs, one Ray task per pair and method.
+"""Sweeps: one or more path methods on many independently trained pairs, one Ray task per batch of runs.
 
 A sweep folder holds ``modes/`` (seed<S>.safetensors), ``runs/<run>/`` (ordinary run folders: ``<pair>``
 for a sweep of one method, ``<pair>-<method>`` for several), ``sweep.json`` (the sweep and each run's
@@ -10,44 +10,18 @@ then costs a worker no ``import torch`` (1.2 s, which delayed every pair on a 2-
 Without an address the sweep starts an embedded local Ray for its own lifetime; with one it joins that
 cluster, where the sweep folder must be on storage every node reaches (checked before any work).
 """
-import csv
-import io
 import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
+from .sweepfolder import SweepFolder, SweepSpec, algorithms_of, read_sweep, spec_of, spec_pairs
 
-SWEEP_FORMAT = "llpf-sweep/1"
-SUMMARY_COLUMNS = ["run", "algorithm", "start_seed", "end_seed", "status", "barrier", "path_max_train_loss",
-                   "final_distance_rel", "wall_s", "error"]
 TASK_RETRIES = 3  # a worker or node that dies: Ray reruns the pair's task, which resumes from its checkpoint
-
-
-@dataclass
-class SweepSpec:
-    """What a sweep runs; stored in sweep.json as ``spec``. Two sweeps are the same sweep when their specs are."""
-    model: str
-    dataset: str
-    seeds: list[int]  # pairs (seeds[0], seeds[1]), (seeds[2], seeds[3]), ...
-    preset: str  # "" (new sweeps without --preset): each method's default preset for the model
-    algorithm: str  # one method, or several comma-separated
-    overrides: list[str] = field(default_factory=list)
-    recipe: str = ""
-    modes: list[str] = field(default_factory=list)  # given mode files instead of trained seeds
-    pair_overrides: dict[str, list[str]] = field(default_factory=dict)  # pair name -> extra overrides
-
-
-def pair_name(a: int, b: int) -> str:
-    return f"seed{a}-seed{b}"
-
-
-def algorithms_of(spec: "SweepSpec") -> list[str]:
-    return [a.strip() for a in spec.algorithm.split(",") if a.strip()]
 
 
 def plan_sweep(model: str | None, dataset: str, pairs: int | None, seed: int = 1, *,
@@ -76,12 +50,12 @@ def plan_sweep(model: str | None, dataset: str, pairs: int | None, seed: int = 1
     spec = SweepSpec(model, dataset, seeds, preset or "", ",".join(methods), overrides=list(overrides or []),
                      recipe=recipe or "", modes=[str(m) for m in modes or []],
                      pair_overrides=dict(pair_overrides or {}))
-    names = {n for n, _, _ in _pairs(spec)}
+    names = {n for n, _, _ in spec_pairs(spec)}
     unknown = sorted(set(spec.pair_overrides) - names)
     if unknown:
         raise UserError(f"--pair-set names {unknown[0]!r}, which is not a pair of this sweep "
                         f"({', '.join(sorted(names))})")
-    for name, _, _ in _pairs(spec):
+    for name, _, _ in spec_pairs(spec):
         for method in methods:
             pair_config(spec, name, method)  # a bad method, --set or --pair-set fails here, before any work
     return spec
@@ -101,86 +75,6 @@ def pair_config(spec: SweepSpec, pair: str, algorithm: str | None = None):
     overrides = [o for o in [*spec.overrides, *spec.pair_overrides.get(pair, [])]
                  if o.partition("=")[0].split(".")[0] not in others]
     return resolve_config(spec.model, spec.dataset, algorithm, preset=spec.preset or None, overrides=overrides).config
-
-
-def _pairs(spec: SweepSpec) -> list[tuple[str, int, int]]:
-    s = spec.seeds
-    return [(pair_name(s[i], s[i + 1]), s[i], s[i + 1]) for i in range(0, len(s), 2)]
-
-
-# --- the sweep folder -----------------------------------------------------------------------------
-
-SWEEP_SCHEMA = {"format": str, "status": str,
-                "spec": {"model": str, "dataset": str, "seeds": [int], "preset": str, "algorithm": str,
-                         "overrides?": [str], "recipe?": str, "modes?": [str], "pair_overrides?": dict},
-                "pairs": [{"name": str, "pair?": str, "algorithm?": str, "start_seed": int, "end_seed": int,
-                           "status": str, "error": (str, None), "run": str, "summary?": (dict, None)}]}
-
-
-def read_sweep(out: str | Path) -> dict:
-    """sweep.json, read back and checked (a UserError when the folder holds no sweep or it is damaged)."""
-    from dataclasses import fields
-
-    from .readers import check_schema, damaged, read_json
-    file = Path(out) / "sweep.json"
-    if not file.is_file():
-        raise UserError(f"{out} holds no sweep (no sweep.json); start one with `sweep --out {out} ...`")
-    fix = "restore it from a backup, or start the sweep again with another --out"
-    info = read_json(file, SWEEP_SCHEMA, fix=fix)
-    if info["format"] != SWEEP_FORMAT:
-        raise UserError(f"{file} has format {info['format'][:40]!r}, expected {SWEEP_FORMAT!r}")
-    unknown = sorted(set(info["spec"]) - {f.name for f in fields(SweepSpec)})
-    if unknown:
-        raise damaged(file, f"spec has the unknown key {unknown[0][:40]!r}", fix)
-    for name, overrides in info["spec"].get("pair_overrides", {}).items():
-        check_schema(overrides, [str], file, fix, f"spec.pair_overrides.{name}")
-    seeds = info["spec"]["seeds"]
-    if len(seeds) < 2 or len(seeds) % 2:
-        raise damaged(file, f"spec.seeds lists {len(seeds)} seeds, not pairs of them", fix)
-    for pair in info["pairs"]:  # each pair's seeds are the spec's; its run folder is inside the sweep folder
-        if pair["start_seed"] not in seeds or pair["end_seed"] not in seeds:
-            raise damaged(file, f"pair {pair['name'][:40]!r} has seeds the spec does not list", fix)
-        run = Path(pair["run"])
-        if run.is_absolute() or ".." in run.parts or not run.parts:
-            raise damaged(file, f"pair {pair['name'][:40]!r} names the run folder {pair['run'][:60]!r}, outside the "
-                                f"sweep", fix)
-    return info
-
-
-def spec_of(info: dict) -> SweepSpec:
-    return SweepSpec(**info["spec"])
-
-
-class _SweepFolder:
-    """sweep.json and summary.csv, rewritten atomically on every change."""
-
-    def __init__(self, out: Path, spec: SweepSpec, info: dict | None):
-        self.out = out
-        methods = algorithms_of(spec)
-        runs = [(n if len(methods) == 1 else f"{n}-{m}", n, m, a, b) for n, a, b in _pairs(spec) for m in methods]
-        self.info = info or {"format": SWEEP_FORMAT, "spec": spec.__dict__, "status": "created", "pairs": [
-            {"name": run, "pair": n, "algorithm": m, "start_seed": a, "end_seed": b, "status": "pending",
-             "error": None, "start": None, "end": None, "run": f"runs/{run}"} for run, n, m, a, b in runs]}
-
-    def pair(self, name: str) -> dict:
-        return next(p for p in self.info["pairs"] if p["name"] == name)
-
-    def set(self, name: str | None = None, **fields) -> None:
-        (self.pair(name) if name else self.info).update(fields)
-        self.write()
-
-    def write(self) -> None:
-        from .safefile import write_atomic, write_json
-        write_json(self.out / "sweep.json", self.info)
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, SUMMARY_COLUMNS, lineterminator="\n")
-        w.writeheader()
-        for p in self.info["pairs"]:
-            s = p.get("summary") or {}
-            w.writerow({"run": p["name"], "algorithm": p.get("algorithm", self.info["spec"]["algorithm"]),
-                        "start_seed": p["start_seed"], "end_seed": p["end_seed"], "status": p["status"],
-                        "error": p["error"] or "", **{k: s.get(k, "") for k in SUMMARY_COLUMNS[5:9]}})
-        write_atomic(self.out / "summary.csv", buf.getvalue().encode())
 
 
 # --- Ray tasks (module-level functions: Ray ships them to the workers by reference) ------------------
@@ -271,7 +165,7 @@ def run_sweep(out: str | Path, spec: SweepSpec | None = None, *, resume: bool = 
     if cpus_per_path < 0 or gpus_per_path < 0 or (cpus_per_path == 0 and gpus_per_path == 0):
         raise UserError("--cpus-per-path and --gpus-per-path must be >= 0 and not both 0")
     mode_paths = _check_modes(out, spec)
-    folder = _SweepFolder(out, spec, stored)
+    folder = SweepFolder(out, spec, stored)
     here = workers == 1 and ray_address is None and not _ray_running()
     ray, owned = (None, False) if here else _ray(ray_address, workers, gpus_per_path)
     try:

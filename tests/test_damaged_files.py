@@ -31,7 +31,8 @@ from llpf_core import (
 )
 from llpf_core.landscape import project_run, run_plane
 from llpf_core.safefile import DIGEST_KEY, tensor_digest
-from llpf_core.sweep import _SweepFolder, plan_sweep
+from llpf_core.sweep import plan_sweep
+from llpf_core.sweepfolder import SweepFolder
 from tests.conftest import run_cli
 
 SETTINGS = dict(deadline=None, database=None, print_blob=True,
@@ -54,7 +55,7 @@ def folders(digits_modes, tmp_path_factory):
     compute_landscape(load_run(root / "m2m"), 4, grid=3, samples=100)
     bezier = apply_overrides(cfg, ["algorithm=bezier", "curve.steps=4", "curve.points=3"])
     run_search(*digits_modes, bezier, root / "bezier")
-    folder = _SweepFolder(root / "sweep", plan_sweep("mlp", "digits", 2, 1), None)
+    folder = SweepFolder(root / "sweep", plan_sweep("mlp", "digits", 2, 1), None)
     (root / "sweep").mkdir()
     folder.write()
     return root
