@@ -230,16 +230,16 @@ def descendants(pid: int) -> list[int]:
     return found + [d for c in found for d in descendants(c)]
 
 
-def sweep_processes(pid: int) -> list[list[str]]:
-    """The command lines of the `sweep` commands the server ``pid`` started."""
-    found = []
+def sweep_processes(pid: int) -> dict[int, list[str]]:
+    """The `sweep` commands the server ``pid`` started: their ids and command lines."""
+    found = {}
     for p in descendants(pid):
         try:
             argv = Path(f"/proc/{p}/cmdline").read_bytes().decode().split("\0")
         except OSError:
             continue
         if "llpf_core" in argv and "sweep" in argv:
-            found.append(argv)
+            found[p] = argv
     return found
 
 
@@ -260,10 +260,10 @@ def test_6_a_page_sweep_is_capped_counted_in_the_limit_and_private_to_its_worksp
         while not (started := sweep_processes(proc.pid)):
             assert time.monotonic() < deadline, "no sweep started"
             time.sleep(0.5)
-        argv = started[0]
+        (sweep_pid, argv), = started.items()
         assert int(argv[argv.index("--pairs") + 1]) <= 3 and int(argv[argv.index("--workers") + 1]) <= 1, argv
         for client, who in ((alice, "alice"), (bob, "bob")):  # counted against LLPF_MAX_JOBS, for everyone
-            texts = client.run(page="sweeps", query=f"workspace={who}").texts()
+            texts = client.run(query=f"workspace={who}").texts()  # the sidebar, under Home
             assert any("1 running of 1 slot(s), 0 queued" in t for t in texts), texts
         page = bob.run(page="sweeps", query="workspace=bob")
         listed = [o for s in page.of("selectbox") if s.label == "Sweep" for o in s.options]
@@ -273,15 +273,18 @@ def test_6_a_page_sweep_is_capped_counted_in_the_limit_and_private_to_its_worksp
         texts = bob.run(query="workspace=bob").texts()
         assert any("1 running of 1 slot(s), 1 queued" in t for t in texts), texts  # behind, not beside it
         assert sweep_processes(proc.pid)  # still alice's sweep that holds the slot
-        page = alice.run(page="sweeps", query="workspace=alice")
+        page = alice.run(page="sweeps", query="workspace=alice")  # alice, by contrast, sees it and can stop it
+        assert "alice-sweep" in next(s.options for s in page.of("selectbox") if s.label == "Sweep")
         alice.run(page="sweeps", query="workspace=alice", **{page.keyed("button", "sweep_stop").id: True})
         deadline = time.monotonic() + 180
         while sweep_processes(proc.pid):
             assert time.monotonic() < deadline, "Stop left the sweep running"
             time.sleep(0.5)
+        texts = alice.run(page="sweeps", query="workspace=alice").texts()
+        assert any(t.startswith("stopped") for t in texts), texts  # ended by Stop, not by itself
     finally:
         stop_server(proc)
-    assert not sweep_processes(proc.pid)
+    assert not Path(f"/proc/{sweep_pid}").exists()  # nothing left behind
 
 
 # --- finding 7: token guessing across sessions ---------------------------------------------------------------
