@@ -190,7 +190,7 @@ def upload_through_the_uploader(client: Client, path: Path) -> Page:
     """Send ``path`` through the Modes page's "Upload modes" widget, as the browser's uploader does: PUT the
     bytes into this session's uploads, then rerun with the widget naming the file."""
     page = client.run(page="modes", query="workspace=alice")
-    uploader = page.keyed("file_uploader", "upload").id
+    uploader = next(w.id for w in page.of("file_uploader") if w.label.startswith("Mode files"))
     data = path.read_bytes()
     file_id = f"attack-{path.stem}"
     assert client.upload(client.session_id, file_id, data, name=path.name) == 204
@@ -251,10 +251,10 @@ def test_6_a_page_sweep_is_capped_counted_in_the_limit_and_private_to_its_worksp
         authenticate(alice, TOKEN, "workspace=alice")
         authenticate(bob, TOKEN, "workspace=bob")
         page = alice.run(page="sweeps", query="workspace=alice")
-        pairs, workers = page.keyed("number_input", "sweep_pairs"), page.keyed("number_input", "sweep_workers")
+        pairs, workers = page.widget("number_input", "Pairs"), page.widget("number_input", "Workers")
         assert (pairs.max, workers.max) == (3, 1)  # the page offers no more than the caps
         values = {page.widget("text_input", "Name").id: "alice-sweep", pairs.id: 500, workers.id: 256,
-                  page.keyed("button", "start_sweep").id: True}  # past the page: the issue's 500 pairs, 256 workers
+                  page.widget("button", "Start sweep").id: True}  # past the page: the issue's 500 pairs, 256 workers
         alice.run(page="sweeps", query="workspace=alice", **values)
         deadline = time.monotonic() + 120
         while not (started := sweep_processes(proc.pid)):
@@ -275,7 +275,7 @@ def test_6_a_page_sweep_is_capped_counted_in_the_limit_and_private_to_its_worksp
         assert sweep_processes(proc.pid)  # still alice's sweep that holds the slot
         page = alice.run(page="sweeps", query="workspace=alice")  # alice, by contrast, sees it and can stop it
         assert "alice-sweep" in next(s.options for s in page.of("selectbox") if s.label == "Sweep")
-        alice.run(page="sweeps", query="workspace=alice", **{page.keyed("button", "sweep_stop").id: True})
+        alice.run(page="sweeps", query="workspace=alice", **{page.widget("button", "Stop").id: True})
         deadline = time.monotonic() + 180
         while sweep_processes(proc.pid):
             assert time.monotonic() < deadline, "Stop left the sweep running"
