@@ -29,6 +29,7 @@ class Server:
     url: str
     log: Path
     home: Path
+    pid: int  # the server process's
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -43,7 +44,7 @@ def start_server(tmp_path: Path, entry: str = "app/serve.py", **env) -> tuple[Se
         proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", entry, "--server.port", str(port),
                                  "--server.address", "127.0.0.1", "--server.headless", "true"], cwd=REPO, env=full,
                                 stdout=out, stderr=subprocess.STDOUT)
-    server = Server(f"http://127.0.0.1:{port}", log, home)
+    server = Server(f"http://127.0.0.1:{port}", log, home, proc.pid)
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -139,11 +140,12 @@ class Client:
 
     def run(self, query: str = "", page: str = "", timeout: float = 120, **values) -> Page:
         """Rerun the script with the widget values given so far plus ``values`` ({widget id: value}: a str,
-        or True for a button's click) on ``page`` (its URL path, e.g. "modes"; "" for Home), and collect what
-        it draws until it finishes."""
+        an int (a number input), True for a button's click, or a whole WidgetState) on ``page`` (its URL path,
+        e.g. "modes"; "" for Home), and collect what it draws until it finishes."""
         states = dict(self.widgets)
         for wid, value in values.items():
-            states[wid] = (WidgetState(id=wid, trigger_value=True) if value is True
+            states[wid] = (value if isinstance(value, WidgetState) else WidgetState(id=wid, trigger_value=True)
+                           if value is True else WidgetState(id=wid, int_value=value) if isinstance(value, int)
                            else WidgetState(id=wid, string_value=value))
         self.widgets = {k: v for k, v in states.items() if not v.HasField("trigger_value")}
         self.send(rerun_script=ClientState(query_string=query, page_name=page,
@@ -168,10 +170,10 @@ class Client:
             elif kind == "script_finished" and msg.script_finished != ForwardMsg.FINISHED_EARLY_FOR_RERUN:
                 return page
 
-    def upload(self, session_id: str, file_id: str, data: bytes) -> int:
+    def upload(self, session_id: str, file_id: str, data: bytes, name: str = "x.safetensors") -> int:
         """PUT a file into a session's uploads, as the file uploader does (multipart, XSRF header)."""
         boundary = "llpfattack"
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.safetensors\"\r\n"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
                 f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
         return self.http(f"/_stcore/upload_file/{session_id}/{file_id}", "PUT", body,
                          {"Content-Type": f"multipart/form-data; boundary={boundary}",

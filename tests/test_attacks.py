@@ -10,15 +10,18 @@ import stat
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import sync_playwright
 from safetensors import safe_open
 from safetensors.torch import save_file
+from streamlit.proto.Common_pb2 import FileUploaderState, UploadedFileInfo
+from streamlit.proto.WidgetStates_pb2 import WidgetState
 
 from llpf_core import UserError
 from tests.conftest import REPO
-from tests.stclient import Client, authenticate, start_server, stop_server
+from tests.stclient import Client, Page, authenticate, children, start_server, stop_server
 from tests.test_e2e_browser import CHROMIUM, free_port
 
 sys.path.insert(0, str(REPO / "app"))
@@ -169,6 +172,120 @@ def test_4_uploads_are_refused_until_the_token_is_given(served):
     assert stranger.upload(stranger.session_id, "f1", b"\0" * 1_000_000) == 403
     authenticate(stranger, TOKEN)
     assert stranger.upload(stranger.session_id, "f2", b"\0" * 1000) == 204  # the same client, after the token
+
+
+# --- finding 5: a 36 KB upload makes the server allocate gigabytes -------------------------------------------
+def rss_kb(pid: int) -> int:
+    """The resident memory of ``pid`` and its children, in kB (0 for a process that has ended)."""
+    total = 0
+    for p in (pid, *children(pid)):
+        try:
+            total += int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{p}/status").read_text()).group(1))
+        except (OSError, AttributeError):  # ended meanwhile, or a zombie without VmRSS
+            continue
+    return total
+
+
+def upload_through_the_uploader(client: Client, path: Path) -> Page:
+    """Send ``path`` through the Modes page's "Upload modes" widget, as the browser's uploader does: PUT the
+    bytes into this session's uploads, then rerun with the widget naming the file."""
+    page = client.run(page="modes", query="workspace=alice")
+    uploader = next(w.id for w in page.of("file_uploader") if w.label.startswith("Mode files"))
+    data = path.read_bytes()
+    file_id = f"attack-{path.stem}"
+    assert client.upload(client.session_id, file_id, data, name=path.name) == 204
+    info = UploadedFileInfo(file_id=file_id, name=path.name, size=len(data))
+    state = WidgetState(id=uploader, file_uploader_state_value=FileUploaderState(uploaded_file_info=[info]))
+    return client.run(page="modes", query="workspace=alice", **{uploader: state})
+
+
+def test_5_a_small_mode_file_asking_for_a_huge_model_is_one_line_and_allocates_nothing(served, visitor,
+                                                                                      digits_modes, tmp_path):
+    with safe_open(digits_modes[0].path, "pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    crafted = {"wide": {"llpf.model_kwargs": json.dumps({"hidden": [20000, 20000]})},
+               "huge": {"llpf.model_kwargs": json.dumps({"hidden": [100000, 100000]})},
+               "plugin": {"llpf.model": "mymlp", "llpf.plugin": "{not json"}}  # a plugin model, unreadable
+    pid = served.pid
+    visitor.run(page="modes", query="workspace=alice")  # the page's own imports happen before the baseline
+    before = rss_kb(pid)
+    for name, bad in crafted.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tensors, path, metadata={**meta, **bad})
+        assert path.stat().st_size < 64_000  # the issue's 36 KB file: a small MLP's tensors
+        page = upload_through_the_uploader(visitor, path)
+        errors = [a for a in page.alerts() if path.name in a]
+        assert len(errors) == 1 and "\n" not in errors[0] and not page.of("exception"), page.alerts()
+        assert not errors[0].startswith("added"), errors  # refused, not added
+        assert not page.has_widget("text_input", "Access token")  # the server is still there, same session
+        grown = rss_kb(pid) - before
+        assert grown < 300_000, f"{path.name} grew the server by {grown // 1000} MB"  # the issue saw 2.1 GB
+    modes = served.home / "alice" / "modes"
+    assert not (list(modes.iterdir()) if modes.exists() else [])  # no mode kept, no temp file left
+
+
+# --- finding 6: sweeps outside the limit and across workspaces -----------------------------------------------
+def descendants(pid: int) -> list[int]:
+    found = children(pid)
+    return found + [d for c in found for d in descendants(c)]
+
+
+def sweep_processes(pid: int) -> dict[int, list[str]]:
+    """The `sweep` commands the server ``pid`` started: their ids and command lines."""
+    found = {}
+    for p in descendants(pid):
+        try:
+            argv = Path(f"/proc/{p}/cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        if "llpf_core" in argv and "sweep" in argv:
+            found[p] = argv
+    return found
+
+
+def test_6_a_page_sweep_is_capped_counted_in_the_limit_and_private_to_its_workspace(tmp_path):
+    server, proc = start_server(tmp_path, LLPF_ACCESS_TOKEN=TOKEN, LLPF_MAX_JOBS="1",
+                                LLPF_SWEEP_MAX_PAIRS="3", LLPF_SWEEP_MAX_WORKERS="1")
+    try:
+        alice, bob = Client(server.url), Client(server.url)
+        authenticate(alice, TOKEN, "workspace=alice")
+        authenticate(bob, TOKEN, "workspace=bob")
+        page = alice.run(page="sweeps", query="workspace=alice")
+        pairs, workers = page.widget("number_input", "Pairs"), page.widget("number_input", "Workers")
+        assert (pairs.max, workers.max) == (3, 1)  # the page offers no more than the caps
+        values = {page.widget("text_input", "Name").id: "alice-sweep", pairs.id: 500, workers.id: 256,
+                  page.widget("button", "Start sweep").id: True}  # past the page: the issue's 500 pairs, 256 workers
+        alice.run(page="sweeps", query="workspace=alice", **values)
+        deadline = time.monotonic() + 120
+        while not (started := sweep_processes(proc.pid)):
+            assert time.monotonic() < deadline, "no sweep started"
+            time.sleep(0.5)
+        sweep_pid, argv = next(iter(started.items()))
+        assert int(argv[argv.index("--pairs") + 1]) <= 3 and int(argv[argv.index("--workers") + 1]) <= 1, argv
+        for client, who in ((alice, "alice"), (bob, "bob")):  # counted against LLPF_MAX_JOBS, for everyone
+            texts = client.run(query=f"workspace={who}").texts()  # the sidebar, under Home
+            assert any("1 running of 1 slot(s), 0 queued" in t for t in texts), texts
+        page = bob.run(page="sweeps", query="workspace=bob")
+        listed = [o for s in page.of("selectbox") if s.label == "Sweep" for o in s.options]
+        assert "alice-sweep" not in listed and not page.has_widget("button", "Stop"), (listed, page.alerts())
+        home = bob.run(query="workspace=bob")
+        bob.run(query="workspace=bob", **{home.widget("button", "Run the demo").id: True})
+        texts = bob.run(query="workspace=bob").texts()
+        assert any("1 running of 1 slot(s), 1 queued" in t for t in texts), texts  # behind, not beside it
+        assert sweep_processes(proc.pid)  # still alice's sweep that holds the slot
+        page = alice.run(page="sweeps", query="workspace=alice")  # alice, by contrast, sees it and can stop it
+        assert "alice-sweep" in next(s.options for s in page.of("selectbox") if s.label == "Sweep")
+        alice.run(page="sweeps", query="workspace=alice", **{page.widget("button", "Stop").id: True})
+        deadline = time.monotonic() + 180
+        while sweep_processes(proc.pid):
+            assert time.monotonic() < deadline, "Stop left the sweep running"
+            time.sleep(0.5)
+        while not any(t.startswith("stopped") for t in alice.run(page="sweeps", query="workspace=alice").texts()):
+            assert time.monotonic() < deadline, "the sweep ended, but not by Stop"  # the job notes its end just after
+            time.sleep(0.5)
+    finally:
+        stop_server(proc)
+    assert not Path(f"/proc/{sweep_pid}").exists()  # nothing left behind
 
 
 # --- finding 7: token guessing across sessions ---------------------------------------------------------------
