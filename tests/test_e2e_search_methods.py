@@ -87,7 +87,7 @@ def start_from_search(page, url: str, method: str) -> None:
         field.press("Enter")
         page.wait_for_function(f"() => [...document.querySelectorAll('input')].some(i => i.value === '{value}')",
                                timeout=60_000)
-    run_name = page.get_by_label("Run name")
+    run_name = page.get_by_label("Run name", exact=True)
     run_name.fill(method, timeout=60_000)
     run_name.press("Enter")
     start = page.get_by_role("button", name="Start search")
