@@ -27,6 +27,7 @@ PAUSE_BOUND_S = 30  # generous: the issue's 5 s is measured, not asserted
 # Settings that keep a trained run going long enough to press Pause (tens of seconds on a loaded CI
 # machine), shown on the Search page as (label, value); m2m's are in the training expander.
 TRAINS = {"bezier": [("steps", "8000")], "polychain": [("steps", "8000")], "m2m": [("min iters", "50")]}
+CONFIG_KEYS = {"bezier": ("curve", "steps"), "polychain": ("polychain", "steps"), "m2m": ("train", "min_iters")}
 METHODS = ("linear", "rebasin", "bezier", "polychain", "m2m")
 
 
@@ -60,11 +61,15 @@ def workspace_server(tmp_path_factory):
     log.close()
 
 
-def run_status(workspace, name: str) -> str | None:
+def run_info(workspace, name: str) -> dict:
     try:
-        return json.loads((workspace / "runs" / name / "run.json").read_text()).get("status")
+        return json.loads((workspace / "runs" / name / "run.json").read_text())
     except (OSError, ValueError):
-        return None  # not written yet, or being replaced
+        return {}  # not written yet, or being replaced
+
+
+def run_status(workspace, name: str) -> str | None:
+    return run_info(workspace, name).get("status")
 
 
 def wait_for_status(workspace, name: str, wanted: set, timeout_s: float) -> str:
@@ -133,6 +138,11 @@ def test_every_method_from_the_search_page(workspace_server):
             else:
                 page.screenshot(path=ARTIFACTS / f"search-{method}.png", full_page=True)
             wait_for_status(workspace, method, {"finished"}, 600)
+            info = run_info(workspace, method)
+            assert info["algorithm"] == method
+            if method in TRAINS:  # the page's settings are the run's
+                section, key = CONFIG_KEYS[method]
+                assert str(info["config"][section][key]) == TRAINS[method][0][1], info["config"][section]
 
         page.goto(f"{url}/explore")
         page.get_by_test_id("stSelectbox").filter(has_text="Run").first.click(timeout=120_000)
