@@ -118,6 +118,7 @@ def test_every_method_from_the_search_page(workspace_server):
             page.get_by_text(re.compile(r"tick \d+ / \d+")).first.wait_for(timeout=120_000)  # live progress
             if method in TRAINS:
                 wait_for_status(workspace, method, {"running"}, 120)
+                page.get_by_text(re.compile(r"tick [1-9]\d* / \d+")).first.wait_for(timeout=120_000)  # it moves
                 pause = page.get_by_role("button", name="Pause")
                 deadline = time.time() + 60
                 while not pause.is_enabled():
