@@ -2,8 +2,12 @@ import base64
 import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +81,34 @@ def plotly_array(value) -> np.ndarray:
         out = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
         return out.reshape([int(n) for n in value["shape"].split(",")]) if "shape" in value else out
     return np.asarray(value)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_server(command: list[str], port: int, env: dict, log: Path, cwd: Path = REPO, wait_s: float = 120):
+    """A real dashboard server (``command`` listens on ``port``): yields its URL once its health check
+    answers; ends it and every process it started (its own session) when the block ends."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + wait_s  # a generous bound on a loaded machine, not a speed test
+            while True:
+                try:
+                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                        break
+                except OSError:
+                    pass
+                assert proc.poll() is None and time.time() < deadline, Path(log).read_text()
+                time.sleep(0.5)
+            yield url
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)

@@ -6,51 +6,28 @@ test-artifacts/ (look at them).
 """
 import os
 import re
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 from playwright.sync_api import sync_playwright
 
 from llpf_core import load_preset
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port, streamlit_server  # noqa: F401  (free_port: for other tests)
 
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 DEMO_TICKS = 100_000  # about 4 minutes here; the test stops the run after a few seconds
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
-    port = free_port()
     # The demo runs far longer than the test watches it, so no step of the test races the run's end.
     env = {**os.environ, "LLPF_HOME": str(tmp_path / "workspace"), "LLPF_DEMO_SET": f"ticks={DEMO_TICKS}"}
-    log = open(tmp_path / "streamlit.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/Home.py", "--server.port", str(port),
-                             "--server.headless", "true"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            pass
-        assert proc.poll() is None and time.time() < deadline, (tmp_path / "streamlit.log").read_text()
-        time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(30)
-    log.close()
+    port = free_port()
+    with streamlit_server([sys.executable, "-m", "streamlit", "run", "app/Home.py", "--server.port", str(port),
+                           "--server.headless", "true"], port, env, tmp_path / "streamlit.log") as url:
+        yield url
 
 
 def second_tab_sees_the_run(browser, url: str) -> None:

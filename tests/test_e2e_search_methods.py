@@ -11,16 +11,14 @@ go to test-artifacts/search-<method>.png and search-landscape.png (look at them)
 import json
 import os
 import re
-import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.conftest import REPO
-from tests.test_e2e_browser import ARTIFACTS, CHROMIUM, free_port
+from tests.conftest import REPO, free_port, streamlit_server
+from tests.test_e2e_browser import ARTIFACTS, CHROMIUM
 from tests.test_e2e_methods import cli
 
 PAUSE_BOUND_S = 30  # generous: the 5 s is measured, not asserted
@@ -42,23 +40,9 @@ def workspace_server(tmp_path_factory):
     port = free_port()
     env = {**os.environ, "LLPF_HOME": str(workspace), "LLPF_PLUGINS": str(REPO / "examples" / "polychain.py"),
            "OMP_NUM_THREADS": "1"}
-    log = open(tmp / "streamlit.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/Home.py", "--server.port", str(port),
-                             "--server.headless", "true"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            pass
-        assert proc.poll() is None and time.time() < deadline, (tmp / "streamlit.log").read_text()
-        time.sleep(0.5)
-    yield url, workspace
-    proc.terminate()
-    proc.wait(30)
-    log.close()
+    with streamlit_server([sys.executable, "-m", "streamlit", "run", "app/Home.py", "--server.port", str(port),
+                           "--server.headless", "true"], port, env, tmp / "streamlit.log") as url:
+        yield url, workspace
 
 
 def run_info(workspace, name: str) -> dict:

@@ -3,17 +3,14 @@ chromium through Playwright, one full-page screenshot per page in test-artifacts
 draw its title and charts without an exception or an error box."""
 import os
 import re
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import sync_playwright
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO, free_port, streamlit_server
+
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 ALL_CHARTS_DRAWN = """() => [...document.querySelectorAll('.js-plotly-plot')]
@@ -25,33 +22,13 @@ PAGES = [("", "LLPF Explorer", 1), ("modes", "Modes", 0), ("search", "Search", 0
          ("sweeps", "Sweeps", 0)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
-    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    log = tmp_path / "dashboard.log"
-    proc = subprocess.Popen([sys.executable, "-m", "llpf_core", "dashboard", "--port", str(port),
-                             "--workspace", str(tmp_path / "workspace")], cwd=tmp_path, env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            pass
-        assert proc.poll() is None and time.time() < deadline, log.read_text()
-        time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(30)
+    port = free_port()
+    with streamlit_server([sys.executable, "-m", "llpf_core", "dashboard", "--port", str(port), "--workspace",
+                           str(tmp_path / "workspace")], port, env, tmp_path / "dashboard.log", cwd=tmp_path) as url:
+        yield url
 
 
 def test_every_page_after_the_demo(server):
