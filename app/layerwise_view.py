@@ -37,7 +37,7 @@ def show(key: str, out_dir: Path, start: Path | None = None, end: Path | None = 
         state.act(lambda: state.visitor().start_layerwise(key, start, end, out_dir, run_dir))
     if live and cols[1].button("Stop", key=f"lw_stop_{key}"):
         state.act(lambda: state.visitor().stop(job_name))
-    _follow(job_name, live)
+    state.follow_job(job_name, live, "The layer-wise analysis")
     if result is None:
         st.caption("Not computed for this pair yet: the digits MLP takes about a second, LeNet-5 about a minute "
                    "on 2 CPU cores.")
@@ -73,23 +73,3 @@ def _load(out_dir: Path) -> llpf_core.Layerwise | None:
     except llpf_core.UserError as e:
         st.error(f"The stored layer-wise analysis cannot be read: {state.plain(str(e))}", icon=":material/error:")
         return None
-
-
-@st.fragment(run_every=state.REFRESH_S)
-def _follow_live(job_name: str) -> None:
-    """The job's progress every REFRESH_S; its end asks for a full rerun, which draws the figures."""
-    job = state.job(job_name)
-    if job is None or not job.live:
-        st.rerun()
-    st.progress(job.progress.fraction, text=state.plain(job.message or job.status))
-
-
-def _follow(job_name: str, live: bool) -> None:
-    if live:
-        _follow_live(job_name)
-        return
-    job = state.job(job_name)
-    if job and job.status == "failed":
-        st.error(f"The layer-wise analysis failed: {state.plain(job.error)}", icon=":material/error:")
-    elif job and job.status == "stopped":
-        st.caption(f"Stopped: {state.plain(job.message)}")

@@ -274,3 +274,25 @@ def act(action) -> None:
         show_error(e)
     else:
         st.rerun()
+
+
+@st.fragment(run_every=REFRESH_S)
+def _follow_job_live(job_name: str) -> None:
+    """The job's progress every REFRESH_S; its end asks for a full rerun, which draws its result."""
+    current = job(job_name)
+    if current is None or not current.live:
+        st.rerun()
+    st.progress(current.progress.fraction, text=plain(current.message or current.status))
+
+
+def follow_job(job_name: str, live: bool, what: str) -> None:
+    """A background job's progress while it runs (a fragment), then how it ended if it did not finish."""
+    if live:
+        _follow_job_live(job_name)
+        return
+    ended = job(job_name)
+    if ended and ended.status == "failed":
+        st.error(f"{what} failed: {plain(ended.error)}", icon=":material/error:")
+    elif ended and ended.status == "stopped":
+        st.caption(f"Stopped: {plain(ended.message)}")
+

@@ -114,7 +114,7 @@ def landscape(run, tick: int) -> None:
         state.act(lambda: state.visitor().start_landscape(run, None if isinstance(choice, str) else choice, size))
     if live and cols[3].button("Stop", key=f"ls_stop_{run.name}"):
         state.act(lambda: state.visitor().stop(job_name))
-    follow(job_name, live)
+    state.follow_job(job_name, live, "The landscape")
 
     computed = llpf_core.list_landscapes(run)
     if not computed:
@@ -149,26 +149,6 @@ def landscape(run, tick: int) -> None:
     cols[1].download_button("grid.csv", (plane.path / "grid.csv").read_bytes(),
                             file_name=f"{run.name}-landscape-{shown:06d}-grid.csv", mime="text/csv",
                             key="dl_landscape_grid")
-
-
-@st.fragment(run_every=state.REFRESH_S)
-def _follow_live(job_name: str) -> None:
-    """The job's progress every REFRESH_S; its end asks for a full rerun, which draws the plane."""
-    job = state.job(job_name)
-    if job is None or not job.live:
-        st.rerun()
-    st.progress(job.progress.fraction, text=job.message or job.status)
-
-
-def follow(job_name: str, live: bool) -> None:
-    if live:
-        _follow_live(job_name)
-        return
-    job = state.job(job_name)
-    if job and job.status == "failed":
-        st.error(f"The landscape failed: {state.plain(job.error)}", icon=":material/error:")
-    elif job and job.status == "stopped":
-        st.caption(f"Stopped: {state.plain(job.message)}")
 
 
 with landscape_tab:
