@@ -2,6 +2,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -55,6 +56,14 @@ def digits_modes(tmp_path_factory, device):
     recipe = load_recipe("mlp-digits")
     return [train_mode("mlp", "digits", seed, root / f"mlp-seed{seed}.safetensors", recipe, str(device),
                        recipe_name="mlp-digits") for seed in (1, 2)]
+
+
+def workspace_with(modes, root: Path) -> list[Path]:
+    """``root`` as a workspace holding copies of ``modes`` in its modes/ folder; the copies' paths, sorted."""
+    (root / "modes").mkdir(parents=True, exist_ok=True)
+    for mode in modes:
+        shutil.copy(mode.path, root / "modes" / mode.path.name)
+    return sorted((root / "modes").glob("*.safetensors"))
 
 
 def run_cli(*args, env=None, timeout=600, check=False) -> subprocess.CompletedProcess:

@@ -2,7 +2,6 @@
 page through Streamlit's AppTest on a real workspace (two digits modes and a finished run)."""
 import dataclasses
 import pickle
-import shutil
 import sys
 import time
 
@@ -12,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from llpf_core import UserError, list_landscapes, load_landscape, load_mode, load_preset, load_run, run_search
-from tests.conftest import REPO
+from tests.conftest import REPO, workspace_with
 
 sys.path.insert(0, str(REPO / "app"))  # as `streamlit run app/Home.py` does for the app's modules
 
@@ -26,10 +25,7 @@ import uploads  # noqa: E402
 def workspace(digits_modes, tmp_path_factory):
     """A workspace with the two digits modes and one finished 40-tick M2M run between them."""
     root = tmp_path_factory.mktemp("workspace")
-    (root / "modes").mkdir()
-    for mode in digits_modes:
-        shutil.copy(mode.path, root / "modes" / mode.path.name)
-    modes = sorted((root / "modes").glob("*.safetensors"))
+    modes = workspace_with(digits_modes, root)
     cfg = dataclasses.replace(load_preset("mlp-digits-m2m"), ticks=40, save_every=10)
     run_search(modes[0], modes[1], cfg, root / "runs" / "first")
     return root

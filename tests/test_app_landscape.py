@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from llpf_core import SearchConfig, compute_landscape, list_landscapes, load_landscape, load_preset, load_run, \
     project_pair_runs, run_search
-from tests.conftest import REPO, plotly_array
+from tests.conftest import REPO, plotly_array, workspace_with
 
 sys.path.insert(0, str(REPO / "app"))
 import state  # noqa: E402
@@ -24,10 +24,7 @@ import state  # noqa: E402
 @pytest.fixture
 def ws(digits_modes, tmp_path, monkeypatch):
     """A workspace with an M2M run ``first`` (points at ticks 0, 10, 20) and a linear run on the same pair."""
-    (tmp_path / "modes").mkdir()
-    for mode in digits_modes:
-        shutil.copy(mode.path, tmp_path / "modes" / mode.path.name)
-    modes = sorted((tmp_path / "modes").glob("*.safetensors"))
+    modes = workspace_with(digits_modes, tmp_path)
     cfg = dataclasses.replace(load_preset("mlp-digits-m2m"), ticks=20, save_every=10, device="cpu")
     run_search(modes[0], modes[1], cfg, tmp_path / "runs" / "first")
     run_search(modes[0], modes[1], SearchConfig(algorithm="linear", device="cpu"), tmp_path / "runs" / "line")

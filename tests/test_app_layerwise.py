@@ -2,7 +2,6 @@
 the registry and draws it from the run folder; the Search page's button seeds the editor with the heuristic's
 groups, which pass its validation."""
 import dataclasses
-import shutil
 import sys
 
 import plotly.io
@@ -10,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from llpf_core import load_layerwise, load_mode, load_preset, run_search
-from tests.conftest import REPO
+from tests.conftest import REPO, workspace_with
 
 sys.path.insert(0, str(REPO / "app"))
 import layer_order  # noqa: E402
@@ -20,10 +19,7 @@ import state  # noqa: E402
 @pytest.fixture
 def ws(digits_modes, tmp_path, monkeypatch):
     """A workspace with the digits pair and a short M2M run ``first`` on it."""
-    (tmp_path / "modes").mkdir()
-    for mode in digits_modes:
-        shutil.copy(mode.path, tmp_path / "modes" / mode.path.name)
-    modes = sorted((tmp_path / "modes").glob("*.safetensors"))
+    modes = workspace_with(digits_modes, tmp_path)
     cfg = dataclasses.replace(load_preset("mlp-digits-m2m"), ticks=5, device="cpu")
     run_search(modes[0], modes[1], cfg, tmp_path / "runs" / "first")
     monkeypatch.setenv("LLPF_HOME", str(tmp_path))

@@ -1,22 +1,18 @@
 """The Methods view on a real workspace: an m2m run and a linear run on the same digits pair."""
 import dataclasses
-import shutil
 import sys
 import time
 
 from streamlit.testing.v1 import AppTest
 
 from llpf_core import load_preset, load_run, run_search
-from tests.conftest import REPO
+from tests.conftest import REPO, workspace_with
 
 sys.path.insert(0, str(REPO / "app"))  # as `streamlit run app/Home.py` does for the app's modules
 
 
 def test_methods_view_overlays_runs_on_one_pair(digits_modes, tmp_path, monkeypatch):
-    (tmp_path / "modes").mkdir()
-    for mode in digits_modes:
-        shutil.copy(mode.path, tmp_path / "modes" / mode.path.name)
-    a, b = sorted((tmp_path / "modes").glob("*.safetensors"))
+    a, b = workspace_with(digits_modes, tmp_path)
     base = dataclasses.replace(load_preset("mlp-digits-m2m"), ticks=20, save_every=10, device="cpu")
     run_search(a, b, base, tmp_path / "runs" / "llpf")
     run_search(a, b, dataclasses.replace(base, algorithm="linear"), tmp_path / "runs" / "line")
@@ -32,10 +28,7 @@ def test_methods_view_overlays_runs_on_one_pair(digits_modes, tmp_path, monkeypa
 
 
 def test_one_click_runs_the_missing_methods_on_the_pair(digits_modes, tmp_path, monkeypatch):
-    (tmp_path / "modes").mkdir()
-    for mode in digits_modes:
-        shutil.copy(mode.path, tmp_path / "modes" / mode.path.name)
-    a, b = sorted((tmp_path / "modes").glob("*.safetensors"))
+    a, b = workspace_with(digits_modes, tmp_path)
     linear = dataclasses.replace(load_preset("mlp-digits-m2m"), algorithm="linear", device="cpu")
     run_search(a, b, linear, tmp_path / "runs" / "line")
     monkeypatch.setenv("LLPF_HOME", str(tmp_path))
@@ -56,9 +49,7 @@ def test_one_click_runs_the_missing_methods_on_the_pair(digits_modes, tmp_path, 
 
 def test_search_page_sets_a_bezier_curve_instead_of_a_layer_order(digits_modes, tmp_path, monkeypatch):
     import state
-    (tmp_path / "modes").mkdir()
-    for mode in digits_modes:
-        shutil.copy(mode.path, tmp_path / "modes" / mode.path.name)
+    workspace_with(digits_modes, tmp_path)
     monkeypatch.setenv("LLPF_HOME", str(tmp_path))
     at = AppTest.from_file(str(REPO / "app" / "views" / "search.py"), default_timeout=60).run()
     assert at.data_editor  # LLPF: the layer-order editor

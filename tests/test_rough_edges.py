@@ -14,7 +14,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from llpf_core import load_preset, load_run, run_search
-from tests.conftest import REPO
+from tests.conftest import REPO, workspace_with
 
 sys.path.insert(0, str(REPO / "app"))  # as `streamlit run app/Home.py` does for the app's modules
 import charts  # noqa: E402
@@ -25,10 +25,7 @@ import layer_order  # noqa: E402
 def workspace(digits_modes, tmp_path_factory):
     """Two digits modes, an M2M run, a linear and a bezier run between them."""
     root = tmp_path_factory.mktemp("workspace")
-    (root / "modes").mkdir()
-    for mode in digits_modes:
-        shutil.copy(mode.path, root / "modes" / mode.path.name)
-    a, b = sorted((root / "modes").glob("*.safetensors"))
+    a, b = workspace_with(digits_modes, root)
     base = dataclasses.replace(load_preset("mlp-digits-m2m"), ticks=40, save_every=10, device="cpu")
     run_search(a, b, base, root / "runs" / "llpf")
     run_search(a, b, dataclasses.replace(base, algorithm="linear"), root / "runs" / "line")
@@ -68,7 +65,7 @@ def test_accuracy_axes_run_from_0_to_1_in_percent_and_legends_sit_under_the_plot
 def test_methods_overlay_gives_each_method_its_colour_and_llpf_the_boldest_line(workspace):
     paths = [(f"{name} run", name, load_run(workspace / "runs" / folder).path_table)
              for name, folder in (("m2m", "llpf"), ("linear", "line"), ("bezier", "curve"))]
-    fig = charts.methods_figure(paths, "test_acc", "Test accuracy", barrier=None)
+    fig = charts.methods_figure(paths, "test_acc", "Test accuracy", barrier=None, emphasised=frozenset({"m2m"}))
     colours = [t.line.color for t in fig.data]
     assert len(set(colours)) == 3
     assert fig.data[-1].name == "m2m run"  # drawn last: on top
@@ -111,8 +108,8 @@ def test_compare_page_picks_path_method_runs_on_arc_length(ws):
     llpf = load_run(ws / "runs" / "llpf")
     expected = charts.position(llpf.metrics, llpf.path_table)
     assert not np.allclose(expected, charts.position(llpf.metrics))  # arc length differs from tick fraction
-    at.selectbox(key="compare_metric").set_value("distance_rel").run()
-    assert not at.exception and any("path methods log only" in c.value for c in at.caption)
+    at.selectbox(key="compare_metric").set_value("train_loss_rolling").run()  # LLPF's alone
+    assert not at.exception and any("not every method logs it" in c.value for c in at.caption)
 
 
 # --- items 6, 7, 8: Home, Methods, Runs -------------------------------------------------------------------
@@ -151,12 +148,18 @@ def test_runs_page_status_line_does_not_repeat_itself(ws):
 
 
 def test_runs_page_explains_an_empty_chart_area(ws):
-    at = page("views/runs.py")
-    at.query_params["run"] = "line"
-    at.run()
-    assert not at.exception
-    assert any("No ticks to chart" in i.value and "linear" in i.value for i in at.info)
-    assert not at.get("plotly_chart")
+    empty = ws / "runs" / "empty"  # a run that ended before its first row: run.json and a bare header
+    shutil.copytree(ws / "runs" / "line", empty)
+    (empty / "metrics.csv").write_text((empty / "metrics.csv").read_text().splitlines()[0] + "\n")
+    try:
+        at = page("views/runs.py")
+        at.query_params["run"] = "empty"
+        at.run()
+        assert not at.exception
+        assert any("Nothing to chart" in i.value for i in at.info)
+        assert not at.get("plotly_chart")
+    finally:
+        shutil.rmtree(empty)
 
 
 # --- item 9: upload ---------------------------------------------------------------------------------------
@@ -189,7 +192,7 @@ def test_search_page_names_settings_by_their_labels(ws):
     max_iters = next(n for n in at.number_input if n.label == "max iters")
     max_iters.set_value(1).run()
     assert not at.exception
-    errors = [e.value for e in at.error]
+    errors = [e.value.replace("\\", "") for e in at.error]  # as shown: the markdown escapes removed
     assert any("“max iters” (1) must be >= “min iters”" in e for e in errors), errors
     assert not any("train." in e for e in errors)
 

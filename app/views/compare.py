@@ -47,8 +47,8 @@ column = st.selectbox("Metric", METRICS, key="compare_metric")
 frames = {n: along_path(runs[n]) for n in chosen}
 lacking = [n for n, f in frames.items() if column not in f or f[column].isna().all()]
 if lacking:
-    st.caption(f"No {column} in {state.plain(', '.join(lacking))}: path methods log only path.csv's train and "
-               "test loss and accuracy.")
+    st.caption(f"No {column} in {state.plain(', '.join(lacking))}: not every method logs it (e.g. the rolling "
+               "minibatch loss is LLPF's).")
 st.plotly_chart(charts.compare_figure({n: f for n, f in frames.items() if n not in lacking}, column),
                 key="compare_chart")
 

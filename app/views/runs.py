@@ -132,8 +132,8 @@ def live_charts() -> None:
     if LIVE and state.chart_refresh_s(metrics) != CHART_EVERY:
         st.rerun()
     if not len(metrics):
-        st.info(f"{waiting}." if LIVE else f"No ticks to chart: this {run.info.get('algorithm', '')} run logged "
-                "only its path (path.csv); Explore, Compare and Methods draw it.", icon=":material/info:")
+        st.info(f"{waiting}." if LIVE else "Nothing to chart: this run ended before it logged its first point; "
+                "resume it, or start it again.", icon=":material/info:")
         return
     view = st.segmented_control("Charts", VIEWS, default=VIEWS[0], key="live_view") or VIEWS[0]
     if view == VIEWS[0]:
