@@ -147,7 +147,8 @@ def test_llpf_dashboard_serves_home_from_the_installed_package(installed, tmp_pa
     finally:
         stop(proc)
     assert "ModuleNotFoundError" not in text and "Error" not in text.split("Run the demo")[0]
-    assert workspace.is_dir() and not (tmp_path / "not-this-one").exists()  # the page opened --workspace
+    # A visit creates no folder (docs/threat-model.md): neither the --workspace nor $LLPF_HOME is made by it.
+    assert not workspace.exists() and not (tmp_path / "not-this-one").exists()
     log = (tmp_path / "dashboard.log").read_text()
     assert f"127.0.0.1:{port}" in log and "0.0.0.0" not in log  # app/.streamlit/config.toml: this machine only
 
