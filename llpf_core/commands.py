@@ -87,13 +87,13 @@ def cmd_train(args) -> int:
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainRecipe)
                  if getattr(args, f.name, None) is not None}
     recipe = replace(recipe, **overrides)
-    if recipe_name == GENERIC_RECIPE:
-        print(f"no tuned recipe for {args.model} on {args.dataset}: the generic one ({_recipe_text(recipe)})",
-              file=sys.stderr)
     bar = None
 
     def on_start():  # called once every input is checked: a user error before it prints one line only
         nonlocal bar
+        if recipe_name == GENERIC_RECIPE:
+            print(f"no tuned recipe for {args.model} on {args.dataset}: the generic one ({_recipe_text(recipe)})",
+                  file=sys.stderr)
         bar = tqdm(total=recipe.epochs, desc=f"train {args.model} seed {args.seed}", unit="epoch",
                    disable=args.quiet, file=sys.stderr)
 
