@@ -257,8 +257,8 @@ def read_run_json(path: Path) -> dict:
         raise UserError(f"{file} has format {info['format'][:40]!r}, expected {RUN_FORMAT!r}")
     for spec, record in info.get("loss_thresholds", {}).items():
         check_schema(record, _THRESHOLD, file, where=f"loss_thresholds.{spec}")
-    try:
-        SearchConfig.from_dict(info["config"])
+    try:  # a plugin method's settings are checked when its plugin is loaded (a resume needs it anyway)
+        SearchConfig.from_dict(info["config"], plugins_loaded=False)
     except UserError as e:
         raise damaged(file, f"config: {e}", RESTART) from None
     return info
