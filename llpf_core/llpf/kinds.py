@@ -8,13 +8,15 @@ layers' variance, and when it has reached the end mode's sphere.
   sphere once every moved layer's norm is within ``bridge.tolerance`` of the end's.
 A kind reads the search's state (``s``: connect.LLPF) and changes none of it.
 """
+from abc import ABC, abstractmethod
+
 import torch
 
 from ..geometry import distances, variance
 from ..train import PerParameterSGD
 
 
-class Kind:
+class Kind(ABC):
     name = ""
     corrects_variance = False  # variance correction before and after the tick's training (M2M)
     conformal_lr = False  # angle-conformal learning rates (M2O)
@@ -26,9 +28,9 @@ class Kind:
     def __str__(self) -> str:
         return self.name
 
+    @abstractmethod
     def destination(self, s, xs: list[torch.Tensor]) -> list[torch.Tensor] | None:
         """Where the moved layers ``xs`` (s.unit_names) head this tick; None: the origin."""
-        raise NotImplementedError
 
     def sphere_ratio(self, s, xs: list[torch.Tensor], idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(measure / the end's, distance from the sphere, the end's measure) of layers ``xs`` (indices ``idx``)."""

@@ -11,6 +11,7 @@ continuity, checkpoints' cadence and RNG, Pause, Stop, errors, the summary) is t
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -74,7 +75,7 @@ class Step:
     stopped_early: str | None = None  # why the method ends here before its planned end
 
 
-class Method:
+class Method(ABC):
     """Base class of a path method (see the module docstring); override what the method needs."""
     walks = False  # True: every unit of work ends on a new path point
 
@@ -96,7 +97,9 @@ class Method:
         returns the row of the point it starts on (tick 0)."""
 
     def advance(self) -> Step:
-        raise NotImplementedError
+        """One unit of work (an LLPF tick, a chunk of SGD steps); a method whose path needs no work (the
+        straight line: ``total`` 0) never advances."""
+        raise TypeError(f"{type(self).__name__} has work to do (total {self.total}) and must define advance()")
 
     def done(self) -> bool:
         return self.progress >= self.total
@@ -115,7 +118,7 @@ class Method:
 
     def path(self) -> list[dict[str, torch.Tensor]]:
         """Not a walker: the states along the path from the start to its end, once done."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} is not a walker (walks = False), so it must define path()")
 
     def curve_parameters(self) -> list[float] | None:
         """Not a walker: the curve parameter t of each point ``path`` returns (path.csv's ``t``), for a
@@ -144,8 +147,9 @@ class TrainedCurve(Method):
     trained: dict[str, torch.Tensor]
     optimizer: torch.optim.Optimizer
 
+    @abstractmethod
     def train_step(self) -> torch.Tensor:
-        raise NotImplementedError
+        """One SGD step on ``trained``; returns the batch loss."""
 
     def advance(self) -> Step:
         """SGD steps up to the next checkpoint, for about ``UNIT_S``, or until Stop or Pause."""
