@@ -17,7 +17,7 @@ from .readers import check_schema
 from .registry import build_model
 from .runfolder import CHECKPOINT_FILE
 from .thresholds import endpoint_train_loss, threshold_record
-from .train import TickTraining, train_until
+from .train import PlainSGD, TickTraining, train_until
 
 # The LLPF state a checkpoint's info holds, checked before it is used (the driver checks its own keys).
 CHECKPOINT_INFO = {"stage_index": int, "stage_start": int, "phase_index": int, "dist0": float}
@@ -81,7 +81,7 @@ class LLPF(Method):
         self.unit_ends: list[torch.Tensor] | None = None
         self.c_len = torch.zeros(0, device=device)
         self.fraction_only = False  # the phase moves by step_a alone (no step_f, step_c or clamp at work)
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizer: PlainSGD | None = None
         self.stream = None
         self.dist0 = 1.0
         self.layer_dist0 = torch.ones(len(self.names), device=device)

@@ -9,9 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import ImageData
+from .stackedforward import stacked_forward
 
 EVAL_BATCH = 1000  # samples per evaluation forward pass on an accelerator
 EVAL_BATCH_CPU = 250  # on a CPU: LeNet-5's activations for 1,000 images spill the caches (1.5x slower per image)
+LINE_POINTS_PER_PASS = 16  # at most, points of a line evaluated by one stacked forward pass
+LINE_PASS_BYTES = 256 * 2**20  # and at most this much memory for their stacked parameters
 CACHE_BYTES = 256 * 2**20  # fixed evaluation batches are kept, normalised, up to this size in all
 
 
@@ -54,6 +57,9 @@ class Evaluator:
         self.floats = [k for k, v in state.items() if v.is_floating_point()]
         self.others = [k for k, v in state.items() if not v.is_floating_point()]
         self.float_dst = [state[k] for k in self.floats]
+        self.line_stacked = stackable(model) and not any(True for _ in model.buffers())
+        state_bytes = sum(v.numel() * v.element_size() for v in self.float_dst)
+        self.line_per_pass = max(1, min(LINE_POINTS_PER_PASS, LINE_PASS_BYTES // max(state_bytes, 1)))
         self.other_dst = [state[k] for k in self.others]
         self._cache: dict[tuple[int, int], tuple[torch.Tensor, list]] = {}  # also keeps idx alive
         self._cached_bytes = 0
@@ -120,16 +126,11 @@ class Evaluator:
         """(G, 2) mean cross-entropy and accuracy on ``data[idx]`` of G parameter sets at once: ``params``
         maps each parameter name to its G stacked values (G, *shape); buffers come from the loaded state.
         Only for ``stackable`` models."""
-        from torch.func import functional_call, vmap
         buffers = dict(self.model.named_buffers())
-
-        def forward(p, x):
-            return functional_call(self.model, (p, buffers), (x,))
-
         g = next(iter(params.values())).shape[0]
         total = torch.zeros(g, 2, device=data.device)
         for x, y in self._batches(data, idx):
-            out = vmap(forward, in_dims=(0, None))(params, x).float()  # (G, B, classes)
+            out = stacked_forward(self.model, params, x, shared_input=True, buffers=buffers).float()  # (G, B, classes)
             loss = F.cross_entropy(out.flatten(0, 1), y.repeat(out.shape[0]), reduction="none")
             total[:, 0] += loss.view(out.shape[:2]).sum(1)
             total[:, 1] += (out.argmax(2) == y).sum(1)
@@ -146,18 +147,25 @@ class Evaluator:
              alphas: list[float], idx: torch.Tensor | None = None) -> list[dict[str, float]]:
         """Evaluate the straight line (1 - alpha) a + alpha b (b=None: the origin) at ``alphas``: on the
         train and test sets, or only on ``train[idx]`` (loss and acc) when ``idx`` is given (the
-        continuity check). Integer buffers follow b."""
+        continuity check). Integer buffers follow b. Models without buffers that stack well
+        (``stackable``) evaluate up to ``LINE_POINTS_PER_PASS`` points of the line per forward pass."""
         toward = [torch.zeros_like(a[k]) if b is None else b[k] for k in self.floats]
         ints = a if b is None else {**a, **{k: b[k] for k in self.others}}
+        sets = [(self.train, self.train_idx), (self.test, self.test_idx)] if idx is None else [(self.train, idx)]
         results = []
-        for alpha in alphas:
-            self.load(ints, toward, alpha)
-            if idx is None:
-                results.append(torch.cat([self.loss_acc(self.train, self.train_idx),
-                                          self.loss_acc(self.test, self.test_idx)]))
-            else:
-                results.append(self.loss_acc(self.train, idx))
-        values = torch.stack(results).tolist() if results else []
+        if self.line_stacked:
+            self.load(ints)
+            per_pass = self.line_per_pass
+            for chunk in [alphas[i:i + per_pass] for i in range(0, len(alphas), per_pass)]:
+                weights = torch.tensor(chunk, device=toward[0].device, dtype=toward[0].dtype)
+                params = {k: torch.lerp(a[k].unsqueeze(0), end.unsqueeze(0), weights.view(-1, *[1] * end.dim()))
+                          for k, end in zip(self.floats, toward)}
+                results.append(torch.cat([self.stacked(params, data, i) for data, i in sets], dim=1))
+        else:
+            for alpha in alphas:
+                self.load(ints, toward, alpha)
+                results.append(torch.cat([self.loss_acc(data, i) for data, i in sets])[None])
+        values = torch.cat(results).tolist() if results else []
         if idx is None:
             keys = ("train_loss", "train_acc", "test_loss", "test_acc")
         else:

@@ -1,6 +1,6 @@
 """K models of one architecture trained together: their parameters stacked along a new first dimension,
-one vmapped forward pass (``torch.func.functional_call`` under ``torch.func.vmap``), one backward pass
-and one SGD update added back into the stacked tensors per step. A step computes only the models still
+one forward pass over the stack (``stackedforward.stacked_forward``: the model's own batched form, or
+``torch.func.functional_call`` under ``torch.func.vmap``), one backward pass and one SGD update added back into the stacked tensors per step. A step computes only the models still
 training: one whose stop rule has fired is left out (it stops moving) while the others go on.
 
 Every model's parameters become views of the stacked tensors (``stack_models``), so whatever else works
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, vmap
 
 from .config import TrainSpec
 from .device import autocast
+from .stackedforward import stacked_forward
 from .train import BatchStream, TickTraining, TrainingDiverged, should_stop
 
 
@@ -55,19 +55,11 @@ class StackedTrainer:
     """Trains the models whose parameters ``stacked`` holds (from ``stack_models``), in lockstep."""
 
     def __init__(self, model: nn.Module, stacked: dict[str, torch.Tensor], dtype: str = "float32"):
-        self.base = copy.deepcopy(model)  # the architecture functional_call runs with the stacked weights
+        self.base = copy.deepcopy(model)  # the architecture the stacked weights run in
         self.names = list(stacked)
         self.tensors = [stacked[n] for n in self.names]
         self.k = self.tensors[0].shape[0]
         self.dtype = dtype
-
-        def loss_of(params: dict, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
-            """The mean loss over the real samples (w = 1; an epoch's short last batch is padded, w = 0)."""
-            with autocast(x.device, dtype):
-                out = functional_call(self.base, params, (x,))
-            return (F.cross_entropy(out.float(), y, reduction="none") * w).sum() / w.sum(), out
-
-        self.forward = vmap(loss_of, randomness="different")
         self.jobs: dict[int, Job] = {}  # the models training now, by position in the stack
         self.windows: dict[int, deque] = {}
         self.counts: dict[int, list] = {}
@@ -106,9 +98,13 @@ class StackedTrainer:
             self.index = torch.tensor(active, dtype=torch.long, device=device)
             self.factors = self._factors([self.jobs[k] for k in active], device)
             self.changed = False
-        xs, ys, ws = _stack_batches([self.jobs[k].stream.next() for k in active])
+        xs, ys, ws = _next_batches([self.jobs[k].stream for k in active])
         params = {n: t.index_select(0, self.index).requires_grad_() for n, t in zip(self.names, self.tensors)}
-        losses, outs = self.forward(params, xs, ys, ws)
+        with autocast(xs.device, self.dtype):
+            outs = stacked_forward(self.base, params, xs)
+        # per model, the mean loss over its real samples (w = 1; an epoch's short last batch is padded, w = 0)
+        per_sample = F.cross_entropy(outs.float().flatten(0, 1), ys.flatten(), reduction="none").view(ys.shape)
+        losses = (per_sample * ws).sum(1) / ws.sum(1)
         losses.sum().backward()
         with torch.no_grad():
             steps = torch._foreach_mul([params[n].grad for n in self.names], self.factors)
@@ -144,9 +140,20 @@ class StackedTrainer:
                 for i, t in enumerate(self.tensors)]
 
 
-def _stack_batches(batches: list[tuple[torch.Tensor, torch.Tensor]]):
-    """(x [A, B, ...], y [A, B], weights [A, B]) from each model's batch; a short batch (an epoch's last)
-    is padded with copies of its first sample at weight 0."""
+def _next_batches(streams: list[BatchStream]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x [A, B, ...], y [A, B], weights [A, B]): each stream's next batch. Streams over the same data without
+    augmentation are gathered in one indexing; a short batch (an epoch's last) is padded with copies of its
+    first sample at weight 0."""
+    data = streams[0].data
+    if all(s.data is data and not s.augments and s.memory_format == torch.contiguous_format for s in streams):
+        idx = [s.next_indices() for s in streams]
+        if all(len(i) == len(idx[0]) for i in idx):
+            x, y = data.batch(torch.cat(idx))
+            return x.view(len(idx), -1, *x.shape[1:]), y.view(len(idx), -1), torch.ones(y.shape, device=y.device).view(
+                len(idx), -1)
+        batches = [data.batch(i) for i in idx]
+    else:
+        batches = [s.next() for s in streams]
     size = max(len(y) for _, y in batches)
     xs, ys, ws = [], [], []
     for x, y in batches:

@@ -41,13 +41,22 @@ class BatchStream:
         self.pos = 0
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.data.batch(self.next_indices(), augment=self.augment, generator=self.generator)
+        return x.contiguous(memory_format=self.memory_format), y
+
+    def next_indices(self) -> torch.Tensor:
+        """The next batch's sample indices (the batched engine gathers many streams' batches at once)."""
         if self.pos >= len(self.perm):
             self.perm = torch.randperm(len(self.data), generator=self.generator, device=self.data.device)
             self.pos = 0
         idx = self.perm[self.pos:self.pos + self.batch_size]
         self.pos += self.batch_size
-        x, y = self.data.batch(idx, augment=self.augment, generator=self.generator)
-        return x.contiguous(memory_format=self.memory_format), y
+        return idx
+
+    @property
+    def augments(self) -> bool:
+        """Whether its batches are augmented (with random draws from its own generator)."""
+        return self.augment and self.data.augmentation is not None
 
     def state_dict(self) -> dict:
         return {"perm": self.perm, "pos": self.pos, "rng": self.generator.get_state()}
@@ -64,25 +73,34 @@ class BatchStream:
         self.perm, self.pos = perm.to(self.data.device), pos
 
 
-class PerParameterSGD(torch.optim.SGD):
-    """Plain SGD (no momentum, no weight decay) with a learning rate per parameter, in ONE group.
+class PlainSGD:
+    """Plain SGD (no momentum, no weight decay) with a learning-rate factor per parameter: parameter i moves
+    by ``lr * scales[i]`` times its gradient (M2O's angle-conformal rates; all 1 otherwise).
 
-    ``step`` multiplies the gradients by ``scales`` (Python floats, one per parameter) and then takes
-    the group's step with ``lr``: parameter i moves by ``lr * scales[i]`` times its gradient. One
-    group keeps the fused multi-tensor kernels; a group per parameter launched them per parameter.
+    The LLPF tick's optimizer, with ``torch.optim.Optimizer``'s ``param_groups``, ``zero_grad`` and ``step``.
+    Not ``torch.optim.SGD``: its first use imports ``torch._dynamo``, about 2 s at the start of every
+    ``connect`` and ``sweep`` command (docs/performance.md), and its per-step bookkeeping cost a digits search
+    a fifth of its SGD time. One fused multi-tensor update over all parameters.
     """
 
     def __init__(self, params: list[nn.Parameter], lr: float):
-        super().__init__(params, lr=lr)
-        self.scales = [1.0] * len(self.param_groups[0]["params"])
+        self.params = list(params)
+        self.param_groups = [{"params": self.params, "lr": lr}]
+        self.scales = [1.0] * len(self.params)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
 
     @torch.no_grad()
-    def step(self, closure=None):
-        pairs = [(p.grad, s) for p, s in zip(self.param_groups[0]["params"], self.scales) if p.grad is not None]
-        if pairs:
-            grads, scales = zip(*pairs)
-            torch._foreach_mul_(list(grads), list(scales))
-        return super().step(closure)
+    def step(self) -> None:
+        pairs = [(p, p.grad, s) for p, s in zip(self.params, self.scales) if p.grad is not None]
+        if not pairs:
+            return
+        params, grads, scales = (list(t) for t in zip(*pairs))
+        if any(s != 1.0 for s in scales):
+            torch._foreach_mul_(grads, scales)
+        torch._foreach_add_(params, grads, alpha=-self.param_groups[0]["lr"])
 
 
 def should_stop(iteration: int, rolling_loss: float, spec: TrainSpec) -> bool:

@@ -60,8 +60,10 @@ with st.expander("Start a sweep", expanded=not root.exists()):
     pairs = c[0].number_input("Pairs", 1, most_pairs, min(4, most_pairs), key="sweep_pairs",
                               help=f"At most {most_pairs} on this server (LLPF_SWEEP_MAX_PAIRS)")
     seed = c[1].number_input("First seed", 0, 10**6, 1, key="sweep_seed")
-    workers = c[2].number_input("Workers", 1, most_workers, min(2, most_workers), key="sweep_workers",
-                                help=f"Pairs at once, at most {most_workers} on this server (LLPF_SWEEP_MAX_WORKERS)")
+    workers = c[2].number_input("Workers", 1, most_workers, 1, key="sweep_workers",
+                                help="1: every pair in one process, small models' pairs batched (their SGD steps "
+                                     "stacked; no Ray to start). More: batches of pairs at once on Ray, at most "
+                                     f"{most_workers} on this server (LLPF_SWEEP_MAX_WORKERS)")
     if st.button("Start sweep", type="primary", key="start_sweep"):
         try:
             mine.start_sweep(root, name.strip(), model=model, dataset=dataset, pairs=int(pairs), seed=int(seed),
@@ -102,7 +104,7 @@ def follow() -> None:
             state.show_error(e)
     if not (folder / "sweep.json").exists():
         if job and not job.error:
-            st.caption(state.plain(job.message) if job and job.message else "training the modes, starting Ray ...")
+            st.caption(state.plain(job.message) if job and job.message else "starting the sweep ...")
         return
     try:
         info = read_sweep(folder)

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from ..geometry import distances, variance
-from ..train import PerParameterSGD
+from ..train import PlainSGD
 
 
 class Kind(ABC):
@@ -50,8 +50,9 @@ class Kind(ABC):
         """Per-layer distance to this kind's destination, when it is the run's last stage."""
         return distances(s.xs, s.end)
 
-    def optimizer(self, params: list, lr: float) -> torch.optim.Optimizer:
-        return torch.optim.SGD(params, lr=lr)
+    def optimizer(self, params: list, lr: float) -> PlainSGD:
+        """The tick's SGD; M2O sets its angle-conformal factors (``scales``) every tick."""
+        return PlainSGD(params, lr)
 
 
 class M2M(Kind):
@@ -97,9 +98,6 @@ class M2O(Kind):
 
     def layer_distances(self, s):
         return distances(s.xs, None)
-
-    def optimizer(self, params, lr):  # angle-conformal rates: a learning rate per parameter
-        return PerParameterSGD(params, lr=lr)
 
 
 KINDS = {k.name: k for k in (M2M(), ToVS(), M2O())}

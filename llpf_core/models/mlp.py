@@ -1,6 +1,7 @@
 """A small fully connected network: the fast model for the embedded digits data."""
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from ..registry import register_model
@@ -18,6 +19,22 @@ class MLP(nn.Module):
         for layer in self.layers:
             x = layer(x).relu()
         return self.head(x)
+
+    def forward_stacked(self, params: dict[str, torch.Tensor], x: torch.Tensor, shared_input: bool) -> torch.Tensor:
+        """K parameter sets at once (``params[name]``: [K, *shape]) on x: [K, B, C, H, W], or [B, C, H, W]
+        for all K with ``shared_input``; returns [K, B, classes]. Batched matrix products: cheaper than
+        ``vmap`` over ``functional_call`` for these small layers (llpf_core/stackedforward.py)."""
+        x = x.flatten(1) if shared_input else x.flatten(2)
+        names = [f"layers.{i}" for i in range(len(self.layers))] + ["head"]
+        for i, name in enumerate(names):
+            weight, bias = params[f"{name}.weight"], params[f"{name}.bias"]
+            if x.dim() == 2:  # the shared batch, before the first layer
+                x = torch.matmul(x, weight.transpose(1, 2)) + bias.unsqueeze(1)
+            else:
+                x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+            if i < len(names) - 1:
+                x = x.relu()
+        return x
 
 
 @register_model

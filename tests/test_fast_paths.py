@@ -1,0 +1,95 @@
+"""The fast paths of small models (docs/batched.md, docs/performance.md) compute what the plain ones do:
+the MLP's stacked forward, the tick's own SGD, a line of points evaluated in one stacked pass; and an LLPF
+search, alone or batched, never loads torch._dynamo (about 2 s of every command's start)."""
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call, vmap
+
+from llpf_core import build_model, load_dataset
+from llpf_core.evaluate import Evaluator
+from llpf_core.stackedforward import stacked_forward
+from llpf_core.train import PlainSGD
+from tests.test_lazy_imports import modules_after
+
+
+def _mlps(k: int, seed: int = 0):
+    torch.manual_seed(seed)
+    models = [build_model("mlp") for _ in range(k)]
+    params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models])
+              for n, _ in models[0].named_parameters()}
+    return models, params
+
+
+def test_the_mlps_stacked_forward_is_each_models_forward():
+    models, params = _mlps(5)
+    x = torch.randn(5, 7, 1, 8, 8)
+    own = torch.stack([m(x[k]) for k, m in enumerate(models)])
+    assert torch.allclose(stacked_forward(models[0], params, x), own, atol=1e-5)
+    shared = torch.randn(7, 1, 8, 8)
+    out = stacked_forward(models[0], params, shared, shared_input=True)
+    assert torch.allclose(out, torch.stack([m(shared) for m in models]), atol=1e-5)
+    # the generic path (torch.func) gives the same
+    generic = vmap(lambda p, xi: functional_call(models[0], p, (xi,)), in_dims=(0, None))(params, shared)
+    assert torch.allclose(out, generic, atol=1e-5)
+    # and the gradients flow to the stacked parameters
+    leaves = {n: p.clone().requires_grad_() for n, p in params.items()}
+    stacked_forward(models[0], leaves, x).square().sum().backward()
+    expected = torch.autograd.grad(models[2](x[2]).square().sum(), list(models[2].parameters()))
+    for (name, leaf), grad in zip(leaves.items(), expected):
+        assert torch.allclose(leaf.grad[2], grad, atol=1e-4), name
+
+
+@pytest.mark.parametrize("scales", [None, [0.5, 2.0, 1.0, 0.1, 3.0, 1.0]])
+def test_the_ticks_sgd_takes_torch_optims_steps(scales):
+    """PlainSGD against torch.optim.SGD with one group per parameter, each at lr x its scale."""
+    (model,), _ = _mlps(1)
+    reference = build_model("mlp")
+    reference.load_state_dict(model.state_dict())
+    factors = scales or [1.0] * 6
+    ours = PlainSGD(list(model.parameters()), lr=0.05)
+    if scales:
+        ours.scales = scales
+    theirs = torch.optim.SGD([{"params": [p], "lr": 0.05 * f} for p, f in zip(reference.parameters(), factors)],
+                             lr=0.05)
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    for _ in range(5):
+        for net, opt in ((model, ours), (reference, theirs)):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    for a, b in zip(model.parameters(), reference.parameters()):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert all(p.grad is not None for p in model.parameters())
+    ours.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_line_evaluated_in_stacked_passes_equals_point_by_point():
+    (a, b), _ = _mlps(2, seed=3)
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    evaluator = Evaluator(build_model("mlp"), train, test, 300, 0, 0, 32)
+    assert evaluator.line_stacked
+    alphas = [i / 20 for i in range(21)]  # more than one stacked pass (LINE_POINTS_PER_PASS)
+    sa, sb = a.state_dict(), b.state_dict()
+    line = evaluator.line(sa, sb, alphas)
+    for row in line:
+        point = {k: torch.lerp(sa[k], sb[k], row["alpha"]) for k in sa}
+        alone = evaluator.evaluate(point)
+        for key, value in alone.items():
+            assert np.isclose(row[key], value, rtol=1e-5, atol=1e-6), (row["alpha"], key)
+    idx = torch.arange(50)
+    continuity = evaluator.line(sa, sb, alphas[1:4], idx)
+    assert [set(r) for r in continuity] == [{"alpha", "loss", "acc"}] * 3
+
+
+def test_an_llpf_search_alone_or_batched_never_loads_torch_dynamo(digits_modes, tmp_path):
+    a, b = (str(m.path) for m in digits_modes)
+    loaded = modules_after(
+        "from llpf_core import Pair, resolve_config, run_batched, run_search\n"
+        "cfg = resolve_config('mlp', 'digits', 'm2m', overrides=['ticks=3', 'device=cpu']).config\n"
+        f"run_search({a!r}, {b!r}, cfg, {str(tmp_path / 'alone')!r})\n"
+        f"run_batched([Pair({a!r}, {b!r}, cfg, {str(tmp_path / 'p0')!r}), Pair({b!r}, {a!r}, cfg, "
+        f"{str(tmp_path / 'p1')!r})])")
+    assert "torch" in loaded and "torch._dynamo" not in loaded
+    assert (tmp_path / "alone" / "path.csv").exists() and (tmp_path / "p1" / "path.csv").exists()
