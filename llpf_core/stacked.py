@@ -1,7 +1,8 @@
 """K models of one architecture trained together: their parameters stacked along a new first dimension,
 one forward pass over the stack (``stackedforward.stacked_forward``: the model's own batched form, or
-``torch.func.functional_call`` under ``torch.func.vmap``), one backward pass and one SGD update added back into the stacked tensors per step. A step computes only the models still
-training: one whose stop rule has fired is left out (it stops moving) while the others go on.
+``torch.func.functional_call`` under ``torch.func.vmap``), one backward pass and one SGD update added
+back into the stacked tensors per step. A step computes only the models still training: one whose stop
+rule has fired is left out (it stops moving) while the others go on.
 
 Every model's parameters become views of the stacked tensors (``stack_models``), so whatever else works
 on a model in place (LLPF's move and variance correction, evaluation, checkpoints) sees and changes

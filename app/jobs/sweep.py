@@ -69,8 +69,8 @@ class SweepJobs(Supervisor):
 
     def _sweep_work(self, out: Path, args: list[str]):
         def work(job: Job, stop: Event, _pause: Event) -> None:
-            workers = args[args.index("--workers") + 1] if "--workers" in args else None
-            self._set(job, status="running", message="training the modes" + (", starting Ray" if workers != "1" else ""))
+            ray = "--workers" not in args or args[args.index("--workers") + 1] != "1"  # one worker: no Ray
+            self._set(job, status="running", message="training the modes" + (", starting Ray" if ray else ""))
             with tempfile.TemporaryFile("w+") as stderr:  # a file: a pipe nobody reads could fill and stall it
                 command = [sys.executable, "-m", "llpf_core", "sweep", "--out", str(out), "--quiet", *args]
                 proc = subprocess.Popen(command, cwd=ENGINE_ROOT, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
