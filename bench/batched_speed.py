@@ -1,6 +1,6 @@
 """Batched LLPF against the same pairs one after another: pairs per second, and a whole batched sweep.
 
-    python bench/batched_speed.py [--ticks 50] [--threads 1] [--lenet-ticks 20] [--skip-lenet] [--training-only]
+    python bench/batched_speed.py [--ticks 300] [--threads 1] [--lenet-ticks 20] [--skip-lenet] [--training-only]
                                   [--out FOLDER]
 
 Side by side in one run, so the ratios are fair on a shared machine (the load is printed):
@@ -70,7 +70,7 @@ def training_only(paths: list[Path], k: int, steps: int) -> tuple[float, float]:
     from llpf_core import build_model, load_dataset, load_mode
     from llpf_core.config import TrainSpec
     from llpf_core.stacked import Job, StackedTrainer, stack_models
-    from llpf_core.train import BatchStream, train_until
+    from llpf_core.train import BatchStream, PlainSGD, train_until
     data = load_dataset("digits", "train")
     spec = TrainSpec(lr=0.05, batch_size=32, loss_threshold=0.0, min_iters=steps, max_iters=steps)
     mode = load_mode(paths[0], "mode")
@@ -86,7 +86,7 @@ def training_only(paths: list[Path], k: int, steps: int) -> tuple[float, float]:
     def stream(i):
         return BatchStream(data, 32, torch.Generator().manual_seed(i))
     ones = models()
-    serial = timed(lambda: [train_until(m, torch.optim.SGD(m.parameters(), lr=spec.lr), stream(i), spec)
+    serial = timed(lambda: [train_until(m, PlainSGD(list(m.parameters()), lr=spec.lr), stream(i), spec)
                             for i, m in enumerate(ones)])
     stacked_models = models()
     trainer = StackedTrainer(stacked_models[0], stack_models(stacked_models))
@@ -96,7 +96,7 @@ def training_only(paths: list[Path], k: int, steps: int) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ticks", type=int, default=50)
+    ap.add_argument("--ticks", type=int, default=0, help="ticks of the digits runs (default 0: the preset's 300)")
     ap.add_argument("--lenet-ticks", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-lenet", action="store_true")
@@ -109,7 +109,8 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     print(f"load average before: {os.getloadavg()}, {os.cpu_count()} CPUs, {a.threads} torch thread(s)", flush=True)
     mlp = modes(root / "modes", "mlp", "digits", 16, load_recipe("mlp-digits"), "mlp-digits")
-    mlp_cfg = replace(resolve_config("mlp", "digits", "m2m", overrides=[f"ticks={a.ticks}"]).config, device="cpu")
+    mlp_cfg = replace(resolve_config("mlp", "digits", "m2m", overrides=[f"ticks={a.ticks}"] if a.ticks else []).config,
+                      device="cpu")
     # Warm-up, untimed: the first search in a process pays one-time imports (torch.optim loads torch._dynamo).
     run_search(mlp[0], mlp[1], replace(mlp_cfg, ticks=2), root / "warm-up" / "alone")
     run_batched([Pair(mlp[0], mlp[1], replace(mlp_cfg, ticks=2), root / "warm-up" / f"p{i}") for i in range(2)])
@@ -136,20 +137,31 @@ def mlp_cases(a, root: Path, mlp: list[Path], mlp_cfg) -> list[dict]:
         return []
     rows = [compare(root, "digits MLP", mlp, mlp_cfg, k) for k in (1, 8, 32)]
 
-    # A whole sweep command of 8 digits pairs (disjoint mode pairs), against the same eight searched alone.
+    # A whole sweep command of 8 digits pairs (disjoint mode pairs), against the same eight searched alone:
+    # their own wall times (run.json's, set-up and process start not included), and eight `connect` commands.
     sweep_modes = [str(p) for p in mlp]
     own = 0.0
     for i in range(8):  # the same pairs as the sweep's: (mode 2i+1, mode 2i+2)
         run = run_search(sweep_modes[2 * i], sweep_modes[2 * i + 1], mlp_cfg, root / "sweep-alone" / f"p{i}")
         own += float(run.metrics["wall_s"].iloc[-1])
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
+    ticks = ["--set", f"ticks={a.ticks}"] if a.ticks else []
+    commands = 0.0
+    for i in range(8):
+        cmd = [sys.executable, "-m", "llpf_core", "connect", sweep_modes[2 * i], sweep_modes[2 * i + 1], "--out",
+               str(root / "connect" / f"p{i}"), "--device", "cpu", "--quiet", *ticks]
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, env=env)
+        commands += time.perf_counter() - t
     cmd = [sys.executable, "-m", "llpf_core", "sweep", "--out", str(root / "sweep"), "--modes", *sweep_modes,
-           "--workers", "1", "--batch", "8", "--threads", str(a.threads), "--quiet", "--set", f"ticks={a.ticks}"]
+           "--workers", "1", "--batch", "8", "--threads", str(a.threads), "--quiet", *ticks]
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
     sweep_wall = time.perf_counter() - t
-    print(f"\nsweep --pairs 8 --workers 1 --batch 8 (digits MLP, {a.ticks} ticks): {sweep_wall:.1f} s, process start "
-          f"included; the eight searches' own wall times added up: {own:.1f} s; ratio {sweep_wall / own:.2f} "
-          f"(target <= 0.4)")
+    print(f"\nsweep --pairs 8 --workers 1 --batch 8 (digits MLP, {a.ticks or 300} ticks): {sweep_wall:.1f} s, "
+          f"process start included; the eight searches' own wall times added up: {own:.1f} s (ratio "
+          f"{sweep_wall / own:.2f}, target <= 0.4); eight `connect` commands: {commands:.1f} s (ratio "
+          f"{sweep_wall / commands:.2f})")
     return rows
 
 

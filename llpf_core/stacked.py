@@ -100,7 +100,9 @@ class StackedTrainer:
             self.factors = self._factors([self.jobs[k] for k in active], device)
             self.changed = False
         xs, ys, ws = _next_batches([self.jobs[k].stream for k in active])
-        params = {n: t.index_select(0, self.index).requires_grad_() for n, t in zip(self.names, self.tensors)}
+        whole = len(active) == self.k  # every model trains: the stack itself, no gathering
+        params = {n: (t.detach() if whole else t.index_select(0, self.index)).requires_grad_()
+                  for n, t in zip(self.names, self.tensors)}
         with autocast(xs.device, self.dtype):
             outs = stacked_forward(self.base, params, xs)
         # per model, the mean loss over its real samples (w = 1; an epoch's short last batch is padded, w = 0)
@@ -109,11 +111,13 @@ class StackedTrainer:
         losses.sum().backward()
         with torch.no_grad():
             steps = torch._foreach_mul([params[n].grad for n in self.names], self.factors)
-            for t, step in zip(self.tensors, steps):
-                t.index_add_(0, self.index, step, alpha=-1)
-            hits = ((outs.argmax(-1) == ys).float() * ws).sum(-1).tolist()
-            seen = ws.sum(-1).tolist()
-        values = losses.detach().tolist()
+            if whole:
+                torch._foreach_add_(self.tensors, steps, alpha=-1)
+            else:
+                for t, step in zip(self.tensors, steps):
+                    t.index_add_(0, self.index, step, alpha=-1)
+            hits = ((outs.argmax(-1) == ys).float() * ws).sum(-1)
+            values, hits, seen = torch.stack([losses.detach(), hits, ws.sum(-1)]).tolist()  # one read
         results: dict[int, TickTraining | TrainingDiverged] = {}
         for j, k in enumerate(active):
             counts, spec = self.counts[k], self.jobs[k].spec
