@@ -345,8 +345,8 @@ class Driver:
         tensors["torch_rng"] = torch.get_rng_state()
         if self.device.type == "cuda":
             tensors["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        info.update(tick=self.method.progress, algorithm=self.name, device_type=self.device.type,
-                    wall_s=self._elapsed())
+        info.update(tick=self.method.progress, total=self.method.total, algorithm=self.name,
+                    device_type=self.device.type, wall_s=self._elapsed())
         self.writer.save_checkpoint(tensors, info)
 
     def _restore(self, tensors: dict[str, torch.Tensor], info: dict) -> None:

@@ -312,6 +312,18 @@ class Run:
         from .pathfile import PATH_COLUMNS
         return self._table("path", PATH_COLUMNS)
 
+    @property
+    def checkpoint_progress(self) -> tuple[int, int] | None:
+        """(units done, units planned) at the last checkpoint, from checkpoint.json; None when there is no
+        readable one. The progress of a method whose rows come at its end (bezier, autoneb)."""
+        try:
+            info = json.loads((self.path / "checkpoint.json").read_text())
+            done, total = info["tick"], info["total"]
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (done, total))
+        return (done, total) if ok else None
+
     def points(self) -> list[tuple[int, Path]]:
         """Saved path points as (tick, file), in tick order."""
         files = sorted((self.path / "points").glob("[0-9]*.safetensors"))
