@@ -16,6 +16,7 @@ Side by side in one run, so the ratios are fair on a shared machine (the load is
 The modes are trained first, untimed.
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -32,20 +33,28 @@ from llpf_core import TrainRecipe, load_recipe, resolve_config, run_search, trai
 from llpf_core.batched import Pair, run_batched  # noqa: E402
 
 
-def modes(root: Path, model: str, dataset: str, n: int, recipe: TrainRecipe, name: str) -> list[Path]:
+def modes(root: Path, model: str, dataset: str, n: int, recipe: TrainRecipe, name: str,
+          device: str = "cpu") -> list[Path]:
     paths = []
     for seed in range(1, n + 1):
         path = root / f"{model}-seed{seed}.safetensors"
         if not path.exists():
-            train_mode(model, dataset, seed, path, recipe, "cpu", recipe_name=name)
+            train_mode(model, dataset, seed, path, recipe, device, recipe_name=name)
         paths.append(path)
     return paths
 
 
 def timed(fn) -> tuple[float, float]:
+    sync()
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
+    sync()
     return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def compare(root: Path, label: str, paths: list[Path], cfg, k: int) -> dict:
@@ -64,14 +73,14 @@ def compare(root: Path, label: str, paths: list[Path], cfg, k: int) -> dict:
             "serial_cpu": serial[1], "batched_cpu": batched[1]}
 
 
-def training_only(paths: list[Path], k: int, steps: int) -> tuple[float, float]:
+def training_only(paths: list[Path], k: int, steps: int, device: str = "cpu") -> tuple[tuple, tuple]:
     """The issue's measurement: K digits MLPs trained ``steps`` SGD steps each (batch 32, the loss read every
     step as the stop rule does), one after another by ``train_until`` against stacked by ``StackedTrainer``."""
     from llpf_core import build_model, load_dataset, load_mode
     from llpf_core.config import TrainSpec
     from llpf_core.stacked import Job, StackedTrainer, stack_models
     from llpf_core.train import BatchStream, PlainSGD, train_until
-    data = load_dataset("digits", "train")
+    data = load_dataset("digits", "train").to(device)
     spec = TrainSpec(lr=0.05, batch_size=32, loss_threshold=0.0, min_iters=steps, max_iters=steps)
     mode = load_mode(paths[0], "mode")
 
@@ -80,11 +89,11 @@ def training_only(paths: list[Path], k: int, steps: int) -> tuple[float, float]:
         for i in range(k):
             m = build_model("mlp", **mode.meta.model_kwargs)
             m.load_state_dict(load_mode(paths[i % len(paths)], "mode").model.state_dict())
-            out.append(m)
+            out.append(m.to(device))
         return out
 
     def stream(i):
-        return BatchStream(data, 32, torch.Generator().manual_seed(i))
+        return BatchStream(data, 32, torch.Generator(device).manual_seed(i))
     ones = models()
     serial = timed(lambda: [train_until(m, PlainSGD(list(m.parameters()), lr=spec.lr), stream(i), spec)
                             for i, m in enumerate(ones)])
@@ -99,19 +108,25 @@ def main() -> None:
     ap.add_argument("--ticks", type=int, default=0, help="ticks of the digits runs (default 0: the preset's 300)")
     ap.add_argument("--lenet-ticks", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU check's case")
+    ap.add_argument("--ks", default="1,8,32", help="the batch sizes K of the digits cases (default 1,8,32)")
+    ap.add_argument("--modes", type=int, default=16, help="digits modes to pair (K pairs of distinct modes)")
     ap.add_argument("--skip-lenet", action="store_true")
     ap.add_argument("--skip-mlp", action="store_true", help="only the LeNet-5 cases")
+    ap.add_argument("--skip-sweep", action="store_true", help="no sweep command (it needs 16 modes)")
     ap.add_argument("--training-only", action="store_true", help="only the issue's training measurement")
     ap.add_argument("--out", help="folder for modes and runs (default: a temporary one)")
+    ap.add_argument("--json", type=Path, help="also write the rows here")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     root = Path(a.out or tempfile.mkdtemp(prefix="batched-speed-"))
     root.mkdir(parents=True, exist_ok=True)
-    print(f"load average before: {os.getloadavg()}, {os.cpu_count()} CPUs, {a.threads} torch thread(s)", flush=True)
-    mlp = modes(root / "modes", "mlp", "digits", 16, load_recipe("mlp-digits"), "mlp-digits")
+    print(f"load average before: {os.getloadavg()}, {os.cpu_count()} CPUs, {a.threads} torch thread(s), "
+          f"device {a.device}", flush=True)
+    mlp = modes(root / "modes", "mlp", "digits", a.modes, load_recipe("mlp-digits"), "mlp-digits", a.device)
     mlp_cfg = replace(resolve_config("mlp", "digits", "m2m", overrides=[f"ticks={a.ticks}"] if a.ticks else []).config,
-                      device="cpu")
-    # Warm-up, untimed: the first search in a process pays one-time imports (torch.optim loads torch._dynamo).
+                      device=a.device)
+    # Warm-up, untimed: the first search in a process pays one-time costs (imports, CUDA kernels).
     run_search(mlp[0], mlp[1], replace(mlp_cfg, ticks=2), root / "warm-up" / "alone")
     run_batched([Pair(mlp[0], mlp[1], replace(mlp_cfg, ticks=2), root / "warm-up" / f"p{i}") for i in range(2)])
     rows = []
@@ -119,24 +134,31 @@ def main() -> None:
         rows = mlp_cases(a, root, mlp, mlp_cfg)
     if not a.skip_lenet:
         lenet = modes(root / "modes", "lenet5", "fashion-mnist", 4, replace(load_recipe("lenet5-fashion-mnist"),
-                      epochs=1), "lenet5-fashion-mnist")
+                      epochs=1), "lenet5-fashion-mnist", a.device)
         lenet_cfg = replace(resolve_config("lenet5", "fashion-mnist", "m2m",
-                                           overrides=[f"ticks={a.lenet_ticks}"]).config, device="cpu")
+                                           overrides=[f"ticks={a.lenet_ticks}"]).config, device=a.device)
         rows += [compare(root, "LeNet-5", lenet, lenet_cfg, k) for k in (1, 8)]
     table(rows)
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
 
 
 def mlp_cases(a, root: Path, mlp: list[Path], mlp_cfg) -> list[dict]:
-    training_only(mlp, 2, 50)  # warm-up: the first SGD step and the first vmap pay one-time imports
-    for k in (1, 8, 32):
-        serial, batched = training_only(mlp, k, 400)
+    ks = [int(k) for k in a.ks.split(",")]
+    training_only(mlp, 2, 50, a.device)  # warm-up: the first SGD step and the first stacked step pay one-time costs
+    rows = []
+    for k in ks:
+        serial, batched = training_only(mlp, k, 400, a.device)
         print(f"training only, digits MLP, K={k}, 400 steps each: one after another {serial[0]:.2f} s wall "
               f"({serial[1]:.2f} s CPU), stacked {batched[0]:.2f} s ({batched[1]:.2f} s): "
               f"{serial[0] / batched[0]:.2f}x wall ({serial[1] / batched[1]:.2f}x CPU)", flush=True)
+        rows.append({"case": f"training only, digits MLP, K={k}", "serial_wall": serial[0],
+                     "batched_wall": batched[0], "serial_cpu": serial[1], "batched_cpu": batched[1]})
     if a.training_only:
-        return []
-    rows = [compare(root, "digits MLP", mlp, mlp_cfg, k) for k in (1, 8, 32)]
-
+        return rows
+    rows += [compare(root, "digits MLP", mlp, mlp_cfg, k) for k in ks]
+    if a.skip_sweep:
+        return rows
     # A whole sweep command of 8 digits pairs (disjoint mode pairs), against the same eight searched alone:
     # their own wall times (run.json's, set-up and process start not included), and eight `connect` commands.
     sweep_modes = [str(p) for p in mlp]
@@ -162,6 +184,8 @@ def mlp_cases(a, root: Path, mlp: list[Path], mlp_cfg) -> list[dict]:
           f"process start included; the eight searches' own wall times added up: {own:.1f} s (ratio "
           f"{sweep_wall / own:.2f}, target <= 0.4); eight `connect` commands: {commands:.1f} s (ratio "
           f"{sweep_wall / commands:.2f})")
+    rows.append({"case": "sweep command against 8 connect commands, K=8", "serial_wall": commands,
+                 "batched_wall": sweep_wall, "serial_cpu": None, "batched_cpu": None, "own_wall_sum": own})
     return rows
 
 
@@ -170,12 +194,14 @@ def table(rows: list[dict]) -> None:
     print("| case | one after another: wall s (CPU s) | batched: wall s (CPU s) | pairs/s one by one | pairs/s batched "
           "| speed-up wall (CPU) |")
     print("|---|---|---|---|---|---|")
+    def cpu(value) -> str:
+        return "" if value is None else f" ({value:.1f})"
     for r in rows:
         k = int(r["case"].rsplit("=", 1)[1])
-        print(f"| {r['case']} | {r['serial_wall']:.1f} ({r['serial_cpu']:.1f}) | {r['batched_wall']:.1f} "
-              f"({r['batched_cpu']:.1f}) | {k / r['serial_wall']:.2f} | {k / r['batched_wall']:.2f} | "
-              f"{r['serial_wall'] / r['batched_wall']:.2f}x ({r['serial_cpu'] / r['batched_cpu']:.2f}x) |")
-
+        ratio = "" if r["serial_cpu"] is None else f" ({r['serial_cpu'] / r['batched_cpu']:.2f}x)"
+        print(f"| {r['case']} | {r['serial_wall']:.1f}{cpu(r['serial_cpu'])} | {r['batched_wall']:.1f}"
+              f"{cpu(r['batched_cpu'])} | {k / r['serial_wall']:.2f} | {k / r['batched_wall']:.2f} | "
+              f"{r['serial_wall'] / r['batched_wall']:.2f}x{ratio} |")
 
 if __name__ == "__main__":
     main()

@@ -10,10 +10,12 @@ and the next one still runs; the whole check stops starting parts after ``--tota
      ticks and with the per-step loss read (max_iters 100);
   3. llpf_run: two ResNet-18 Fashion-MNIST (padded to 32x32x3) modes, then the paper's six-phase M2M
      compressed into a few hundred ticks (barrier, path max, steps/s);
-  4. pytest: the engine's tests (not the app's, which need Streamlit) once on the device, with
+  4. batched: K digits MLP pairs on the device, their training stacked (bench/batched_speed.py), against the
+     same pairs one after another, for K = 1, 8, 32 (training alone and whole runs);
+  5. pytest: the engine's tests (not the app's, which need Streamlit) once on the device, with
      LLPF_TEST_DEVICE set to it (tests/conftest.py), leaving out the slow ones.
 
-Written to ``--out-dir`` (default ``$OUT``, else ./gpu-check-out), flat, six files: summary.json (every
+Written to ``--out-dir`` (default ``$OUT``, else ./gpu-check-out), flat, eight files: summary.json (every
 part's status, time and figures), and per part its log and, for the benches, their JSON. Modes, runs and
 the unpacked data go to ``--work-dir`` (default ``$LLPF_HOME/gpu-check``), reused by a second try.
 
@@ -66,19 +68,21 @@ TOTAL_SECONDS = 470  # no part starts later than this; the parts' start-up and t
 # environment part and the parts' start-up, under TOTAL_SECONDS.
 PROFILES = {
     "gpu": {
-        "search_overhead": (140, ["--case", "resnet18-synthetic-m2m", "--case", "resnet18-synthetic-m2m-loss-read",
-                                  "--case-seconds", "45"]),
-        "llpf_run": (150, ["--model", "resnet18", "--dataset", "fashion-mnist-rgb32",
+        "search_overhead": (130, ["--case", "resnet18-synthetic-m2m", "--case", "resnet18-synthetic-m2m-loss-read",
+                                  "--case-seconds", "40"]),
+        "llpf_run": (140, ["--model", "resnet18", "--dataset", "fashion-mnist-rgb32",
                            "--recipe", "resnet18-cifar10-paper", "--preset", "resnet18-cifar10-m2m-paper",
                            "--epochs", "2", "--ticks", "300", "--minutes", "1.0", "--dtype", "bfloat16",
                            "--set", "eval_every=25", "--set", "continuity.every=50"]),
-        "pytest": (140, ["-m", "not slow", *ENGINE_TESTS]),
+        "batched": (70, ["--ticks", "30", "--ks", "1,8,32", "--modes", "8", "--skip-lenet", "--skip-sweep"]),
+        "pytest": (110, ["-m", "not slow", *ENGINE_TESTS]),
     },
     "dry-run": {
         "search_overhead": (60, ["--case", "mlp-digits-m2m", "--set", "ticks=5", "--threads", "1"]),
         "llpf_run": (60, ["--model", "cnn", "--dataset", "digits", "--recipe", "cnn-digits",
                           "--preset", "cnn-digits-m2m", "--epochs", "1", "--ticks", "4", "--minutes", "0.5",
                           "--dtype", "float32", "--set", "continuity.samples=64"]),
+        "batched": (60, ["--ticks", "3", "--ks", "2", "--modes", "3", "--skip-lenet", "--skip-sweep"]),
         "pytest": (60, ["tests/test_geometry.py", "-k", "variance_correction"]),
     },
 }
@@ -174,6 +178,9 @@ def headline(summary: dict) -> list[str]:
                      f"{', '.join(r['phases_reached'])}, barrier {r['barrier']:.4f}, path max train loss "
                      f"{r['path_max_train_loss']:.4f}, final distance_rel {r['final_distance_rel']:.4f}, "
                      f"{r['steps_per_s']:.1f} steps/s")
+    for r in summary["parts"].get("batched", {}).get("figures") or []:
+        lines.append(f"batched {r['case']}: one after another {r['serial_wall']:.2f} s, batched "
+                     f"{r['batched_wall']:.2f} s, {r['serial_wall'] / r['batched_wall']:.2f}x")
     r = summary["parts"].get("pytest", {}).get("figures")
     if r:
         counts = ", ".join(f"{v} {k}" for k, v in r.items() if k not in ("failed_tests", "cut_short"))
@@ -235,6 +242,8 @@ def main() -> None:
                             "--cache", str(work / "bench-modes"), "--json", str(out / "search_overhead.json")],
         "llpf_run": [python, "bench/resnet18_fashion_gpu.py", "--device", args.device, "--data-root", str(data_root),
                      "--out", str(work / "llpf-run"), "--json", str(out / "llpf_run.json")],
+        "batched": [python, "bench/batched_speed.py", "--device", args.device, "--out", str(work / "batched"),
+                    "--json", str(out / "batched.json")],
         "pytest": [python, "-m", "pytest", "-v", "-rfE", "-p", "no:cacheprovider"],
     }
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "LLPF_TEST_DEVICE": args.device,

@@ -40,7 +40,7 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     parts = summary["parts"]
     assert {name: part["status"] for name, part in parts.items()} == {
-        "environment": "ok", "search_overhead": "ok", "llpf_run": "ok", "pytest": "ok"}, parts
+        "environment": "ok", "search_overhead": "ok", "llpf_run": "ok", "batched": "ok", "pytest": "ok"}, parts
     assert summary["environment"]["device"] == "cpu" and summary["environment"]["torch"]
     assert summary["unpacked"] == ["t10k-labels-idx1-ubyte", "train-labels-idx1-ubyte"]
     assert sorted(p.name for p in data.iterdir()) == ["t10k-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte.gz"]
@@ -48,11 +48,15 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert overhead["case"] == "mlp-digits-m2m" and overhead["steps"] > 0 and 0 < overhead["ratio"]
     run = parts["llpf_run"]["figures"]
     assert run["status"] == "finished" and run["ticks"] == 4 and run["barrier"] > run["path_max_train_loss"] > 0
+    batched = {r["case"]: r for r in parts["batched"]["figures"]}
+    assert set(batched) == {"training only, digits MLP, K=2", "digits MLP, K=2"}
+    assert all(r["serial_wall"] > 0 and r["batched_wall"] > 0 for r in batched.values())
     assert parts["pytest"]["figures"]["passed"] >= 2 and parts["pytest"]["figures"]["failed_tests"] == []
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["llpf_run.json", "llpf_run.log", "pytest.log", "search_overhead.json", "search_overhead.log",
-                     "summary.json"]
+    assert files == ["batched.json", "batched.log", "llpf_run.json", "llpf_run.log", "pytest.log",
+                     "search_overhead.json", "search_overhead.log", "summary.json"]
     assert "search/bare" in proc.stdout and "barrier" in proc.stdout and "passed" in proc.stdout
+    assert "batched digits MLP, K=2" in proc.stdout
 
 
 def test_the_gpu_profile_names_cases_presets_and_tests_that_exist():
