@@ -329,9 +329,9 @@ def test_channels_last_gives_the_nchw_run(tmp_path):
     x, y = nchw.metrics, nhwc.metrics
     assert list(x["iterations"]) == list(y["iterations"])
     # The same arithmetic in another memory layout: convolutions sum in another order, which training amplifies
-    # a little every tick (up to 1e-5 after 8 ticks on one machine's CPU, less on another's).
+    # every tick (4e-4 in the train loss after 8 ticks on one machine's CPU, under 1e-5 on another's).
     for column in ("distance", "train_loss", "test_loss", "continuity_max_loss"):
-        assert np.allclose(x[column], y[column], rtol=1e-4, equal_nan=True), column
+        assert np.allclose(x[column], y[column], rtol=1e-3, equal_nan=True), column
 
 
 # --- 7. the CLI demo on the CPU ------------------------------------------------------------------------------
