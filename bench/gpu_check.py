@@ -11,7 +11,7 @@ and the next one still runs; the whole check stops starting parts after ``--tota
   3. llpf_run: two ResNet-18 Fashion-MNIST (padded to 32x32x3) modes, then the paper's six-phase M2M
      compressed into a few hundred ticks (barrier, path max, steps/s);
   4. batched: K digits MLP pairs on the device, their training stacked (bench/batched_speed.py), against the
-     same pairs one after another, for K = 1, 8, 32 (training alone and whole runs);
+     same pairs one after another, for K = 1 and 8 (training alone and whole runs of 30 ticks);
   5. pytest: the engine's tests (not the app's, which need Streamlit) once on the device, with
      LLPF_TEST_DEVICE set to it (tests/conftest.py), leaving out the slow ones.
 
@@ -46,7 +46,7 @@ sys.path.insert(0, str(BENCH))
 ENGINE_TESTS = ["tests/test_geometry.py", "tests/test_evaluate.py", "tests/test_search.py", "tests/test_config.py",
                 "tests/test_data.py", "tests/test_runfolder.py", "tests/test_thresholds.py", "tests/test_zoo.py",
                 "tests/test_cli.py", "tests/test_cli_errors.py", "tests/test_hardening.py",
-                "tests/test_lazy_imports.py", "tests/test_gpu_readiness.py"]
+                "tests/test_lazy_imports.py", "tests/test_gpu_readiness.py", "tests/test_fast_paths.py"]
 
 
 def tests_that_cannot_run_here() -> dict[str, str]:
@@ -64,7 +64,7 @@ def tests_that_cannot_run_here() -> dict[str, str]:
 
 TOTAL_SECONDS = 470  # no part starts later than this; the parts' start-up and the summary fit in 8 minutes
 
-# Per profile: each part's time budget (s) and arguments. The GPU budgets add up to 7 minutes; with the
+# Per profile: each part's time budget (s) and arguments. The GPU budgets add up to 450 s; with the
 # environment part and the parts' start-up, under TOTAL_SECONDS.
 PROFILES = {
     "gpu": {
@@ -74,7 +74,8 @@ PROFILES = {
                            "--recipe", "resnet18-cifar10-paper", "--preset", "resnet18-cifar10-m2m-paper",
                            "--epochs", "2", "--ticks", "300", "--minutes", "1.0", "--dtype", "bfloat16",
                            "--set", "eval_every=25", "--set", "continuity.every=50"]),
-        "batched": (70, ["--ticks", "30", "--ks", "1,8,32", "--modes", "8", "--skip-lenet", "--skip-sweep"]),
+        "batched": (70, ["--ticks", "30", "--ks", "1,8", "--modes", "8", "--epochs", "5", "--skip-lenet",
+                         "--skip-sweep"]),
         "pytest": (110, ["-m", "not slow", *ENGINE_TESTS]),
     },
     "dry-run": {
@@ -82,7 +83,8 @@ PROFILES = {
         "llpf_run": (60, ["--model", "cnn", "--dataset", "digits", "--recipe", "cnn-digits",
                           "--preset", "cnn-digits-m2m", "--epochs", "1", "--ticks", "4", "--minutes", "0.5",
                           "--dtype", "float32", "--set", "continuity.samples=64"]),
-        "batched": (60, ["--ticks", "3", "--ks", "2", "--modes", "3", "--skip-lenet", "--skip-sweep"]),
+        "batched": (60, ["--ticks", "3", "--ks", "2", "--modes", "3", "--epochs", "2", "--skip-lenet",
+                         "--skip-sweep"]),
         "pytest": (60, ["tests/test_geometry.py", "-k", "variance_correction"]),
     },
 }

@@ -155,7 +155,7 @@ class _Lockstep:
             self.prev[i] = d.continuity_start()
             self.targets[i] = m.before_training()
             self.trainer.start(self.order.index(i), Job(m.stream, m.stages[m.stage_index].train,
-                                                        getattr(m.optimizer, "scales", None)))
+                                                        m.optimizer.scales))
         if not self._guard(i, before):
             self._finish(i)
 

@@ -12,6 +12,7 @@ import gzip
 import math
 import os
 import shutil
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -102,6 +103,8 @@ class ImageData(Dataset):
         self.augmentation = augmentation
         self._mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
         self._std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+        # copies on other devices, shared while anyone holds them: the pairs of a batched sweep use one
+        self._copies: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
     @property
     def in_channels(self) -> int:
@@ -121,10 +124,16 @@ class ImageData(Dataset):
                 "image_size": self.image_size}
 
     def to(self, device: str | torch.device) -> "ImageData":
-        if torch.device(device) == self.device:
+        """This split on ``device``: one copy there while it is in use, however many ask for it."""
+        device = torch.device(device)
+        if device == self.device:
             return self
-        return ImageData(self.name, self.split, self.images.to(device), self.labels.to(device),
-                         self.scale, self.mean, self.std, self.num_classes, self.augmentation)
+        copy = self._copies.get(str(device))
+        if copy is None:
+            copy = ImageData(self.name, self.split, self.images.to(device), self.labels.to(device),
+                             self.scale, self.mean, self.std, self.num_classes, self.augmentation)
+            self._copies[str(device)] = copy
+        return copy
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import ImageData
-from .stackedforward import stacked_forward
+from .stackedforward import has_stacked_forward, stacked_forward
 
 EVAL_BATCH = 1000  # samples per evaluation forward pass on an accelerator
 EVAL_BATCH_CPU = 250  # on a CPU: LeNet-5's activations for 1,000 images spill the caches (1.5x slower per image)
@@ -57,7 +57,7 @@ class Evaluator:
         self.floats = [k for k, v in state.items() if v.is_floating_point()]
         self.others = [k for k, v in state.items() if not v.is_floating_point()]
         self.float_dst = [state[k] for k in self.floats]
-        self.line_stacked = stackable(model) and not any(True for _ in model.buffers())
+        self.line_stacked = has_stacked_forward(model)  # vmap over another model can fail, and gained nothing
         state_bytes = sum(v.numel() * v.element_size() for v in self.float_dst)
         self.line_per_pass = max(1, min(LINE_POINTS_PER_PASS, LINE_PASS_BYTES // max(state_bytes, 1)))
         self.other_dst = [state[k] for k in self.others]
@@ -147,19 +147,21 @@ class Evaluator:
              alphas: list[float], idx: torch.Tensor | None = None) -> list[dict[str, float]]:
         """Evaluate the straight line (1 - alpha) a + alpha b (b=None: the origin) at ``alphas``: on the
         train and test sets, or only on ``train[idx]`` (loss and acc) when ``idx`` is given (the
-        continuity check). Integer buffers follow b. Models without buffers that stack well
-        (``stackable``) evaluate up to ``LINE_POINTS_PER_PASS`` points of the line per forward pass."""
+        continuity check). Integer buffers follow b. Models with their own stacked forward
+        (``has_stacked_forward``: the MLP) evaluate up to ``LINE_POINTS_PER_PASS`` points per forward pass."""
         toward = [torch.zeros_like(a[k]) if b is None else b[k] for k in self.floats]
         ints = a if b is None else {**a, **{k: b[k] for k in self.others}}
         sets = [(self.train, self.train_idx), (self.test, self.test_idx)] if idx is None else [(self.train, idx)]
         results = []
-        if self.line_stacked:
-            self.load(ints)
+        if self.line_stacked:  # a model without buffers: only its parameters are on the line
+            self.model.eval()
+            ends = [(a[k].to(dst).unsqueeze(0), end.to(dst).unsqueeze(0)) for k, end, dst in
+                    zip(self.floats, toward, self.float_dst)]
             per_pass = self.line_per_pass
             for chunk in [alphas[i:i + per_pass] for i in range(0, len(alphas), per_pass)]:
-                weights = torch.tensor(chunk, device=toward[0].device, dtype=toward[0].dtype)
-                params = {k: torch.lerp(a[k].unsqueeze(0), end.unsqueeze(0), weights.view(-1, *[1] * end.dim()))
-                          for k, end in zip(self.floats, toward)}
+                weights = torch.tensor(chunk, device=self.float_dst[0].device, dtype=self.float_dst[0].dtype)
+                params = {k: torch.lerp(start, end, weights.view(-1, *[1] * (end.dim() - 1)))
+                          for k, (start, end) in zip(self.floats, ends)}
                 results.append(torch.cat([self.stacked(params, data, i) for data, i in sets], dim=1))
         else:
             for alpha in alphas:

@@ -53,6 +53,7 @@ RUN_SCHEMA = {"format": str, "name": str, "status": str, "algorithm": str, "star
               "sphere?": (None, {"stage": str, "ticks": int, "reached": bool, "note?": (str, None)})}
 _THRESHOLD = {"used": float, "configured": float, "loss_floor_factor": float, "endpoint_train_loss": float}
 CHECKPOINT_FILE = "checkpoint.safetensors"
+CHECKPOINT_INFO_FILE = "checkpoint.json"  # the checkpoint's info, for people and progress readers
 FLUSH_S = 0.5  # rows wait at most this long in memory: live readers lag by no more, and fast runs
 #               don't pay a write per tick
 
@@ -178,7 +179,7 @@ class RunWriter:
             except OSError as e:
                 raise os_error(e, "write", self.path / f"{table}.csv") from None
         save_tensors(self.path / CHECKPOINT_FILE, tensors, {"llpf.checkpoint": json.dumps(info)}, digest=True)
-        write_json(self.path / "checkpoint.json", info)
+        write_json(self.path / CHECKPOINT_INFO_FILE, info)
 
     def load_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict] | None:
         """The checkpoint's tensors and info, or None when there is none; a damaged one is one ``UserError``."""
@@ -317,7 +318,7 @@ class Run:
         """(units done, units planned) at the last checkpoint, from checkpoint.json; None when there is no
         readable one. The progress of a method whose rows come at its end (bezier, autoneb)."""
         try:
-            info = json.loads((self.path / "checkpoint.json").read_text())
+            info = json.loads((self.path / CHECKPOINT_INFO_FILE).read_text())
             done, total = info["tick"], info["total"]
         except (OSError, ValueError, TypeError, KeyError):
             return None

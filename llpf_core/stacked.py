@@ -154,8 +154,8 @@ def _next_batches(streams: list[BatchStream]) -> tuple[torch.Tensor, torch.Tenso
         idx = [s.next_indices() for s in streams]
         if all(len(i) == len(idx[0]) for i in idx):
             x, y = data.batch(torch.cat(idx))
-            return x.view(len(idx), -1, *x.shape[1:]), y.view(len(idx), -1), torch.ones(y.shape, device=y.device).view(
-                len(idx), -1)
+            shape = (len(idx), len(idx[0]))
+            return x.view(*shape, *x.shape[1:]), y.view(shape), torch.ones(shape, device=y.device)
         batches = [data.batch(i) for i in idx]
     else:
         batches = [s.next() for s in streams]

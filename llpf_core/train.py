@@ -89,6 +89,7 @@ class PlainSGD:
         self.scales = [1.0] * len(self.params)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop the gradients (always to None: nothing here reads a zero gradient)."""
         for p in self.params:
             p.grad = None
 
@@ -120,7 +121,7 @@ ACCURACY_BLOCK = 64  # iterations whose outputs are kept before their correct pr
 INTERRUPT_EVERY = 64  # iterations between two looks at the stop and pause requests
 
 
-def train_until(model: nn.Module, optimizer: torch.optim.Optimizer, stream: BatchStream,
+def train_until(model: nn.Module, optimizer: "PlainSGD | torch.optim.Optimizer", stream: BatchStream,
                 spec: TrainSpec, dtype: str = "float32",
                 interrupted: Callable[[], bool] | None = None) -> TickTraining:
     """Train all parameters until ``should_stop`` (docs/algorithm.md, M2M, step 4), or until

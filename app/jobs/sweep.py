@@ -44,13 +44,11 @@ class SweepJobs(Supervisor):
             raise UserError(f"unknown model {model!r}; choose one of {', '.join(list_models())}")
         if dataset not in list_datasets():
             raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(list_datasets())}")
-        most_pairs, most_workers = sweep_max_pairs(), sweep_max_workers()
+        most_pairs = sweep_max_pairs()
         if not 1 <= pairs <= most_pairs:
             raise UserError(f"a sweep from the dashboard has 1 to {most_pairs} pairs on this server, got {pairs}; "
                             f"run larger sweeps with the `sweep` command")
-        if not 1 <= workers <= most_workers:
-            raise UserError(f"a sweep from the dashboard has 1 to {most_workers} workers on this server, got "
-                            f"{workers}")
+        _check_workers(workers)
         if preset and preset not in {p.name for p in list_presets()}:  # a name from the list, never a path
             raise UserError(f"unknown preset {preset[:60]!r}; choose one of the model's presets")
         if preset and preset_info(preset).model != model:
@@ -60,17 +58,19 @@ class SweepJobs(Supervisor):
         args = ["--model", model, "--dataset", dataset, "--pairs", str(pairs), "--seed", str(seed),
                 "--workers", str(workers), *(["--preset", preset] if preset else []),
                 *(["--algorithm", algorithm] if algorithm else [])]
-        return self._launch(Job(f"sweep-{name}", "sweep", owner, run_dir=out), self._sweep_work(out, args))
+        return self._launch(Job(f"sweep-{name}", "sweep", owner, run_dir=out), self._sweep_work(out, args, workers))
 
-    def resume_sweep(self, out: Path, *, owner: str = "") -> Job:
-        """Finish the sweep in ``out`` (its failed or interrupted pairs) in the background."""
+    def resume_sweep(self, out: Path, *, workers: int = 1, owner: str = "") -> Job:
+        """Finish the sweep in ``out`` (its failed or interrupted pairs) in the background, with ``workers``
+        (default 1: in one process, without Ray) within the server's cap."""
         read_sweep(out)  # a UserError when the folder holds no sweep
-        return self._launch(Job(f"sweep-{out.name}", "sweep", owner, run_dir=out), self._sweep_work(out, ["--resume"]))
+        _check_workers(workers)
+        args = ["--resume", "--workers", str(workers)]
+        return self._launch(Job(f"sweep-{out.name}", "sweep", owner, run_dir=out), self._sweep_work(out, args, workers))
 
-    def _sweep_work(self, out: Path, args: list[str]):
+    def _sweep_work(self, out: Path, args: list[str], workers: int):
         def work(job: Job, stop: Event, _pause: Event) -> None:
-            ray = "--workers" not in args or args[args.index("--workers") + 1] != "1"  # one worker: no Ray
-            self._set(job, status="running", message="training the modes" + (", starting Ray" if ray else ""))
+            self._set(job, status="running", message="training the modes" + (", starting Ray" if workers > 1 else ""))
             with tempfile.TemporaryFile("w+") as stderr:  # a file: a pipe nobody reads could fill and stall it
                 command = [sys.executable, "-m", "llpf_core", "sweep", "--out", str(out), "--quiet", *args]
                 proc = subprocess.Popen(command, cwd=ENGINE_ROOT, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
@@ -103,6 +103,12 @@ class SweepJobs(Supervisor):
         if pairs:
             self._set(job, progress=Progress(done, len(pairs)),
                       message=f"{done} of {len(pairs)} pairs finished" if job.status == "running" else job.message)
+
+
+def _check_workers(workers: int) -> None:
+    if not 1 <= workers <= sweep_max_workers():
+        raise UserError(f"a sweep from the dashboard has 1 to {sweep_max_workers()} workers on this server, got "
+                        f"{workers}")
 
 
 def _outcome(rc: int, stderr: list[str], out: Path, interrupted: bool) -> dict:
