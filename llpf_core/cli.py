@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-path", type=float, default=0.0, help="Ray GPUs per search, e.g. 0.25 (default 0)")
     p.add_argument("--threads", type=int, default=1, help="torch threads inside each search (default 1)")
     p.add_argument("--batch", type=int, metavar="K",
-                   help="LLPF pairs advanced together in one process, their training stacked (default: 8 "
+                   help="LLPF pairs advanced together in one process, their training stacked (default: 32 "
                         "for small models such as the digits MLP, else 1; see docs/batched.md)")
     p.add_argument("--resume", action="store_true",
                    help="finish the sweep in --out as stored (failed or interrupted pairs); only the Ray options apply")

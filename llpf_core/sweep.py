@@ -210,9 +210,9 @@ def _ray_running() -> bool:
 
 
 def default_batch(mode: Path, gpu: bool) -> int:
-    """How many pairs of this mode's model one batch advances together: 8 for small models (their searches
+    """How many pairs of this mode's model one batch advances together: 32 for small models (their searches
     are bound by the per-operation cost that batching shares: up to 20,000 parameters on a CPU, 2 M on a
-    GPU; whole digits runs measured 1.44x faster at 8 and no faster at 32, docs/batched.md), one for bigger
+    GPU; whole digits runs measured 2.4x faster at 8 and 3.8x at 32, docs/batched.md), one for bigger
     ones and for models that cannot be stacked (BatchNorm)."""
     from . import load_mode
     from .stacked import why_not_stackable
@@ -220,7 +220,7 @@ def default_batch(mode: Path, gpu: bool) -> int:
     if why_not_stackable(model):
         return 1
     params = sum(p.numel() for p in model.parameters())  # bench/batched_speed.py: LeNet-5 (62k) gains nothing on a CPU
-    return 8 if params <= (2_000_000 if gpu else 20_000) else 1
+    return 32 if params <= (2_000_000 if gpu else 20_000) else 1
 
 
 def _ray(address: str | None, workers: int | None, gpus_per_path: float):

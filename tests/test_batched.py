@@ -91,7 +91,7 @@ def test_a_batchnorm_model_runs_one_pair_after_another_with_one_note(tmp_path, d
     from llpf_core.sweep import default_batch
     cnn = [train_mode("cnn", "digits", seed, tmp_path / f"cnn-seed{seed}.safetensors", TrainRecipe(epochs=1),
                       str(device)) for seed in (21, 22)]
-    assert default_batch(cnn[0].path, gpu=False) == 1
+    assert default_batch(cnn[0].path, gpu=False) == 1 and default_batch(cnn[0].path, gpu=True) == 1
     cfg = replace(resolve_config("cnn", "digits", "m2m", overrides=["ticks=3"]).config, device=str(device))
     capsys.readouterr()
     runs = run_batched([Pair(cnn[0], cnn[1], cfg, tmp_path / "ab"), Pair(cnn[1], cnn[0], cfg, tmp_path / "ba")])
