@@ -10,13 +10,15 @@ The rest of a tick (the move and the variance corrections, ``LLPF.before_trainin
 Stop) runs per pair on those stacked tensors' views. A pair that is done, stopped or failed leaves; the
 others go on.
 
-Models that cannot be stacked (BatchNorm's running statistics, methods that are not LLPF walkers)
-run one after another in the same process, said once.
+Models that cannot be stacked (BatchNorm's running statistics, a forward ``vmap`` refuses, methods that
+are not LLPF walkers) run one after another in the same process, said once.
 """
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import torch
 
 from .config import SearchConfig
 from .connect import LLPF
@@ -24,7 +26,7 @@ from .device import warn
 from .driver import Driver, TickEvent
 from .runfolder import Run, load_run
 from .search import prepare_search
-from .stacked import Job, StackedTrainer, stack_models, why_not_stackable
+from .stacked import Job, StackedTrainer, stack_models, why_not_stackable, why_not_vmapped
 
 
 @dataclass
@@ -83,8 +85,10 @@ def why_not_batched(drivers: list[Driver]) -> str | None:
         return f"the pairs train with different batch sizes ({sorted(sizes)})"
     if len({m.device for m in methods}) > 1 or len({m.cfg.dtype for m in methods}) > 1:
         return "the pairs run on different devices or dtypes"
-    reason = why_not_stackable(methods[0].model)
-    return f"{methods[0].ctx.start.meta.model} cannot be stacked: {reason}" if reason else None
+    first = methods[0]
+    reason = why_not_stackable(first.model) or why_not_vmapped(first.model, first.ctx.train_data.batch(
+        torch.arange(2, device=first.device))[0])
+    return f"{first.ctx.start.meta.model} cannot be stacked: {reason}" if reason else None
 
 
 def _one(driver: Driver, checkpoint) -> Run | Exception:

@@ -33,6 +33,18 @@ def why_not_stackable(model: nn.Module) -> str | None:
     return None
 
 
+def why_not_vmapped(model: nn.Module, x: torch.Tensor) -> str | None:
+    """Why two copies of ``model`` cannot run as one stacked forward pass on inputs like ``x`` (a batch of
+    the data), e.g. a forward with data-dependent control flow under ``torch.func.vmap`` (None: they can)."""
+    params = {n: torch.stack([p.detach(), p.detach()]) for n, p in model.named_parameters()}
+    try:
+        with torch.no_grad():
+            stacked_forward(model, params, torch.stack([x, x]))
+    except Exception as e:  # noqa: BLE001  (whatever vmap refuses: the caller runs the pairs one by one)
+        return f"its forward does not run under torch.func.vmap ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+    return None
+
+
 def stack_models(models: list[nn.Module]) -> dict[str, torch.Tensor]:
     """Stack the models' parameters (name -> [K, ...]) and make each model's parameters views of them."""
     names = [n for n, _ in models[0].named_parameters()]

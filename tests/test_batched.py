@@ -100,3 +100,37 @@ def test_a_batchnorm_model_runs_one_pair_after_another_with_one_note(tmp_path, d
     note = capsys.readouterr().err.strip().splitlines()
     assert note == ["warning: running these 2 searches one after another, not batched: cnn cannot be stacked: "
                     "it has buffers (BatchNorm running statistics)"]
+
+
+class _Gated(torch.nn.Module):
+    """A forward that branches on its input's values, which torch.func.vmap refuses."""
+
+    def __init__(self, features: int, num_classes: int):
+        super().__init__()
+        self.fc = torch.nn.Linear(features, num_classes)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        if x.sum() > 0:  # data-dependent control flow
+            x = x * 1.0
+        return self.fc(x)
+
+
+def gated_linear(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 8) -> torch.nn.Module:
+    return _Gated(in_channels * image_size * image_size, num_classes)
+
+
+def test_a_model_vmap_refuses_runs_one_pair_after_another_with_one_note(tmp_path, device, capsys, monkeypatch):
+    from llpf_core import TrainRecipe, registry
+    monkeypatch.setitem(registry._MODELS, "gated_linear", gated_linear)  # registered for this test only
+    modes = [train_mode("gated_linear", "digits", seed, tmp_path / f"g{seed}.safetensors", TrainRecipe(epochs=1),
+                        str(device)) for seed in (31, 32)]
+    cfg = replace(resolve_config("gated_linear", "digits", "m2m", overrides=["ticks=3"]).config, device=str(device))
+    capsys.readouterr()
+    runs = run_batched([Pair(modes[0], modes[1], cfg, tmp_path / "ab"), Pair(modes[1], modes[0], cfg, tmp_path / "ba")])
+    assert [r.status for r in runs] == ["finished", "finished"]
+    note = capsys.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and note[0].startswith("warning: running these 2 searches one after another, not batched: "
+                                                 "gated_linear cannot be stacked: its forward does not run under "
+                                                 "torch.func.vmap"), note
+
