@@ -212,7 +212,7 @@ def _ray_running() -> bool:
 def default_batch(mode: Path, gpu: bool) -> int:
     """How many pairs of this mode's model one batch advances together: 32 for small models (their searches
     are bound by the per-operation cost that batching shares: up to 20,000 parameters on a CPU, 2 M on a
-    GPU; whole digits runs measured 2.4x faster at 8 and 3.8x at 32, docs/batched.md), one for bigger
+    GPU; whole digits runs gain more at 32 than at 8: about 2.4x against 1.9x, docs/batched.md), one for bigger
     ones and for models that cannot be stacked (BatchNorm)."""
     from . import load_mode
     from .stacked import why_not_stackable
