@@ -66,6 +66,20 @@ def workspace_with(modes, root: Path) -> list[Path]:
     return sorted((root / "modes").glob("*.safetensors"))
 
 
+def demo_pair_in(modes, workspace: Path) -> list[Path]:
+    """The demo's pair in ``workspace``/modes under the names the demo gives it (mlp-digits-seed1 and -seed2,
+    which the dashboard's demo reuses): copies of ``modes``, the session's digits_modes. Those are trained as
+    `llpf train --model mlp --dataset digits --seed N` trains (the mlp-digits recipe; the same weights, only
+    the creation time differs), once per session instead of once per test."""
+    (workspace / "modes").mkdir(parents=True, exist_ok=True)
+    paths = []
+    for mode in modes:
+        path = workspace / "modes" / f"mlp-digits-seed{mode.meta.seed}.safetensors"
+        shutil.copy(mode.path, path)
+        paths.append(path)
+    return paths
+
+
 def run_cli(*args, env=None, timeout=600, check=False) -> subprocess.CompletedProcess:
     """``python -m llpf_core ARGS`` as a real process, as a user runs it."""
     proc = subprocess.run([sys.executable, "-m", "llpf_core", *map(str, args)], cwd=REPO, env=env,
@@ -73,6 +87,14 @@ def run_cli(*args, env=None, timeout=600, check=False) -> subprocess.CompletedPr
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+def llpf_in_process(*args) -> None:
+    """``llpf ARGS`` run in this process (``llpf_core.cli.main``): the command's own code path without the
+    process start (about 3 s of imports), for tests whose claim is not about the process boundary."""
+    from llpf_core.cli import main
+    code = main([*map(str, args), "--quiet"])
+    assert code == 0, f"llpf {' '.join(map(str, args))}: exit {code}"
 
 
 def checkpoint_tick(out: Path) -> int:

@@ -139,8 +139,10 @@ def test_uploads_are_validated_and_kept_inside_the_workspace(digits_modes, tmp_p
 
 # --- pages ------------------------------------------------------------------------------------------------
 
-def test_home_renders_and_runs_the_demo(ws):
+def test_home_renders_and_runs_the_demo(ws, monkeypatch):
     import state
+    # The preset's 300 ticks instead of the dashboard's smoother 1500: the same demo job (train, search, plane).
+    monkeypatch.setenv("LLPF_DEMO_SET", "ticks=300 phases.0.step_a=0.02")
     at = app("Home.py").run()
     assert not at.exception
     assert "LLPF Explorer" in at.title[0].value

@@ -32,7 +32,8 @@ def test_one_click_runs_the_missing_methods_on_the_pair(digits_modes, tmp_path, 
     linear = dataclasses.replace(load_preset("mlp-digits-m2m"), algorithm="linear", device="cpu")
     run_search(a, b, linear, tmp_path / "runs" / "line")
     monkeypatch.setenv("LLPF_HOME", str(tmp_path))
-    monkeypatch.setenv("LLPF_MAX_JOBS", "1")  # the five searches queue and run one after another
+    import jobs  # the five searches queue and run two at a time (one per core) on this test's own registry
+    monkeypatch.setattr(jobs, "_SERVER", jobs.Registry(limit=2))
     at = AppTest.from_file(str(REPO / "app" / "views" / "methods.py"), default_timeout=60).run()
     assert not at.exception
     at.button(key="run_missing").click().run()

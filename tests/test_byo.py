@@ -73,10 +73,14 @@ def byo(tmp_path_factory):
 def test_plugin_model_trained_elsewhere_imports_and_connects(byo):
     root, plugin, states = byo
     modes = [root / f"tiny{i}.safetensors" for i in (1, 2)]
-    for state, mode in zip(states, modes):
-        proc = run_cli("import", state, "--model", "tinyconv", "--dataset", "digits", "--out", mode,
+
+    def import_state(state, mode):
+        return run_cli("import", state, "--model", "tinyconv", "--dataset", "digits", "--out", mode,
                        "--plugin", plugin, env=ENV, check=True)
-        assert "test loss" in proc.stdout
+
+    with ThreadPoolExecutor(2) as pool:  # the two imports side by side, one core each
+        for proc in pool.map(import_state, states, modes):
+            assert "test loss" in proc.stdout
     proc = run_cli("inspect", modes[0], "--plugin", plugin, env=ENV, check=True)
     assert "imported" in proc.stdout and "sha256" in proc.stdout
     proc = run_cli("connect", modes[0], modes[1], "--out", root / "run", "--ticks", "60",

@@ -20,7 +20,7 @@ TINY_NEB = [f"autoneb.cycles.{i}.steps=20" for i in range(5)]
 @pytest.fixture(scope="module")
 def sweep_home(tmp_path_factory):
     """Two digits pairs (seeds 7201..7204), linear, rebasin and a short autoneb; then rebasin + REPAIR on
-    the same modes in a second sweep."""
+    the same modes in a second sweep (one worker: it runs in the sweep's own process, no second Ray to start)."""
     home = tmp_path_factory.mktemp("cmp")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     first = home / "sweeps" / "three"
@@ -29,7 +29,7 @@ def sweep_home(tmp_path_factory):
             *sets, "--quiet", "--out", first, env=env, check=True)
     modes = [first / "modes" / f"seed{s}.safetensors" for s in range(7201, 7205)]
     run_cli("sweep", "--modes", *modes, "--algorithm", "rebasin", "--set", "curve.repair=true", "--set",
-            "curve.points=5", "--workers", "2", "--quiet", "--out", home / "sweeps" / "repair", env=env, check=True)
+            "curve.points=5", "--workers", "1", "--quiet", "--out", home / "sweeps" / "repair", env=env, check=True)
     return home
 
 

@@ -1,24 +1,23 @@
 """End to end: Explore's Landscape tab in chromium, for a demo-like digits run made with the CLI.
 
-The pair is the demo's (digits MLPs, seeds 1 and 2) and the run the CLI demo's M2M search, in the server's
-workspace. The page computes the plane in the background and draws its contour; then Home explains with
-it. Screenshots go to test-artifacts/landscape.png (the chart) and landscape-home.png (look at them).
+The pair is the demo's (digits MLPs, seeds 1 and 2: the session's digits_modes, copied under the demo's
+names) and the run the CLI demo's M2M search (`connect`, run in the test's process), in the server's
+workspace. The page computes the plane in the background and draws its contour; then Home explains with it.
+Screenshots go to test-artifacts/landscape.png (the chart) and landscape-home.png (look at them).
 """
 from playwright.sync_api import sync_playwright
 
+from tests.conftest import demo_pair_in, llpf_in_process
 from tests.test_e2e_browser import ARTIFACTS, CHROMIUM, server  # noqa: F401  (server is a fixture)
-from tests.test_e2e_methods import cli
 
 RUN = "demo-landscape"  # a demo-* name: Home explains with a demo run's plane
 
 
-def test_the_landscape_tab_computes_and_draws_the_plane(server, tmp_path):  # noqa: F811
+def test_the_landscape_tab_computes_and_draws_the_plane(server, tmp_path, digits_modes):  # noqa: F811
     workspace = tmp_path / "workspace"  # the server fixture's LLPF_HOME
-    a, b = (workspace / "modes" / f"mlp-digits-seed{s}.safetensors" for s in (1, 2))
-    for seed, mode in ((1, a), (2, b)):
-        cli("train", "--model", "mlp", "--dataset", "digits", "--seed", str(seed), "--out", str(mode))
-    cli("connect", str(a), str(b), "--preset", "mlp-digits-m2m", "--set", "save_every=10",  # the demo saves 31 points
-        "--out", str(workspace / "runs" / RUN))
+    a, b = demo_pair_in(digits_modes, workspace)
+    llpf_in_process("connect", a, b, "--preset", "mlp-digits-m2m", "--set", "save_every=10",  # the demo saves 31 points
+                    "--out", workspace / "runs" / RUN)
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM)

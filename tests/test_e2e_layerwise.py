@@ -9,8 +9,8 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 from llpf_core import load_layerwise, load_mode, load_preset
+from tests.conftest import demo_pair_in
 from tests.test_e2e_browser import ARTIFACTS, CHROMIUM, REPO, server  # noqa: F401  (server is a fixture)
-from tests.test_e2e_methods import cli
 
 sys.path.insert(0, str(REPO / "app"))
 import layer_order  # noqa: E402  (the app's module, as the page uses it)
@@ -20,11 +20,9 @@ def _plotly_data(chart) -> list[dict]:
     return chart.evaluate("el => el.data.map(t => ({type: t.type, y: t.y, x: t.x, name: t.name}))")
 
 
-def test_the_search_page_shows_the_barriers_and_seeds_the_layer_order(server, tmp_path):  # noqa: F811
+def test_the_search_page_shows_the_barriers_and_seeds_the_layer_order(server, tmp_path, digits_modes):  # noqa: F811
     workspace = tmp_path / "workspace"  # the server fixture's LLPF_HOME
-    a, b = (workspace / "modes" / f"mlp-digits-seed{s}.safetensors" for s in (1, 2))
-    for seed, mode in ((1, a), (2, b)):
-        cli("train", "--model", "mlp", "--dataset", "digits", "--seed", str(seed), "--out", str(mode))
+    a, b = demo_pair_in(digits_modes, workspace)  # the demo pair, as `llpf train` makes it
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM)

@@ -1,31 +1,22 @@
 """End to end: the Methods page in chromium, for the demo pair after linear, bezier and rebasin ran on it.
 
-The pair and the three runs are made with the CLI into the server's workspace; the page must overlay them
-and list them in its table. The screenshot goes to test-artifacts/methods.png (look at it).
+The pair is the session's digits_modes copied into the server's workspace under the demo's names, and the
+three runs are made with the `connect` command (run in the test's process) into it; the page must overlay
+them and list them in its table. The screenshot goes to test-artifacts/methods.png (look at it).
 """
 import re
-import subprocess
-import sys
 
 from playwright.sync_api import sync_playwright
 
-from tests.conftest import REPO
+from tests.conftest import demo_pair_in, llpf_in_process
 from tests.test_e2e_browser import ARTIFACTS, CHROMIUM, server  # noqa: F401  (server is a fixture)
 
 
-def cli(*args: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "llpf_core", *args, "--quiet"], cwd=REPO, capture_output=True,
-                          text=True, env={"OMP_NUM_THREADS": "1", **__import__("os").environ})
-    assert done.returncode == 0, done.stderr
-
-
-def test_methods_page_overlays_the_three_methods_on_the_demo_pair(server, tmp_path):  # noqa: F811
+def test_methods_page_overlays_the_three_methods_on_the_demo_pair(server, tmp_path, digits_modes):  # noqa: F811
     workspace = tmp_path / "workspace"  # the server fixture's LLPF_HOME
-    a, b = (workspace / "modes" / f"mlp-digits-seed{s}.safetensors" for s in (1, 2))  # the demo's pair
-    for seed, mode in ((1, a), (2, b)):
-        cli("train", "--model", "mlp", "--dataset", "digits", "--seed", str(seed), "--out", str(mode))
+    a, b = demo_pair_in(digits_modes, workspace)  # the demo's pair
     for method, extra in (("linear", []), ("bezier", ["--set", "curve.steps=300"]), ("rebasin", [])):
-        cli("connect", str(a), str(b), "--algorithm", method, *extra, "--out", str(workspace / "runs" / method))
+        llpf_in_process("connect", a, b, "--algorithm", method, *extra, "--out", workspace / "runs" / method)
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM)

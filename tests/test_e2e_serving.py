@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.conftest import REPO
+from tests.conftest import REPO, demo_pair_in
 from tests.test_e2e_browser import CHROMIUM, free_port
 
 
@@ -53,7 +53,9 @@ def start_demo(page, url: str, workspace: str) -> str:
     return re.search(r"run=(demo-[^&]+)", page.url).group(1)
 
 
-def test_two_workspaces_run_the_demo_at_once_and_see_only_their_own(serve, tmp_path):
+def test_two_workspaces_run_the_demo_at_once_and_see_only_their_own(serve, tmp_path, digits_modes):
+    for me in ("alice", "bob"):  # returning visitors: each workspace holds the demo's pair, which the demo reuses
+        demo_pair_in(digits_modes, tmp_path / "root" / me)
     url = serve(LLPF_MAX_JOBS="2")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM)

@@ -1,6 +1,11 @@
 """A walk through every page after the demo, as a newcomer takes it: a real `llpf dashboard` server, Debian's
 chromium through Playwright, one full-page screenshot per page in test-artifacts/walk-*.png. Each page must
-draw its title and charts without an exception or an error box."""
+draw its title and charts without an exception or an error box.
+
+To keep the walk short, the workspace already holds the demo's pair (the session's digits_modes under the
+demo's names, which the demo reuses; test_e2e_browser's demo trains them in a fresh workspace), and the demo
+searches for the preset's 300 ticks (LLPF_DEMO_SET) instead of the dashboard's smoother 1500: the pages
+draw the same charts either way."""
 import os
 import re
 import sys
@@ -9,7 +14,7 @@ import time
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.conftest import REPO, free_port, streamlit_server
+from tests.conftest import REPO, demo_pair_in, free_port, streamlit_server
 
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -22,9 +27,13 @@ PAGES = [("", "LLPF Explorer", 1), ("modes", "Modes", 0), ("search", "Search", 0
          ("sweeps", "Sweeps", 0)]
 
 
+DEMO_SET = "ticks=300 phases.0.step_a=0.02"  # mlp-digits-m2m's own ticks and step
+
+
 @pytest.fixture
-def server(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+def server(tmp_path, digits_modes):
+    demo_pair_in(digits_modes, tmp_path / "workspace")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "LLPF_DEMO_SET": DEMO_SET}
     port = free_port()
     with streamlit_server([sys.executable, "-m", "llpf_core", "dashboard", "--port", str(port), "--workspace",
                            str(tmp_path / "workspace")], port, env, tmp_path / "dashboard.log", cwd=tmp_path) as url:

@@ -50,9 +50,12 @@ def test_folder_matches_the_digits_and_caches(digits_folder):
 def test_two_mlps_trained_on_a_folder_connect(digits_folder, tmp_path):
     dataset = f"folder:{digits_folder}"
     modes = [tmp_path / f"m{seed}.safetensors" for seed in (1, 2)]
-    for seed, mode in zip((1, 2), modes):
+    def train(seed, mode):
         run_cli("train", "--model", "mlp", "--dataset", dataset, "--seed", seed, "--out", mode, "--epochs", 20,
                 "--device", "cpu", "--quiet", env=ENV, check=True)
+
+    with ThreadPoolExecutor(2) as pool:  # the two seeds side by side, one core each
+        list(pool.map(train, (1, 2), modes))
     run_cli("connect", *modes, "--out", tmp_path / "run", "--ticks", 100, "--set", "phases.0.step_a=0.05",
             "--device", "cpu", "--quiet", env=ENV, check=True)
     s = run_summary(load_run(tmp_path / "run"))

@@ -3,6 +3,7 @@ the issue's digits MLP table, BatchNorm buffers moving with their layer, the zoo
 plugin model on a user folder, and bad input (one line, exit 2, nothing written)."""
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
@@ -209,8 +210,13 @@ def test_a_plugin_model_on_a_user_folder_through_the_cli(tmp_path):
         net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3))
         save_file(net.state_dict(), str(tmp_path / f"s{seed}.safetensors"))
         modes.append(tmp_path / f"m{seed}.safetensors")
+
+    def import_state(seed, mode):
         run_cli("import", tmp_path / f"s{seed}.safetensors", "--model", "tinynet", "--dataset",
-                f"folder:{tmp_path / 'data'}", "--out", modes[-1], "--plugin", plugin, "--quiet", env=ENV, check=True)
+                f"folder:{tmp_path / 'data'}", "--out", mode, "--plugin", plugin, "--quiet", env=ENV, check=True)
+
+    with ThreadPoolExecutor(2) as pool:  # the two imports side by side, one core each
+        list(pool.map(import_state, (1, 2), modes))
     proc = run_cli("layerwise", *modes, "--out", tmp_path / "out", "--plugin", plugin, "--alphas", "0,0.5,1",
                    "--quiet", env=ENV, check=True)
     r = load_layerwise(tmp_path / "out")

@@ -8,6 +8,7 @@ import shutil
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import pytest
@@ -43,10 +44,12 @@ def test_every_builtin_method_is_registered_with_a_description():
 
 def test_the_resolver_gives_the_cli_its_config(tmp_path, digits_modes):
     a, b = (m.path for m in digits_modes)
-    for algorithm, extra in (("bezier", ["--set", "curve.steps=5"]), ("m2m", ["--ticks", "3", "--seed", "4"])):
+    commands = (("bezier", ["--set", "curve.steps=5"]), ("m2m", ["--ticks", "3", "--seed", "4"]))
+    with ThreadPoolExecutor(2) as pool:  # the two commands side by side, one core each
+        list(pool.map(lambda c: run_cli("connect", a, b, "--algorithm", c[0], "--out", tmp_path / c[0], "--device",
+                                        "cpu", "--quiet", *c[1], check=True), commands))
+    for algorithm, extra in commands:
         out = tmp_path / algorithm
-        run_cli("connect", a, b, "--algorithm", algorithm, "--out", out, "--device", "cpu", "--quiet", *extra,
-                check=True)
         fields = {"ticks": 3, "seed": 4} if algorithm == "m2m" else {}
         resolved = resolve_config("mlp", "digits", algorithm, overrides=extra[1:2] if algorithm == "bezier" else [],
                                   device="cpu", **fields)
@@ -97,18 +100,22 @@ def test_pause_takes_effect_at_the_next_sgd_step_of_a_bezier_run(tmp_path, digit
 def test_polychain_plugin_runs_through_the_cli_and_resumes_after_a_stop(tmp_path, digits_modes):
     a, b = (m.path for m in digits_modes)
     out = tmp_path / "chain"
-    run_cli("connect", a, b, "--algorithm", "polychain", "--plugin", POLYCHAIN, "--set", "polychain.steps=300",
-            "--set", "polychain.points=9", "--out", out, "--device", "cpu", "--quiet", check=True)
+    with ThreadPoolExecutor(2) as pool:  # three independent commands, side by side
+        good = pool.submit(run_cli, "connect", a, b, "--algorithm", "polychain", "--plugin", POLYCHAIN, "--set",
+                           "polychain.steps=300", "--set", "polychain.points=9", "--out", out, "--device", "cpu",
+                           "--quiet", check=True)
+        bad = pool.submit(run_cli, "connect", a, b, "--algorithm", "polychain", "--plugin", POLYCHAIN, "--set",
+                          "polychain.points=2", "--out", tmp_path / "bad")
+        missing = pool.submit(run_cli, "connect", a, b, "--algorithm", "polychain", "--out", tmp_path / "bad")
+        good.result()
+        bad, missing = bad.result(), missing.result()
     run = load_run(out)
     s = run.info["summary"]
     assert run.status == "finished" and run.info["algorithm"] == "polychain"
     assert run.config.plugin_settings["polychain"]["steps"] == 300 and s["sgd_steps"] == 300
     assert list(run.metrics["tick"]) == list(range(9)) and len(run.points()) == 9 and len(run.path_table) == 9
     assert s["path_max_train_loss"] < s["barrier"] / 5  # the trained bend goes round the barrier
-    bad = run_cli("connect", a, b, "--algorithm", "polychain", "--plugin", POLYCHAIN, "--set", "polychain.points=2",
-                  "--out", tmp_path / "bad")
     assert bad.returncode == 2 and "polychain needs points >= 3" in bad.stderr and bad.stderr.count("\n") == 1
-    missing = run_cli("connect", a, b, "--algorithm", "polychain", "--out", tmp_path / "bad")
     assert missing.returncode == 2 and "unknown algorithm 'polychain'" in missing.stderr
     assert not (tmp_path / "bad").exists()
 

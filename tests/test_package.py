@@ -3,6 +3,7 @@ another folder. Nothing is downloaded: the wheel is built with the setuptools al
 installed with ``--no-deps --target`` next to the test environment's own dependencies.
 """
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -132,7 +133,9 @@ def home_page_text(port: int) -> str:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
+    """End the server and what it started: `llpf dashboard` runs Streamlit as its child, which a plain
+    terminate() of `llpf` left serving for the rest of the test session (serve() gives it its own session)."""
+    os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(30)
 
 

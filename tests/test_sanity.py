@@ -1,6 +1,7 @@
 """Modes that learned nothing are named loudly (issue 26, item 3), the generic recipe learns, and a mistyped
 model is named at once."""
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from safetensors.torch import save_file
@@ -45,25 +46,28 @@ def test_generic_recipe_learns_mlp_on_fashion_mnist_and_says_so(tmp_path):
 
 
 def test_train_connect_and_import_warn_about_a_chance_level_mode(tmp_path):
-    untrained = tmp_path / "untrained.safetensors"
-    proc = run_cli("train", "--model", "mlp", "--seed", 1, "--lr", 1e-9, "--epochs", 1, "--out", untrained,
-                   "--quiet", check=True)
-    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"warning: {untrained} is at chance level: ")
-    assert "train accuracy 4.5% where guessing gives 10.0% (10 classes)" in proc.stderr
-    good = run_cli("train", "--model", "mlp", "--seed", 2, "--epochs", 2, "--out", tmp_path / "good.safetensors",
-                   "--quiet", check=True)
-    assert "warning" not in good.stderr
-    proc = run_cli("connect", tmp_path / "good.safetensors", untrained, "--out", tmp_path / "run", "--ticks", 2,
-                   check=True)
-    lines = proc.stderr.splitlines()
-    warned = next(i for i, line in enumerate(lines) if "is at chance level" in line)
-    assert str(untrained) in lines[warned] and warned < next(i for i, line in enumerate(lines) if "connecting" in line)
+    untrained, good = tmp_path / "untrained.safetensors", tmp_path / "good.safetensors"
     torch.manual_seed(1)
     state = tmp_path / "state.safetensors"
     save_file(build_model("mlp").state_dict(), state)
-    proc = run_cli("import", state, "--model", "mlp", "--dataset", "digits", "--out", tmp_path / "imp.safetensors",
-                   check=True)
-    assert "imp.safetensors is at chance level" in proc.stderr
+    # The two trainings and the import are independent commands: they run side by side (2 cores).
+    with ThreadPoolExecutor(2) as pool:
+        trained = pool.submit(run_cli, "train", "--model", "mlp", "--seed", 1, "--lr", 1e-9, "--epochs", 1,
+                              "--out", untrained, "--quiet", check=True)
+        trained_good = pool.submit(run_cli, "train", "--model", "mlp", "--seed", 2, "--epochs", 2, "--out", good,
+                                   "--quiet", check=True)
+        imported = pool.submit(run_cli, "import", state, "--model", "mlp", "--dataset", "digits",
+                               "--out", tmp_path / "imp.safetensors", check=True)
+        proc, good_proc, import_proc = trained.result(), trained_good.result(), imported.result()
+
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"warning: {untrained} is at chance level: ")
+    assert "train accuracy 4.5% where guessing gives 10.0% (10 classes)" in proc.stderr
+    assert "warning" not in good_proc.stderr
+    proc = run_cli("connect", good, untrained, "--out", tmp_path / "run", "--ticks", 2, check=True)
+    lines = proc.stderr.splitlines()
+    warned = next(i for i, line in enumerate(lines) if "is at chance level" in line)
+    assert str(untrained) in lines[warned] and warned < next(i for i, line in enumerate(lines) if "connecting" in line)
+    assert "imp.safetensors is at chance level" in import_proc.stderr
 
 
 def test_a_diverged_training_says_the_mode_learned_nothing(tmp_path):

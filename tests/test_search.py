@@ -117,8 +117,9 @@ def _comparable(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(digits_modes, tmp_path):
-    reference = tmp_path / "reference"
-    subprocess.run(_connect_args(digits_modes, reference), cwd=REPO, check=True, capture_output=True)
+    reference = tmp_path / "reference"  # the uninterrupted run, side by side with the killed one (2 cores)
+    uninterrupted = subprocess.Popen(_connect_args(digits_modes, reference), cwd=REPO, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_connect_args(digits_modes, killed), cwd=REPO, stdout=subprocess.DEVNULL,
@@ -137,6 +138,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(digits_modes, tmp_pat
     resumed = subprocess.run(_connect_args(digits_modes, killed) + ["--resume"], cwd=REPO,
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
+    _, stderr = uninterrupted.communicate(timeout=600)
+    assert uninterrupted.returncode == 0, stderr
     a, b = load_run(reference), load_run(killed)
     assert b.status == "finished"
     pd.testing.assert_frame_equal(_comparable(a.metrics), _comparable(b.metrics), rtol=1e-5, atol=1e-7)

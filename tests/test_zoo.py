@@ -78,8 +78,9 @@ def _random_modes(name, dataset, tmp_path, **kwargs):
     return paths
 
 
+# Few samples everywhere: the evaluations of these large models dominate the ticks' time on a CPU.
 SMALL = dict(train=TrainSpec(lr=1e-3, batch_size=8, loss_threshold=0.0, min_iters=1, max_iters=1),
-             eval_samples=16, eval_every=1, bn_recal_batches=1, save_every=2, checkpoint_every=2, baseline_points=2,
+             eval_samples=8, eval_every=1, bn_recal_batches=1, save_every=2, checkpoint_every=2, baseline_points=2,
              continuity=ContinuitySpec(points=2, samples=8, every=1), device="cpu")
 
 
