@@ -147,13 +147,15 @@ class Evaluator:
              alphas: list[float], idx: torch.Tensor | None = None) -> list[dict[str, float]]:
         """Evaluate the straight line (1 - alpha) a + alpha b (b=None: the origin) at ``alphas``: on the
         train and test sets, or only on ``train[idx]`` (loss and acc) when ``idx`` is given (the
-        continuity check). Integer buffers follow b. Models with their own stacked forward
-        (``has_stacked_forward``: the MLP) evaluate up to ``LINE_POINTS_PER_PASS`` points per forward pass."""
+        continuity check). Integer buffers follow b. A continuity check of a model with its own stacked
+        forward (``has_stacked_forward``: the MLP) evaluates up to ``LINE_POINTS_PER_PASS`` points per
+        forward pass; whole-set lines (the baseline) go point by point, so that a point on the straight
+        line gives exactly the loss ``evaluate`` gives it (a linear path's max is the barrier)."""
         toward = [torch.zeros_like(a[k]) if b is None else b[k] for k in self.floats]
         ints = a if b is None else {**a, **{k: b[k] for k in self.others}}
         sets = [(self.train, self.train_idx), (self.test, self.test_idx)] if idx is None else [(self.train, idx)]
         results = []
-        if self.line_stacked:  # a model without buffers: only its parameters are on the line
+        if self.line_stacked and idx is not None:  # a model without buffers: only its parameters are on the line
             self.model.eval()
             ends = [(a[k].to(dst).unsqueeze(0), end.to(dst).unsqueeze(0)) for k, end, dst in
                     zip(self.floats, toward, self.float_dst)]

@@ -112,22 +112,24 @@ def test_the_ticks_sgd_takes_torch_optims_steps(scales):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_a_line_evaluated_in_stacked_passes_equals_point_by_point():
+def test_a_continuity_line_in_stacked_passes_equals_point_by_point_and_the_baseline_is_exact():
     (a, b), _ = _mlps(2, seed=3)
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
     evaluator = Evaluator(build_model("mlp"), train, test, 300, 0, 0, 32)
     assert evaluator.line_stacked
     alphas = [i / 20 for i in range(21)]  # more than one stacked pass (LINE_POINTS_PER_PASS)
     sa, sb = a.state_dict(), b.state_dict()
-    line = evaluator.line(sa, sb, alphas)
-    for row in line:
-        point = {k: torch.lerp(sa[k], sb[k], row["alpha"]) for k in sa}
-        alone = evaluator.evaluate(point)
-        for key, value in alone.items():
-            assert np.isclose(row[key], value, rtol=1e-5, atol=1e-6), (row["alpha"], key)
-    idx = torch.arange(50)
-    continuity = evaluator.line(sa, sb, alphas[1:4], idx)
-    assert [set(r) for r in continuity] == [{"alpha", "loss", "acc"}] * 3
+    idx = torch.arange(0, 1000, 3)
+    continuity = evaluator.line(sa, sb, alphas, idx)
+    assert [set(r) for r in continuity] == [{"alpha", "loss", "acc"}] * len(alphas)
+    for row in continuity:
+        evaluator.load({k: torch.lerp(sa[k], sb[k], row["alpha"]) for k in sa})
+        loss, acc = evaluator.loss_acc(train, idx).tolist()
+        assert np.isclose(row["loss"], loss, rtol=1e-5, atol=1e-6) and np.isclose(row["acc"], acc), row["alpha"]
+    # the baseline's points give exactly what evaluate gives them: a linear path's max is the barrier
+    for row in evaluator.line(sa, sb, [0.0, 0.5, 1.0]):
+        point = evaluator.evaluate({k: torch.lerp(sa[k], sb[k], row["alpha"]) for k in sa})
+        assert {k: row[k] for k in point} == point
 
 
 def test_an_llpf_search_alone_or_batched_never_loads_torch_dynamo(digits_modes, tmp_path):
