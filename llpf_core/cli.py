@@ -1,7 +1,8 @@
 """``llpf`` (or ``python -m llpf_core``): the argparse parser and the dispatch to the subcommands.
 
 Exit codes (docs/formats.md, Exit codes): 0 success, 2 user error (one line on stderr), 1 anything else. The
-commands live in commands.py, imported once the arguments parse: ``--help`` needs no torch.
+commands live in commands.py (``sweep`` in sweep_command.py), imported once the arguments parse:
+``--help`` needs no torch.
 """
 import argparse
 import sys
@@ -197,10 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command_name == "dashboard":  # starts Streamlit in its own process: no torch here
             from .dashboard import run_dashboard
             return run_dashboard(args)
-        from . import commands  # torch and the engine: imported only once a command runs
+        from . import commands, sweep_command  # torch and the engine: imported only once a command runs
         from .plugins import load_plugins
         load_plugins(args.plugin)
-        return getattr(commands, f"cmd_{args.command_name}")(args)
+        module = sweep_command if args.command_name == "sweep" else commands
+        return getattr(module, f"cmd_{args.command_name}")(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
